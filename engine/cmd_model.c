@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "base/base.h"
 #include "engine/cli.h"
@@ -13,6 +14,7 @@
 #include "engine/kv_store.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
+#include "offload/kv_pages.h"
 
 #include <cJSON.h>
 
@@ -45,8 +47,88 @@ static int parse_ids(const char *s, int32_t **ids, int64_t *n) {
     return 0;
 }
 
+/* --ids-file FILE -> ids (malloc'd). FILE ending in .i32: raw little-endian
+ * int32; otherwise text, ids separated by whitespace and/or commas. One pass,
+ * linear in the file size (a 1M-token prompt is a few MB). Errors name the
+ * file, the token's position and its byte offset. */
+static int read_ids_file(const char *path, int32_t **ids, int64_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return st_error(ST_ERR_IO, "--ids-file %s: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + (1u << 20) + 1 > cap) {
+            char *nb = realloc(buf, cap = cap * 2 + (1u << 20) + 1);
+            if (!nb) { free(buf); fclose(f); return st_error(ST_ERR_NOMEM, "--ids-file %s: out of memory", path); }
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, 1u << 20, f);
+        len += got;
+        if (got == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) { free(buf); return st_error(ST_ERR_IO, "--ids-file %s: read error", path); }
+    buf[len] = 0;
+    const size_t pl = strlen(path);
+    const bool bin = pl > 4 && !strcmp(path + pl - 4, ".i32");
+    int64_t k = 0, max = bin ? (int64_t)(len / 4) : (int64_t)(len / 2 + 1);
+    int32_t *v = malloc((size_t)(max ? max : 1) * sizeof *v);
+    if (!v) { free(buf); return st_error(ST_ERR_NOMEM, "--ids-file %s: out of memory", path); }
+    if (bin) {
+        if (len % 4) {
+            free(buf); free(v);
+            return st_error(ST_ERR_FORMAT, "--ids-file %s: %zu bytes is not a whole number of little-endian int32 ids", path, len);
+        }
+        for (; k < max; k++) {
+            const uint8_t *b = (const uint8_t *)buf + 4 * k;
+            int32_t x = (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24);
+            if (x < 0) {
+                free(buf); free(v);
+                return st_error(ST_ERR_FORMAT, "--ids-file %s: token %lld (byte offset %lld) is %d, not a token id (>= 0)",
+                                path, (long long)k, (long long)(4 * k), x);
+            }
+            v[k] = x;
+        }
+    } else {
+        for (size_t i = 0; i < len;) {
+            const char c = buf[i];
+            if (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r') { i++; continue; }
+            size_t s = i;
+            int64_t x = 0;
+            while (i < len && buf[i] >= '0' && buf[i] <= '9' && x <= INT32_MAX) x = x * 10 + (buf[i++] - '0');
+            const char e = i < len ? buf[i] : ',';
+            if (i == s || x > INT32_MAX || !(e == ',' || e == ' ' || e == '\t' || e == '\n' || e == '\r')) {
+                size_t w = 0;
+                while (s + w < len && w < 20 && buf[s + w] != ',' && buf[s + w] != ' ' && buf[s + w] != '\n') w++;
+                int rc = st_error(ST_ERR_FORMAT,
+                                  "--ids-file %s: token %lld (byte offset %zu): '%.*s' is not a token id "
+                                  "(expected decimal ids 0..%d separated by whitespace or commas)",
+                                  path, (long long)k, s, (int)w, buf + s, INT32_MAX);
+                free(buf); free(v);
+                return rc;
+            }
+            v[k++] = (int32_t)x;
+        }
+    }
+    free(buf);
+    if (!k) { free(v); return st_error(ST_ERR_INVALID, "--ids-file %s: no token ids in the file", path); }
+    *ids = v;
+    *n = k;
+    return 0;
+}
+
+/* Every id inside the model's vocabulary; the message names the source. */
+static int check_vocab(const char *src, const int32_t *ids, int64_t n, int64_t vocab) {
+    for (int64_t t = 0; t < n; t++)
+        if (ids[t] >= vocab)
+            return st_error(ST_ERR_INVALID, "%s: token %lld is %d, outside the vocabulary (0..%lld)", src,
+                            (long long)t, ids[t], (long long)vocab - 1);
+    return 0;
+}
+
 typedef struct model_args {
-    const char *model, *ids, *prompt, *think, *kv_save;
+    const char *model, *ids, *ids_file, *prompt, *think, *kv_save;
     bool raw;
     st_model_opts opts;
     bool json;
@@ -70,6 +152,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
     } while (0)
         if (!strcmp(o, "--model")) { NEEDV(); a->model = v; }
         else if (!strcmp(o, "--ids")) { NEEDV(); a->ids = v; }
+        else if (!strcmp(o, "--ids-file")) { NEEDV(); a->ids_file = v; }
         else if (!strcmp(o, "--prompt")) { NEEDV(); a->prompt = v; }
         else if (!strcmp(o, "--think")) { NEEDV(); a->think = v; }
         else if (!strcmp(o, "--raw")) a->raw = true;
@@ -128,8 +211,14 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
 #undef NEEDV
     }
     if (!a->model) { fprintf(stderr, "strata %s: --model DIR is required\n", cmd); return 2; }
-    if (!a->ids && !a->prompt) { fprintf(stderr, "strata %s: --ids 1,2,3 or --prompt TEXT is required\n", cmd); return 2; }
-    if (a->ids && a->prompt) { fprintf(stderr, "strata %s: give --ids or --prompt, not both\n", cmd); return 2; }
+    if (!a->ids && !a->ids_file && !a->prompt) {
+        fprintf(stderr, "strata %s: --ids 1,2,3, --ids-file FILE or --prompt TEXT is required\n", cmd);
+        return 2;
+    }
+    if (!!a->ids + !!a->ids_file + !!a->prompt > 1) {
+        fprintf(stderr, "strata %s: give one of --ids, --ids-file and --prompt\n", cmd);
+        return 2;
+    }
     if (a->opts.kv_spill && !a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-spill needs --kv-budget\n", cmd); return 2; }
     if (a->kv_save && a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-save is not supported with --kv-budget\n", cmd); return 2; }
     if (a->json) a->opts.quiet = true;
@@ -139,6 +228,8 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
 static const char *common_help =
     "  --model DIR          checkpoint directory (official or transformers layout)\n"
     "  --ids 1,2,3          input token ids\n"
+    "  --ids-file FILE      input token ids from FILE: decimal text separated by whitespace and/or\n"
+    "                       commas, or raw little-endian int32 when the name ends in .i32\n"
     "  --numerics MODE      official (default: quantised cache and activations as the official code)\n"
     "                       or reference (F32 everywhere)\n"
     "  --threads N          worker threads (default: one per core)\n"
@@ -161,20 +252,22 @@ static const char *common_help =
 
 int cmd_logits(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
-        printf("usage: strata logits --model DIR --ids 1,2,3 [options]\n\nPrints the logits at every position.\n\n%s",
+        printf("usage: strata logits --model DIR (--ids 1,2,3 | --ids-file FILE) [options]\n\nPrints the logits at every position.\n\n%s",
                common_help);
         return 0;
     }
     model_args a;
     int rc = parse_model_args("logits", argc, argv, &a);
     if (rc) return rc;
-    if (!a.ids) { fprintf(stderr, "strata logits: --ids 1,2,3 is required\n"); return 2; }
+    if (!a.ids && !a.ids_file) { fprintf(stderr, "strata logits: --ids 1,2,3 or --ids-file FILE is required\n"); return 2; }
     int32_t *ids = NULL;
     int64_t n = 0;
     st_model *m = NULL;
     st_seq *s = NULL;
     float *logits = NULL;
-    if ((rc = parse_ids(a.ids, &ids, &n)) || (rc = st_model_load(a.model, &a.opts, &m)) || (rc = st_seq_new(m, &s)) ||
+    if ((rc = a.ids ? parse_ids(a.ids, &ids, &n) : read_ids_file(a.ids_file, &ids, &n)) ||
+        (rc = st_model_load(a.model, &a.opts, &m)) ||
+        (a.ids_file && (rc = check_vocab(a.ids_file, ids, n, m->vocab))) || (rc = st_seq_new(m, &s)) ||
         (a.opts.kv_budget && (rc = st_seq_kv_tiering(s, a.opts.kv_budget, 0, a.opts.kv_spill, 0))))
         goto fail;
     logits = malloc((size_t)(n * m->vocab) * sizeof(float));
@@ -207,6 +300,35 @@ fail:
 }
 
 
+/* KV bytes per tier: fast = the state arrays (window rings, compressed entries
+ * and indexer keys not paged) plus the paged store's fast frames; dram and
+ * nvme = the paged store's frames there (0 without --kv-budget). */
+static void kv_tier_bytes(const st_seq *s, uint64_t *fast, uint64_t *dram, uint64_t *nvme) {
+    uint64_t f = 0;
+    for (int l = 0; l < s->m->n_layers; l++) {
+        const st_attn_w *w = &s->m->layers[l].attn;
+        const st_layer_state *ls = &s->state[l];
+        f += (uint64_t)w->window * (uint64_t)w->head_dim * sizeof(float);
+        if (w->kind != ST_LAYER_WINDOW && !ls->comp.pages)
+            f += (uint64_t)ls->comp.n_entries * (uint64_t)w->comp.d * sizeof(float);
+        if (w->kind == ST_LAYER_CSA) f += (uint64_t)ls->icomp.n_entries * (uint64_t)w->idx.comp.d * sizeof(float);
+    }
+    *dram = *nvme = 0;
+    if (s->kv) {
+        st_kv_pages_stats ks;
+        st_kv_pages_get_stats(s->kv, &ks);
+        f += ks.bytes_fast;
+        *dram = ks.bytes_dram;
+        *nvme = ks.bytes_nvme;
+    }
+    *fast = f;
+}
+
+static uint64_t peak_rss_bytes(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0 : (uint64_t)ru.ru_maxrss * 1024;
+}
+
 /* Prefill in the model's chunks with a progress bar on a terminal (chunked
  * prefill gives the same result as one call, so this only adds the bar). */
 static int prefill_with_progress(st_seq *s, const int32_t *ids, int64_t n, float *logits, bool quiet) {
@@ -227,6 +349,7 @@ static int prefill_with_progress(st_seq *s, const int32_t *ids, int64_t n, float
  * chat template as one user message, or as raw text with --raw. */
 static int prompt_ids(const model_args *a, const st_tokenizer *tok, int32_t **ids, int64_t *n) {
     if (a->ids) return parse_ids(a->ids, ids, n);
+    if (a->ids_file) return read_ids_file(a->ids_file, ids, n);
     char *text = NULL;
     size_t len = 0;
     if (!strcmp(a->prompt, "-")) {
@@ -271,7 +394,7 @@ static int prompt_ids(const model_args *a, const st_tokenizer *tok, int32_t **id
 
 int cmd_run(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
-        printf("usage: strata run --model DIR (--prompt TEXT | --ids 1,2,3) [-n N] [options]\n\n"
+        printf("usage: strata run --model DIR (--prompt TEXT | --ids 1,2,3 | --ids-file FILE) [-n N] [options]\n\n"
                "Generates up to N tokens after the prompt, streaming the text (or the ids), then\n"
                "prints prefill and decode speed and the bytes of weights each decoded token reads.\n\n%s"
                "  --prompt TEXT        prompt text ('-' reads stdin); rendered with the chat template\n"
@@ -304,7 +427,8 @@ int cmd_run(int argc, char **argv) {
         if (rc && a.prompt) goto fail;
         if (rc) { tok = NULL; st_error_clear(); }
     }
-    if ((rc = prompt_ids(&a, tok, &ids, &n)) || (rc = st_model_load(a.model, &a.opts, &m)) || (rc = st_seq_new(m, &s)) ||
+    if ((rc = prompt_ids(&a, tok, &ids, &n)) || (rc = st_model_load(a.model, &a.opts, &m)) ||
+        (a.ids_file && (rc = check_vocab(a.ids_file, ids, n, m->vocab))) || (rc = st_seq_new(m, &s)) ||
         (a.opts.kv_budget && (rc = st_seq_kv_tiering(s, a.opts.kv_budget, 0, a.opts.kv_spill, 0))) ||
         (rc = st_sampler_init(&smp, &a.samp, m->vocab)))
         goto fail;
@@ -324,6 +448,8 @@ int cmd_run(int argc, char **argv) {
     if (a.kv_save && reused < n && (rc = st_kv_save(s, ids, n, logits, model_id, a.kv_save)))
         ST_WARN("could not save the prompt's KV state: %s", st_last_error());
     rc = 0;
+    st_stream_stats ss_prefill; /* decode-only offload numbers are the difference from here */
+    const bool streamed = !st_model_offload_stats(m, &ss_prefill);
     double t1 = st_time_s();
     int k = 0;
     const char *finish = "length";
@@ -344,6 +470,8 @@ int cmd_run(int argc, char **argv) {
     }
     double t2 = st_time_s();
     double pf = (double)n / (t1 - t0), dc = k > 1 ? (double)(k - 1) / (t2 - t1) : 0;
+    uint64_t kv_fast, kv_dram, kv_nvme;
+    kv_tier_bytes(s, &kv_fast, &kv_dram, &kv_nvme);
     if (a.json) {
         js = cJSON_CreateObject();
         cJSON_AddNumberToObject(js, "prompt_tokens", (double)n);
@@ -360,6 +488,13 @@ int cmd_run(int argc, char **argv) {
         cJSON_AddNumberToObject(js, "kv_reused_tokens", (double)reused);
         cJSON_AddNumberToObject(js, "decode_tok_s", dc);
         cJSON_AddNumberToObject(js, "weight_bytes_per_token", (double)m->bytes_per_token);
+        cJSON_AddNumberToObject(js, "prefill_s", t1 - t0);
+        cJSON_AddNumberToObject(js, "decode_s", t2 - t1);
+        cJSON_AddNumberToObject(js, "peak_rss_bytes", (double)peak_rss_bytes());
+        cJSON *kx = cJSON_AddObjectToObject(js, "kv_bytes");
+        cJSON_AddNumberToObject(kx, "fast", (double)kv_fast);
+        cJSON_AddNumberToObject(kx, "dram", (double)kv_dram);
+        cJSON_AddNumberToObject(kx, "nvme", (double)kv_nvme);
         st_stream_stats ss;
         if (!st_model_offload_stats(m, &ss)) {
             cJSON *ox = cJSON_AddObjectToObject(js, "experts");
@@ -374,6 +509,20 @@ int cmd_run(int argc, char **argv) {
             cJSON_AddNumberToObject(ox, "bytes_read", (double)ss.bytes_read);
             cJSON_AddNumberToObject(ox, "predictions", (double)ss.pf.predictions);
             cJSON_AddNumberToObject(ox, "predictions_used", (double)ss.pf.predictions_used);
+            if (streamed) { /* the same counters over the decode loop only (the totals include the prefill) */
+                cJSON *dx = cJSON_AddObjectToObject(ox, "decode");
+                cJSON_AddNumberToObject(dx, "seconds", t2 - t1);
+                cJSON_AddNumberToObject(dx, "needs", (double)(ss.pf.needs - ss_prefill.pf.needs));
+                cJSON_AddNumberToObject(dx, "hits", (double)(ss.pf.hits - ss_prefill.pf.hits));
+                cJSON_AddNumberToObject(dx, "late", (double)(ss.pf.late - ss_prefill.pf.late));
+                cJSON_AddNumberToObject(dx, "misses", (double)(ss.pf.misses - ss_prefill.pf.misses));
+                cJSON_AddNumberToObject(dx, "stall_s", (double)(ss.pf.stall_ns - ss_prefill.pf.stall_ns) / 1e9);
+                cJSON_AddNumberToObject(dx, "wasted_bytes", (double)(ss.pf.wasted_bytes - ss_prefill.pf.wasted_bytes));
+                cJSON_AddNumberToObject(dx, "bytes_read", (double)(ss.bytes_read - ss_prefill.bytes_read));
+                cJSON_AddNumberToObject(dx, "predictions", (double)(ss.pf.predictions - ss_prefill.pf.predictions));
+                cJSON_AddNumberToObject(dx, "predictions_used",
+                                        (double)(ss.pf.predictions_used - ss_prefill.pf.predictions_used));
+            }
         }
         char *txt = cJSON_PrintUnformatted(js);
         if (txt) puts(txt);
@@ -385,11 +534,13 @@ int cmd_run(int argc, char **argv) {
             st_detok_stream_flush(&ds, &txt, &len);
             fwrite(txt, 1, len, stdout);
         }
-        char b[32], tiers[400];
+        char b[32], tiers[400], r[32], kf[32], kd[32], kn[32];
         st_model_offload_summary(m, t2 - t0, tiers, sizeof tiers);
-        printf("\n[prefill %lld tokens: %.2f tok/s | decode %d tokens: %.2f tok/s | weights read per token: %s | "
-               "tiers: %s | finish: %s]\n",
-               (long long)n, pf, k, dc, st_fmt_size(m->bytes_per_token, b, sizeof b), tiers, finish);
+        printf("\n[prefill %lld tokens: %.2f tok/s | decode %d tokens: %.2f tok/s | time %.2f s | peak RSS %s | "
+               "KV fast %s, dram %s, nvme %s | weights read per token: %s | tiers: %s | finish: %s]\n",
+               (long long)n, pf, k, dc, t2 - t0, st_fmt_size(peak_rss_bytes(), r, sizeof r),
+               st_fmt_size(kv_fast, kf, sizeof kf), st_fmt_size(kv_dram, kd, sizeof kd),
+               st_fmt_size(kv_nvme, kn, sizeof kn), st_fmt_size(m->bytes_per_token, b, sizeof b), tiers, finish);
     }
     rc = 0;
 fail:
