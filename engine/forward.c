@@ -1,7 +1,9 @@
 /* The forward pass over a chunk (see model.h): embedding into hc streams, then
  * per layer mHC -> RMSNorm -> attention -> mHC and mHC -> RMSNorm -> MoE -> mHC,
  * then hc_head -> norm -> head (F32). Long inputs run in chunks of m->chunk
- * tokens; the KV state carries everything across chunks. */
+ * tokens; the KV state carries everything across chunks. Batched decode runs
+ * one token of each of B sequences through the same layer loop: attention per
+ * sequence, everything else (the MoE above all) once over the B rows. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,16 +79,45 @@ typedef struct fwd_bufs {
     float *x, *y, *f, *post, *comb, *mixes;
 } fwd_bufs;
 
-static int run_chunk(st_seq *s, const int32_t *tokens, int64_t T, float *logits, bool all_positions, fwd_bufs *b) {
-    const st_model *m = s->m;
+static void bufs_free(fwd_bufs *b) {
+    free(b->x); free(b->y); free(b->f); free(b->post); free(b->comb); free(b->mixes);
+}
+
+/* Scratch for `rows` token rows at once. */
+static int bufs_alloc(fwd_bufs *b, const st_model *m, int64_t rows) {
+    const int64_t hc = m->hcd.hc, dim = m->dim, mix = (2 + hc) * hc;
+    *b = (fwd_bufs){0};
+    b->x = malloc((size_t)(rows * hc * dim) * sizeof(float));
+    b->y = malloc((size_t)(rows * dim) * sizeof(float));
+    b->f = malloc((size_t)(rows * dim) * sizeof(float));
+    b->post = malloc((size_t)(rows * hc) * sizeof(float));
+    b->comb = malloc((size_t)(rows * hc * hc) * sizeof(float));
+    b->mixes = malloc((size_t)(rows * mix) * sizeof(float));
+    if (b->x && b->y && b->f && b->post && b->comb && b->mixes) return 0;
+    bufs_free(b);
+    *b = (fwd_bufs){0};
+    return st_error(ST_ERR_NOMEM, "forward: out of memory for %lld rows", (long long)rows);
+}
+
+/* T token rows through the model. nseq == 1: T consecutive tokens of seqs[0]
+ * (prefill chunk or single decode); nseq > 1: one token of each sequence
+ * (T == nseq, batched decode). Every op but attention runs over all T rows at
+ * once; attention runs per sequence on its own state at its own position. The
+ * row kernels are batch-invariant (cpu/cpu.h), so a row's result does not
+ * depend on which other rows share the call. logits: (T, vocab) when
+ * all_positions (always with nseq > 1), else (1, vocab) for the last row. */
+static int run_rows(st_seq *const *seqs, int nseq, const int32_t *tokens, int64_t T, float *logits, bool all_positions,
+                    fwd_bufs *b) {
+    const st_model *m = seqs[0]->m;
     const int hc = m->hcd.hc;
-    const int64_t dim = m->dim, sd = (int64_t)hc * dim;
+    const int64_t dim = m->dim, sd = (int64_t)hc * dim, per = nseq == 1 ? T : 1; /* rows per sequence */
     const bool official = m->numerics == ST_NUMERICS_OFFICIAL;
     int rc;
     for (int64_t t = 0; t < T; t++) {
+        const st_seq *s = seqs[t / per];
         if (tokens[t] < 0 || tokens[t] >= m->vocab)
             return st_error(ST_ERR_INVALID, "token id %d at position %lld is outside the vocabulary (0..%lld)",
-                            tokens[t], (long long)(s->pos + t), (long long)m->vocab - 1);
+                            tokens[t], (long long)(s->pos + t % per), (long long)m->vocab - 1);
         st_dequant_rows(&m->embed, tokens[t], tokens[t] + 1, b->y + t * dim);
         for (int i = 0; i < hc; i++) memcpy(b->x + t * sd + i * dim, b->y + t * dim, (size_t)dim * sizeof(float));
     }
@@ -97,13 +128,19 @@ static int run_chunk(st_seq *s, const int32_t *tokens, int64_t T, float *logits,
         if ((rc = st_hc_pre(m->pool, &m->hcd, &L->hc_attn, b->x, T, b->y, b->post, b->comb, b->mixes))) return rc;
         for (int64_t t = 0; t < T; t++) st_rmsnorm(b->y + t * dim, L->attn_norm, dim, m->norm_eps, b->y + t * dim);
         if (official) st_round_bf16(b->y, T * dim);
-        if ((rc = st_attn_forward(m->pool, &L->attn, &s->state[l], b->y, T, s->pos, m->numerics, b->f))) {
-            return st_error_prefix(rc, "layer %d attention: ", l);
+        for (int i = 0; i < nseq; i++) {
+            st_seq *s = seqs[i];
+            const int64_t r0 = (int64_t)i * per;
+            if ((rc = st_attn_forward(m->pool, &L->attn, &s->state[l], b->y + r0 * dim, per, s->pos, m->numerics,
+                                      b->f + r0 * dim))) {
+                return nseq == 1 ? st_error_prefix(rc, "layer %d attention: ", l)
+                                 : st_error_prefix(rc, "layer %d attention (batch row %d): ", l, i);
+            }
         }
         if (official) st_round_bf16(b->f, T * dim);
         st_hc_post(&m->hcd, b->f, b->x, b->post, b->comb, T, b->x);
         if (official) st_round_bf16(b->x, T * sd);
-        /* MoE */
+        /* MoE: once over every row (expert-major: each expert fetched once for all of them) */
         if ((rc = st_hc_pre(m->pool, &m->hcd, &L->hc_ffn, b->x, T, b->y, b->post, b->comb, b->mixes))) return rc;
         for (int64_t t = 0; t < T; t++) st_rmsnorm(b->y + t * dim, L->ffn_norm, dim, m->norm_eps, b->y + t * dim);
         if (official) st_round_bf16(b->y, T * dim);
@@ -115,38 +152,47 @@ static int run_chunk(st_seq *s, const int32_t *tokens, int64_t T, float *logits,
         if (official) st_round_bf16(b->x, T * sd);
     }
     if (logits) {
-        int64_t first = all_positions ? 0 : T - 1, n = T - first;
+        int64_t first = all_positions || nseq > 1 ? 0 : T - 1, n = T - first;
         if ((rc = st_hc_head(m->pool, &m->hcd, &m->hc_head, b->x + first * sd, n, b->y, b->mixes))) return rc;
         for (int64_t t = 0; t < n; t++) st_rmsnorm(b->y + t * dim, m->norm, dim, m->norm_eps, b->y + t * dim);
         if (official) st_round_bf16(b->y, n * dim);
         if ((rc = st_matmul(m->pool, &m->head, b->y, n, logits, ST_ACT_F32))) return rc;
     }
-    s->pos += T;
+    for (int i = 0; i < nseq; i++) seqs[i]->pos += per;
     return 0;
 }
 
 int st_seq_forward(st_seq *s, const int32_t *tokens, int64_t T, float *logits, bool all_positions) {
     const st_model *m = s->m;
     if (T <= 0) return st_error(ST_ERR_INVALID, "no tokens to run");
-    const int64_t C = ST_MIN(T, m->chunk > 0 ? m->chunk : T), hc = m->hcd.hc, dim = m->dim;
-    const int64_t mix = (2 + hc) * hc;
-    fwd_bufs b = {0};
-    b.x = malloc((size_t)(C * hc * dim) * sizeof(float));
-    b.y = malloc((size_t)(C * dim) * sizeof(float));
-    b.f = malloc((size_t)(C * dim) * sizeof(float));
-    b.post = malloc((size_t)(C * hc) * sizeof(float));
-    b.comb = malloc((size_t)(C * hc * hc) * sizeof(float));
-    b.mixes = malloc((size_t)(C * mix) * sizeof(float));
-    int rc = 0;
-    if (!b.x || !b.y || !b.f || !b.post || !b.comb || !b.mixes) rc = st_error(ST_ERR_NOMEM, "forward: out of memory");
+    const int64_t C = ST_MIN(T, m->chunk > 0 ? m->chunk : T);
+    fwd_bufs b;
+    int rc = bufs_alloc(&b, m, C);
     for (int64_t t0 = 0; !rc && t0 < T; t0 += C) {
         int64_t n = ST_MIN(C, T - t0);
         bool last = t0 + n == T;
         float *lg = NULL;
         if (logits && all_positions) lg = logits + t0 * m->vocab;
         else if (logits && last) lg = logits;
-        rc = run_chunk(s, tokens + t0, n, lg, all_positions, &b);
+        rc = run_rows(&s, 1, tokens + t0, n, lg, all_positions, &b);
     }
-    free(b.x); free(b.y); free(b.f); free(b.post); free(b.comb); free(b.mixes);
+    bufs_free(&b);
+    return rc;
+}
+
+int st_seq_forward_batch(st_seq *const *seqs, const int32_t *tokens, int B, float *logits) {
+    if (B <= 0) return st_error(ST_ERR_INVALID, "batch forward: no sequences (B = %d)", B);
+    const st_model *m = seqs[0]->m;
+    for (int i = 0; i < B; i++) {
+        if (seqs[i]->m != m) return st_error(ST_ERR_INVALID, "batch forward: sequence %d belongs to another model", i);
+        for (int j = 0; j < i; j++)
+            if (seqs[j] == seqs[i]) return st_error(ST_ERR_INVALID, "batch forward: sequence %d is also row %d", i, j);
+    }
+    fwd_bufs b;
+    int rc = bufs_alloc(&b, m, B);
+    if (!rc) {
+        rc = run_rows(seqs, B, tokens, B, logits, true, &b);
+        bufs_free(&b);
+    }
     return rc;
 }

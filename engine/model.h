@@ -52,6 +52,12 @@ int st_seq_kv_tiering(st_seq *s, uint64_t fast_bytes, uint64_t dram_bytes, const
 /* Run T tokens at the sequence's current position. logits: (T, vocab) when
  * all_positions, else (1, vocab) for the last token; may be NULL. */
 int st_seq_forward(st_seq *s, const int32_t *tokens, int64_t T, float *logits, bool all_positions);
+/* Batched decode: one token of each of B distinct sequences of one model, each
+ * at its own position; logits (B, vocab). The MoE runs once over the B rows
+ * (a streamed expert is read once per step for all of them). Bit-identical to
+ * B calls of st_seq_forward(seqs[i], &tokens[i], 1, ...). On error the
+ * sequences' states are undefined (reset them). */
+int st_seq_forward_batch(st_seq *const *seqs, const int32_t *tokens, int B, float *logits);
 
 
 
