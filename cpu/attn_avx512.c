@@ -215,8 +215,55 @@ void st_attn_wsum_avx512(const float *p, int64_t nh, const float *const *rows, i
 }
 
 /* H == 64 heads in 4 vectors; q transposed once per call. */
+/* The sums of 16 vectors: lane i = sum of v[i]. Every v[i] goes through the
+ * same tree of adds whatever its position, so a key's score does not depend
+ * on where it sits in a call. */
+static inline __m512 reduce16(const __m512 *v) {
+    __m512 a[8], b[4];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0xEE));
+    /* b[i]: per 128-bit lane L, {v[4i] .. v[4i+3]} partial sums over L */
+    const __m512 c0 = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88), _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
+    const __m512 c1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, 0x88), _mm512_shuffle_f32x4(c0, c1, 0xDD));
+}
+
+/* Few heads (H divides 16, d a multiple of 16): 16/H keys per step, each
+ * (key, head) dot product a 16-lane vector, the 16 reduced at once. */
+static void index_scores_few_heads(const float *q, const float *w, const float *k, int64_t H, int64_t d, int64_t n,
+                                   float *out) {
+    const int64_t KS = 16 / H; /* keys per step */
+    const __m512 zero = _mm512_setzero_ps();
+    _Alignas(64) float lanes[16];
+    for (int64_t s = 0; s < n; s += KS) {
+        __m512 v[16];
+        for (int64_t j = 0; j < KS; j++) {
+            const float *kj = k + (s + j < n ? s + j : s) * d;
+            for (int64_t h = 0; h < H; h++) {
+                const float *qh = q + h * d;
+                __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qh), _mm512_loadu_ps(kj));
+                for (int64_t c = 16; c < d; c += 16)
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh + c), _mm512_loadu_ps(kj + c), acc);
+                v[j * H + h] = acc;
+            }
+        }
+        _mm512_store_ps(lanes, _mm512_max_ps(reduce16(v), zero));
+        for (int64_t j = 0; j < KS && s + j < n; j++) {
+            float acc = 0;
+            for (int64_t h = 0; h < H; h++) acc += lanes[j * H + h] * w[h];
+            out[s + j] = acc;
+        }
+    }
+}
+
 void st_index_scores_avx512(const float *q, const float *w, const float *k, int64_t H, int64_t d, int64_t n, float *out) {
     enum { NH = 64, MAXD = 256 };
+    if (H <= 16 && 16 % H == 0 && d % 16 == 0 && d > 0) {
+        index_scores_few_heads(q, w, k, H, d, n, out);
+        return;
+    }
     if (H != NH || d > MAXD) {
         if (d % 16 == 0)
             for (int64_t s = 0; s < n; s++) {

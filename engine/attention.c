@@ -216,45 +216,160 @@ static void attn_heads(void *ctx, int ith, int nth) {
                       j->scratch + h0 * nc, j->o + h0 * hd);
 }
 
+/* Indexer over a group of consecutive tokens of the chunk: the visible keys are
+ * cut in tiles that stay in cache while every query of the group scores them
+ * (prefill reads each key once per group instead of once per token). A key's
+ * score does not depend on the tile (kernel contract, tested), so this is the
+ * per-token computation. */
+enum { INDEX_GROUP = 8, INDEX_TILE = 512 };
+
 typedef struct index_job {
     const st_indexer_w *ix;
-    const float *iq, *iw, *keys; /* (n_heads, head_dim), (n_heads), (n_vis, head_dim) */
-    int64_t n_vis;
-    float *scores;               /* (n_vis) */
+    const float *iq, *iw, *keys; /* (g, n_heads, head_dim), (g, n_heads), (n_keys, head_dim) */
+    const int64_t *n_vis;        /* (g) keys visible to each query */
+    int64_t g, n_max;
+    float *scores;               /* (g, n_max) */
+    int32_t *sel;                /* (g, topk) */
 } index_job;
 
 static void index_rows(void *ctx, int ith, int nth) {
     index_job *j = ctx;
-    const int64_t hd = j->ix->head_dim;
+    const int64_t hd = j->ix->head_dim, H = j->ix->n_heads;
     int64_t s0, s1;
-    st_split(j->n_vis, ith, nth, 16, &s0, &s1);
-    if (s1 > s0) st_index_scores(j->iq, j->iw, j->keys + s0 * hd, j->ix->n_heads, hd, s1 - s0, j->scores + s0);
+    st_split(j->n_max, ith, nth, 16, &s0, &s1);
+    for (int64_t a = s0; a < s1; a += INDEX_TILE) {
+        const int64_t b = ST_MIN(s1, a + INDEX_TILE);
+        for (int64_t q = 0; q < j->g; q++) {
+            const int64_t e = ST_MIN(b, j->n_vis[q]);
+            if (e > a)
+                st_index_scores(j->iq + q * H * hd, j->iw + q * H, j->keys + a * hd, H, hd, e - a,
+                                j->scores + q * j->n_max + a);
+        }
+    }
 }
 
-/* Indexer: scores of the visible compressed entries for one token, top-k ids. */
-static int64_t index_select(st_pool *pool, const st_indexer_w *ix, const st_comp_state *ks, const float *iq,
-                            const float *iw, int64_t n_vis, float *scores, int32_t *sel) {
-    index_job j = {.ix = ix, .iq = iq, .iw = iw, .keys = ks->entries, .n_vis = n_vis, .scores = scores};
-    if (n_vis >= 64) st_pool_run(pool, index_rows, &j);
-    else index_rows(&j, 0, 1);
-    int64_t k = ST_MIN((int64_t)ix->topk, n_vis);
-    if (k > 0) st_topk(scores, n_vis, k, sel, NULL);
-    return k;
+static void index_topk(void *ctx, int ith, int nth) {
+    index_job *j = ctx;
+    const int64_t topk = j->ix->topk;
+    for (int64_t q = ith; q < j->g; q += nth) {
+        const int64_t k = ST_MIN(topk, j->n_vis[q]);
+        if (k > 0) st_topk(j->scores + q * j->n_max, j->n_vis[q], k, j->sel + q * topk, NULL);
+    }
+}
+
+/* sel (T, topk) = top-k key ids of every token of the chunk; n_vis (T). */
+static void index_select_chunk(st_pool *pool, const st_indexer_w *ix, const float *keys, const float *iq,
+                               const float *iw, const int64_t *n_vis, int64_t T, float *scores, int32_t *sel) {
+    const int64_t H = ix->n_heads, hd = ix->head_dim;
+    for (int64_t t0 = 0; t0 < T; t0 += INDEX_GROUP) {
+        const int64_t g = ST_MIN(INDEX_GROUP, T - t0);
+        index_job j = {.ix = ix, .iq = iq + t0 * H * hd, .iw = iw + t0 * H, .keys = keys, .n_vis = n_vis + t0,
+                       .g = g, .n_max = n_vis[t0 + g - 1], .scores = scores, .sel = sel + t0 * ix->topk};
+        if (j.n_max * g >= 256) { st_pool_run(pool, index_rows, &j); st_pool_run(pool, index_topk, &j); }
+        else { index_rows(&j, 0, 1); index_topk(&j, 0, 1); }
+    }
+}
+
+/* ---- attention of the chunk's tokens --------------------------------------------------- */
+
+/* Candidates of token t (position p): the window (positions p-W+1..p, read
+ * from the chunk's own rows or, before the chunk, from the ring as it was when
+ * the chunk began) then the compressed entries it sees. */
+typedef struct chunk_attn {
+    const st_attn_w *w;
+    st_layer_state *s;
+    const float *q, *kv;     /* (T, n_heads*head_dim), (T, head_dim) */
+    const int64_t *n_main;   /* (T) main compressed entries visible */
+    const int32_t *sel;      /* (T, topk) on CSA layers */
+    const int64_t *n_sel;    /* (T) */
+    int64_t pos0, T, max_cand;
+    float *o;                /* (T, n_heads*head_dim) */
+    const float **cand;      /* (nth, max_cand) */
+    float *scratch;          /* (nth, max_cand * n_heads) */
+    const void **paged;      /* (topk) */
+    st_numerics num;
+    int rc;
+} chunk_attn;
+
+static int64_t token_cands(const chunk_attn *c, int64_t t, const float **cand) {
+    const st_attn_w *w = c->w;
+    const st_layer_state *s = c->s;
+    const int64_t hd = w->head_dim, W = w->window, p = c->pos0 + t;
+    int64_t nc = 0;
+    for (int64_t q = ST_MAX(0, p - W + 1); q <= p; q++)
+        cand[nc++] = q >= c->pos0 ? c->kv + (q - c->pos0) * hd : s->window + (q % W) * hd;
+    if (w->kind == ST_LAYER_CSA && !s->comp.pages) {
+        const int32_t *sel = c->sel + t * w->idx.topk;
+        for (int64_t i = 0; i < c->n_sel[t]; i++) cand[nc++] = s->comp.entries + (int64_t)sel[i] * hd;
+    } else if (w->kind == ST_LAYER_HCA) {
+        for (int64_t i = 0; i < c->n_main[t]; i++) cand[nc++] = s->comp.entries + i * hd;
+    }
+    return nc;
+}
+
+static void token_finish(const chunk_attn *c, int64_t t) {
+    const st_attn_w *w = c->w;
+    const int64_t qh = (int64_t)w->n_heads * w->head_dim;
+    float *ot = c->o + t * qh;
+    if (c->num == ST_NUMERICS_OFFICIAL) st_round_bf16(ot, qh);
+    st_rope_apply(ot, w->n_heads, w->head_dim, (int)w->rope_dims, w->inv_freq, c->pos0 + t, true);
+    if (c->num == ST_NUMERICS_OFFICIAL) st_round_bf16(ot, qh);
+}
+
+/* Tokens split over the threads; each token's heads go in the same groups as
+ * the one-token path (attn_heads for every (ith, nth)), so results match it. */
+static void attn_tokens(void *ctx, int ith, int nth) {
+    chunk_attn *c = ctx;
+    int64_t t0, t1;
+    st_split(c->T, ith, nth, 1, &t0, &t1);
+    const float **cand = c->cand + ith * c->max_cand;
+    float *scratch = c->scratch + ith * c->max_cand * c->w->n_heads;
+    const int64_t qh = (int64_t)c->w->n_heads * c->w->head_dim;
+    for (int64_t t = t0; t < t1; t++) {
+        attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = cand, .n_cand = token_cands(c, t, cand),
+                        .o = c->o + t * qh, .scratch = scratch};
+        for (int i = 0; i < nth; i++) attn_heads(&job, i, nth);
+        token_finish(c, t);
+    }
+}
+
+/* One token at a time, heads over the threads (decode, or paged CSA entries:
+ * a stream holds one token's pins at a time). */
+static int attn_sequential(st_pool *pool, chunk_attn *c) {
+    const int64_t qh = (int64_t)c->w->n_heads * c->w->head_dim, hd = c->w->head_dim;
+    st_comp_state *cs = &c->s->comp;
+    for (int64_t t = 0; t < c->T; t++) {
+        int64_t nc = token_cands(c, t, c->cand);
+        if (c->w->kind == ST_LAYER_CSA && cs->pages) {
+            const int32_t *sel = c->sel + t * c->w->idx.topk;
+            int rc = st_kv_pages_get(cs->pages, cs->stream, sel, c->n_sel[t], c->paged);
+            if (rc) return rc;
+            for (int64_t i = 0; i < c->n_sel[t]; i++) c->cand[nc++] = c->paged[i];
+        }
+        (void)hd;
+        attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = c->cand, .n_cand = nc, .o = c->o + t * qh,
+                        .scratch = c->scratch};
+        st_pool_run(pool, attn_heads, &job);
+        if (cs->pages) st_kv_pages_release(cs->pages, cs->stream);
+        token_finish(c, t);
+    }
+    return 0;
 }
 
 /* ---- the layer ---------------------------------------------------------------------- */
 
 typedef struct attn_bufs {
     float *xq, *qa, *qaq, *q, *kv, *ckv, *csc, *iq, *iw, *ikv, *isc, *o, *og, *oa, *res, *scratch, *iscores;
-    int32_t *sel;
+    int32_t *sel;       /* (T, topk) */
+    int64_t *n_main, *n_idx, *n_sel; /* (T) each */
     const float **cand;
-    const void **paged; /* (max_vis) entry pointers from kv_pages */
+    const void **paged; /* (topk) entry pointers from kv_pages */
 } attn_bufs;
 
 static void bufs_free(attn_bufs *b) {
     free(b->xq); free(b->qa); free(b->qaq); free(b->q); free(b->kv); free(b->ckv); free(b->csc); free(b->iq); free(b->iw);
     free(b->ikv); free(b->isc); free(b->o); free(b->og); free(b->oa); free(b->res); free(b->scratch); free(b->iscores);
-    free(b->sel); free(b->cand); free(b->paged);
+    free(b->sel); free(b->cand); free(b->paged); free(b->n_main); free(b->n_idx); free(b->n_sel);
 }
 
 #define ALLOC(p, n) ((p) = malloc((size_t)(n) * sizeof(*(p))), (p) != NULL)
@@ -267,19 +382,24 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     const int coff = has_comp && w->comp.overlap ? 2 : 1;
     const int64_t icoff = csa && w->idx.comp.overlap ? 2 : 1;
     const int64_t max_vis = has_comp ? (pos0 + T) / w->comp.ratio + 1 : 0;
+    const int64_t max_ivis = csa ? (pos0 + T) / w->idx.comp.ratio + 1 : 0;
+    /* candidates of one token: the window, then top-k (CSA) or every entry (HCA) */
+    const int64_t max_cand = W + (csa ? (int64_t)w->idx.topk : max_vis);
+    const int nth = st_pool_size(pool) > 0 ? st_pool_size(pool) : 1;
     attn_bufs b = {0};
     int rc = ST_ERR_NOMEM;
     if (!ALLOC(b.qa, T * w->q_lora_rank) || !ALLOC(b.q, T * qh) || !ALLOC(b.kv, T * hd) || !ALLOC(b.o, T * qh) ||
-        !ALLOC(b.og, T * gin) || !ALLOC(b.oa, T * G * R) || !ALLOC(b.res, T * R) || !ALLOC(b.scratch, (W + max_vis) * H) ||
-        !ALLOC(b.cand, W + max_vis))
+        !ALLOC(b.og, T * gin) || !ALLOC(b.oa, T * G * R) || !ALLOC(b.res, T * R) ||
+        !ALLOC(b.scratch, max_cand * H * nth) || !ALLOC(b.cand, max_cand * nth) || !ALLOC(b.n_main, T))
         goto oom;
     if (has_comp && (!ALLOC(b.ckv, T * coff * hd) || !ALLOC(b.csc, T * coff * hd))) goto oom;
     if (csa) {
         const int64_t ih = w->idx.n_heads, id = w->idx.head_dim;
         if (!ALLOC(b.iq, T * ih * id) || !ALLOC(b.iw, T * ih) || !ALLOC(b.ikv, T * icoff * id) ||
-            !ALLOC(b.isc, T * icoff * id) || !ALLOC(b.iscores, max_vis) || !ALLOC(b.sel, max_vis))
+            !ALLOC(b.isc, T * icoff * id) || !ALLOC(b.iscores, INDEX_GROUP * max_ivis) ||
+            !ALLOC(b.sel, T * w->idx.topk) || !ALLOC(b.n_idx, T) || !ALLOC(b.n_sel, T))
             goto oom;
-        if (s->comp.pages && !ALLOC(b.paged, max_vis)) goto oom;
+        if (s->comp.pages && !ALLOC(b.paged, w->idx.topk)) goto oom;
     }
 
     const bool official = num == ST_NUMERICS_OFFICIAL;
@@ -340,43 +460,35 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
         if ((rc = st_matmul(pool, &ix->comp.wgate, xn, T, b.isc, ST_ACT_F32))) goto done;
     }
 
+    /* compressors in token order (a token may complete a block it then sees) */
     for (int64_t t = 0; t < T; t++) {
         const int64_t p = pos0 + t;
-        memcpy(s->window + (p % W) * hd, b.kv + t * hd, (size_t)hd * sizeof(float));
-        int64_t nc = 0;
-        for (int64_t q = ST_MAX(0, p - W + 1); q <= p; q++) b.cand[nc++] = s->window + (q % W) * hd;
-        if (has_comp) {
-            if ((rc = comp_feed(&w->comp, &s->comp, b.ckv + t * coff * hd, b.csc + t * coff * hd, p, w->inv_freq, rd,
-                                w->eps, num)))
+        if (has_comp && (rc = comp_feed(&w->comp, &s->comp, b.ckv + t * coff * hd, b.csc + t * coff * hd, p,
+                                        w->inv_freq, rd, w->eps, num)))
+            goto done;
+        b.n_main[t] = has_comp ? s->comp.n_entries : 0;
+        if (csa) {
+            const int64_t id = w->idx.head_dim;
+            if ((rc = comp_feed(&w->idx.comp, &s->icomp, b.ikv + t * icoff * id, b.isc + t * icoff * id, p,
+                                w->inv_freq, rd, w->eps, num)))
                 goto done;
-            if (csa) {
-                const st_indexer_w *ix = &w->idx;
-                const int64_t id = ix->head_dim;
-                if ((rc = comp_feed(&ix->comp, &s->icomp, b.ikv + t * icoff * id, b.isc + t * icoff * id, p,
-                                    w->inv_freq, rd, w->eps, num)))
-                    goto done;
-                int64_t k = index_select(pool, ix, &s->icomp, b.iq + t * ix->n_heads * id, b.iw + t * ix->n_heads,
-                                         s->icomp.n_entries, b.iscores, b.sel);
-                if (s->comp.pages) { /* pinned until the release after this token's attention */
-                    if ((rc = st_kv_pages_prefetch(s->comp.pages, s->comp.stream, b.sel, k)) ||
-                        (rc = st_kv_pages_get(s->comp.pages, s->comp.stream, b.sel, k, b.paged)))
-                        goto done;
-                    for (int64_t i = 0; i < k; i++) b.cand[nc++] = b.paged[i];
-                } else {
-                    for (int64_t i = 0; i < k; i++) b.cand[nc++] = s->comp.entries + (int64_t)b.sel[i] * hd;
-                }
-            } else {
-                for (int64_t i = 0; i < s->comp.n_entries; i++) b.cand[nc++] = s->comp.entries + i * hd;
-            }
+            b.n_idx[t] = s->icomp.n_entries;
+            b.n_sel[t] = ST_MIN((int64_t)w->idx.topk, b.n_idx[t]);
         }
-        attn_job job = {.w = w, .q = b.q + t * qh, .cand = b.cand, .n_cand = nc, .o = b.o + t * qh, .scratch = b.scratch};
-        st_pool_run(pool, attn_heads, &job);
-        if (s->comp.pages) st_kv_pages_release(s->comp.pages, s->comp.stream);
-        float *ot = b.o + t * qh;
-        if (num == ST_NUMERICS_OFFICIAL) st_round_bf16(ot, qh);
-        st_rope_apply(ot, H, hd, (int)rd, w->inv_freq, p, true);
-        if (num == ST_NUMERICS_OFFICIAL) st_round_bf16(ot, qh);
     }
+    if (csa)
+        index_select_chunk(pool, &w->idx, s->icomp.entries, b.iq, b.iw, b.n_idx, T, b.iscores, b.sel);
+    chunk_attn ca = {.w = w, .s = s, .q = b.q, .kv = b.kv, .n_main = b.n_main, .sel = b.sel, .n_sel = b.n_sel,
+                     .pos0 = pos0, .T = T, .max_cand = max_cand, .o = b.o, .cand = b.cand, .scratch = b.scratch,
+                     .paged = b.paged, .num = num};
+    if ((csa && s->comp.pages) || T < 2 * nth) {
+        if ((rc = attn_sequential(pool, &ca))) goto done;
+    } else {
+        st_pool_run(pool, attn_tokens, &ca);
+    }
+    /* the ring takes the chunk's last W rows */
+    for (int64_t p = ST_MAX(pos0, pos0 + T - W); p < pos0 + T; p++)
+        memcpy(s->window + (p % W) * hd, b.kv + (p - pos0) * hd, (size_t)hd * sizeof(float));
 
     /* grouped low-rank output: group g's heads -> o_lora_rank each, concatenated -> wo_b */
     for (int64_t g = 0; g < G; g++) {

@@ -278,10 +278,46 @@ static void attend_matches_reference_on_every_isa(void **state) {
 }
 
 /* Indexer score of one token: I(s) = sum_h w_h relu(q_h . k_s), in double. */
+static void index_scores_shape(int64_t H, int64_t d, int64_t n);
 static void index_scores_match_reference_on_every_isa(void **state) {
     (void)state;
     rng_seed(12);
-    const int64_t H = 64, d = 128, n = 517;
+    /* many heads (lanes = heads), few heads (16/H keys per reduction), odd widths */
+    const int64_t shapes[][2] = {{64, 128}, {4, 32}, {8, 128}, {1, 16}, {2, 48}, {16, 64}, {3, 32}, {4, 24}};
+    for (size_t i = 0; i < ST_ARRAY_LEN(shapes); i++) index_scores_shape(shapes[i][0], shapes[i][1], 517);
+}
+
+/* A key's score is the same whatever its place in the call (prefill scores
+ * key tiles for many queries, decode all keys at once). */
+static void index_scores_independent_of_offset(void **state) {
+    (void)state;
+    rng_seed(13);
+    const int64_t shapes[][2] = {{64, 128}, {4, 32}, {8, 128}, {2, 16}};
+    const st_isa saved = st_cpu_isa();
+    for (size_t i = 0; i < ST_ARRAY_LEN(shapes); i++) {
+        const int64_t H = shapes[i][0], d = shapes[i][1], n = 301;
+        float *q = malloc((size_t)(H * d) * sizeof(float)), *k = malloc((size_t)(n * d) * sizeof(float));
+        float *w = malloc((size_t)H * sizeof(float)), *all = malloc((size_t)n * sizeof(float)), *part = malloc((size_t)n * sizeof(float));
+        fill(q, H * d, 1.0f);
+        fill(k, n * d, 1.0f);
+        fill(w, H, 0.1f);
+        for (size_t ii = 0; ii < ST_ARRAY_LEN(isas); ii++) {
+            if (st_cpu_set_isa(isas[ii])) continue;
+            st_index_scores(q, w, k, H, d, n, all);
+            for (int64_t off = 0; off < n; off += 7) {
+                const int64_t len = ST_MIN(n - off, 1 + off % 37);
+                st_index_scores(q, w, k + off * d, H, d, len, part);
+                if (memcmp(part, all + off, (size_t)len * sizeof(float)))
+                    fail_msg("%s H=%lld d=%lld: keys %lld..+%lld differ from the whole call", st_isa_name(isas[ii]),
+                             (long long)H, (long long)d, (long long)off, (long long)len);
+            }
+        }
+        free(q); free(k); free(w); free(all); free(part);
+    }
+    st_cpu_set_isa(saved);
+}
+
+static void index_scores_shape(int64_t H, int64_t d, int64_t n) {
     float *q = malloc((size_t)(H * d) * sizeof(float)), *k = malloc((size_t)(n * d) * sizeof(float));
     float *w = malloc((size_t)H * sizeof(float)), *s = malloc((size_t)n * sizeof(float));
     fill(q, H * d, 1.0f);
@@ -296,11 +332,17 @@ static void index_scores_match_reference_on_every_isa(void **state) {
                 double ref = 0, mag = 0;
                 for (int64_t h = 0; h < H; h++) {
                     double a = 0;
-                    for (int64_t c = 0; c < d; c++) a += (double)q[h * d + c] * k[j * d + c];
+                    double am = 0; /* a sum's error scales with the magnitudes of its terms */
+                    for (int64_t c = 0; c < d; c++) {
+                        a += (double)q[h * d + c] * k[j * d + c];
+                        am += fabs((double)q[h * d + c] * k[j * d + c]);
+                    }
                     if (a > 0) ref += a * w[h];
-                    mag += fabs(a * w[h]);
+                    mag += am * fabs(w[h]);
                 }
-                if (!(fabs(s[j] - ref) <= 1e-5 * mag + 1e-30)) fail_msg("%s n=%lld row %lld: %g vs %g", st_isa_name(isas[ii]), (long long)nn, (long long)j, s[j], ref);
+                if (!(fabs(s[j] - ref) <= 1e-5 * mag + 1e-30))
+                    fail_msg("%s H=%lld d=%lld n=%lld row %lld: %g vs %g", st_isa_name(isas[ii]), (long long)H,
+                             (long long)d, (long long)nn, (long long)j, s[j], ref);
             }
         }
     }
@@ -317,6 +359,7 @@ int main(void) {
         cmocka_unit_test(round_bf16_matches_conversion),
         cmocka_unit_test(attend_matches_reference_on_every_isa),
         cmocka_unit_test(index_scores_match_reference_on_every_isa),
+        cmocka_unit_test(index_scores_independent_of_offset),
     };
     return cmocka_run_group_tests_name("attn_kernels", tests, NULL, NULL);
 }
