@@ -112,6 +112,44 @@ int st_mem_numa_nodes(void) { return numa_on() ? numa_nodes_probed : 0; }
 bool st_mem_hugepages(void) { pthread_once(&probe_once, probe); return thp_ok; }
 void st_mem_set_numa_enabled(bool on) { atomic_store(&numa_enabled, on ? 1 : 0); }
 
+static _Atomic int virtual_nodes;
+void st_mem_set_virtual_nodes(int n) { atomic_store(&virtual_nodes, n > 0 ? n : 0); }
+
+/* ---- placement records: ST_MEM_NODE allocations (few: slot caches), by address ------ */
+
+typedef struct placed { uintptr_t lo, hi; st_mem_placement where; } placed;
+static pthread_mutex_t placed_mu = PTHREAD_MUTEX_INITIALIZER;
+static placed *placed_list;
+static int n_placed, placed_cap;
+
+static void record_placement(void *p, uint64_t len, int node, bool bound) {
+    pthread_mutex_lock(&placed_mu);
+    if (n_placed == placed_cap) {
+        int cap = placed_cap ? placed_cap * 2 : 16;
+        placed *l = realloc(placed_list, (size_t)cap * sizeof *l);
+        if (l) { placed_list = l; placed_cap = cap; }
+    }
+    if (n_placed < placed_cap) /* out of memory: the record is lost, the allocation is not */
+        placed_list[n_placed++] = (placed){(uintptr_t)p, (uintptr_t)p + len, {node, bound}};
+    pthread_mutex_unlock(&placed_mu);
+}
+
+static void forget_placement(void *p) {
+    pthread_mutex_lock(&placed_mu);
+    for (int i = 0; i < n_placed; i++)
+        if (placed_list[i].lo == (uintptr_t)p) { placed_list[i] = placed_list[--n_placed]; break; }
+    pthread_mutex_unlock(&placed_mu);
+}
+
+int st_mem_placement_of(const void *ptr, st_mem_placement *out) {
+    int rc = ST_ERR_NOT_FOUND;
+    pthread_mutex_lock(&placed_mu);
+    for (int i = 0; i < n_placed; i++)
+        if ((uintptr_t)ptr >= placed_list[i].lo && (uintptr_t)ptr < placed_list[i].hi) { *out = placed_list[i].where; rc = 0; break; }
+    pthread_mutex_unlock(&placed_mu);
+    return rc;
+}
+
 /* ---- allocations --------------------------------------------------------------- */
 
 uint64_t st_mem_charge(uint64_t bytes) { return ST_ALIGN_UP(bytes, PAGE_4K); }
@@ -128,14 +166,20 @@ static void *map_aligned(uint64_t len, uint64_t align) {
     return a;
 }
 
-static void place(void *p, uint64_t len, st_mem_policy policy, int node) {
-    if (policy == ST_MEM_DEFAULT) return;
+static bool node_usable(int node) {
+    return numa_on() && node >= 0 && node < numa_nodes_probed && numa_bitmask_isbitset(mems_allowed, (unsigned)node);
+}
+
+/* Returns whether the policy was applied. */
+static bool place(void *p, uint64_t len, st_mem_policy policy, int node) {
+    if (policy == ST_MEM_DEFAULT) return false;
     if (!numa_on()) {
         if (!atomic_flag_test_and_set(&warned_numa))
             ST_WARN("NUMA placement unavailable (%s): memory goes where the kernel first puts it",
                     numa_nodes_probed ? "disabled by STRATA_NUMA" : "numa_available() < 0");
-        return;
+        return false;
     }
+    if (policy == ST_MEM_NODE && !node_usable(node)) return false; /* a synthetic topology's node: recorded only */
     unsigned long mask[16] = {0}; /* up to 1024 nodes */
     unsigned long maxnode = sizeof mask * 8;
     int mode;
@@ -150,8 +194,9 @@ static void place(void *p, uint64_t len, st_mem_policy policy, int node) {
         mode = MPOL_LOCAL;
         maxnode = 0;
     }
-    if (mbind(p, len, mode, maxnode ? mask : NULL, maxnode, 0) != 0 && !atomic_flag_test_and_set(&warned_mbind))
-        ST_WARN("mbind refused (%s): NUMA placement is not applied", strerror(errno));
+    if (mbind(p, len, mode, maxnode ? mask : NULL, maxnode, 0) == 0) return true;
+    if (!atomic_flag_test_and_set(&warned_mbind)) ST_WARN("mbind refused (%s): NUMA placement is not applied", strerror(errno));
+    return false;
 }
 
 int st_mem_alloc(st_budget *b, uint64_t bytes, st_mem_policy policy, int node, void **out) {
@@ -162,8 +207,8 @@ int st_mem_alloc(st_budget *b, uint64_t bytes, st_mem_policy policy, int node, v
         return st_error(ST_ERR_INVALID, "budget %s: unknown memory policy %d", bn, (int)policy);
     if (policy == ST_MEM_NODE) {
         bool ok = node >= 0;
-        if (ok && numa_on())
-            ok = node < numa_nodes_probed && numa_bitmask_isbitset(mems_allowed, (unsigned)node);
+        if (ok && numa_on()) ok = node_usable(node);
+        if (!ok && node >= 0 && node < atomic_load(&virtual_nodes)) ok = true;
         if (!ok)
             return st_error(ST_ERR_INVALID, "budget %s: NUMA node %d is not one this process may use (nodes 0-%d)",
                             bn, node, (numa_on() ? numa_nodes_probed : 1) - 1);
@@ -184,7 +229,8 @@ int st_mem_alloc(st_budget *b, uint64_t bytes, st_mem_policy policy, int node, v
     }
     if (huge && st_mem_hugepages() && madvise(p, len, MADV_HUGEPAGE) != 0 && !atomic_flag_test_and_set(&warned_thp))
         ST_WARN("madvise(MADV_HUGEPAGE) refused (%s): using 4 KiB pages", strerror(errno));
-    place(p, len, policy, node);
+    bool bound = place(p, len, policy, node);
+    if (policy == ST_MEM_NODE) record_placement(p, len, node, bound);
     *out = p;
     return 0;
 }
@@ -192,6 +238,7 @@ int st_mem_alloc(st_budget *b, uint64_t bytes, st_mem_policy policy, int node, v
 void st_mem_free(st_budget *b, void *ptr, uint64_t bytes) {
     if (!ptr) return;
     uint64_t len = st_mem_charge(bytes);
+    forget_placement(ptr);
     munmap(ptr, len);
     st_budget_release(b, len);
 }

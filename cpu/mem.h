@@ -59,5 +59,18 @@ int st_mem_numa_nodes(void);
 bool st_mem_hugepages(void);
 /* Tests and STRATA_NUMA=0: allocate without any mbind (the fallback path). */
 void st_mem_set_numa_enabled(bool on);
+/* A synthetic topology (STRATA_TOPOLOGY) with n nodes is in use: ST_MEM_NODE
+ * accepts nodes [0, n); those this process cannot use are not mbind'ed (the
+ * allocation succeeds, its placement is only recorded). 0: back to normal. */
+void st_mem_set_virtual_nodes(int n);
+
+/* Where an ST_MEM_NODE allocation was asked to live. */
+typedef struct st_mem_placement {
+    int node;   /* the node asked for */
+    bool bound; /* mbind applied it (false: NUMA off, refused, or a node that does not exist here) */
+} st_mem_placement;
+/* The placement of the ST_MEM_NODE allocation holding ptr (anywhere inside it):
+ * 0, or ST_ERR_NOT_FOUND (not such an allocation, or freed). */
+int st_mem_placement_of(const void *ptr, st_mem_placement *out);
 
 #endif

@@ -11,6 +11,7 @@
 
 struct st_numa {
     int n_nodes, n_cores;
+    bool synthetic;
     st_numa_node *nodes;
     int *core_pu; /* all nodes' core_pu arrays, back to back */
 };
@@ -77,11 +78,20 @@ int st_numa_new(const char *synthetic, st_numa **out) {
         }
     }
     m->n_cores = at;
+    m->synthetic = synthetic != NULL;
     free(owner);
     hwloc_topology_destroy(t);
     *out = m;
     return 0;
 }
+
+int st_numa_new_env(st_numa **out) {
+    const char *env = getenv("STRATA_TOPOLOGY");
+    int rc = st_numa_new(env && *env ? env : NULL, out);
+    return rc ? st_error_prefix(rc, "STRATA_TOPOLOGY: ") : 0;
+}
+
+bool st_numa_is_synthetic(const st_numa *m) { return m->synthetic; }
 
 void st_numa_free(st_numa *m) {
     if (!m) return;
@@ -104,7 +114,7 @@ void st_numa_plan_free(st_numa_plan *p) {
     free(p);
 }
 
-int st_numa_plan_new(const st_numa *m, int n_threads, st_numa_plan **out) {
+static int plan_build(const st_numa *m, int n_threads, int only, st_numa_plan **out) {
     *out = NULL;
     if (n_threads <= 0) return st_error(ST_ERR_INVALID, "numa plan: %d threads, expected at least 1", n_threads);
     if (m->n_cores <= 0) return st_error(ST_ERR_UNSUPPORTED, "numa plan: the topology has no cores");
@@ -124,16 +134,17 @@ int st_numa_plan_new(const st_numa *m, int n_threads, st_numa_plan **out) {
     int given = 0;
     int64_t *rem = calloc((size_t)m->n_nodes, sizeof *rem);
     if (!rem) { st_numa_plan_free(p); return st_error(ST_ERR_NOMEM, "numa plan: out of memory"); }
+    int cores = only >= 0 ? m->nodes[only].n_cores : m->n_cores;
     for (int n = 0; n < m->n_nodes; n++) {
-        int64_t num = (int64_t)n_threads * m->nodes[n].n_cores;
-        p->count[n] = (int)(num / m->n_cores);
-        rem[n] = num % m->n_cores;
+        int64_t num = only < 0 || n == only ? (int64_t)n_threads * m->nodes[n].n_cores : 0;
+        p->count[n] = (int)(num / cores);
+        rem[n] = num % cores;
         given += p->count[n];
     }
     for (; given < n_threads; given++) {
         int best = -1;
         for (int n = 0; n < m->n_nodes; n++)
-            if (m->nodes[n].n_cores > 0 && (best < 0 || rem[n] > rem[best])) best = n;
+            if (m->nodes[n].n_cores > 0 && (only < 0 || n == only) && (best < 0 || rem[n] > rem[best])) best = n;
         p->count[best]++;
         rem[best] = -1;
     }
@@ -150,7 +161,32 @@ int st_numa_plan_new(const st_numa *m, int n_threads, st_numa_plan **out) {
     return 0;
 }
 
+int st_numa_plan_new(const st_numa *m, int n_threads, st_numa_plan **out) {
+    return plan_build(m, n_threads, -1, out);
+}
+
+int st_numa_plan_new_on(const st_numa *m, int n_threads, int node, st_numa_plan **out) {
+    *out = NULL;
+    if (node < 0 || node >= m->n_nodes || m->nodes[node].n_cores <= 0)
+        return st_error(ST_ERR_INVALID, "numa: node %d is not a node with cores (this machine has %d node(s))", node,
+                        m->n_nodes);
+    return plan_build(m, n_threads, node, out);
+}
+
 int st_numa_plan_thread_count(const st_numa_plan *p) { return p->n_threads; }
+int st_numa_plan_node_count(const st_numa_plan *p) { return p->n_nodes; }
+
+int st_numa_plan_owner(const st_numa_plan *p, int64_t n_items, int64_t item) {
+    /* node n owns the items whose middle falls in its share [T_before, T_before + count) / n_threads */
+    long double mid = ((long double)item + 0.5L) / (long double)n_items * (long double)p->n_threads;
+    int before = 0, last = p->n_nodes - 1;
+    while (last > 0 && p->count[last] == 0) last--;
+    for (int n = 0; n < last; n++) {
+        if (p->count[n] > 0 && mid < (long double)(before + p->count[n])) return n;
+        before += p->count[n];
+    }
+    return last;
+}
 
 st_numa_thread st_numa_plan_thread(const st_numa_plan *p, int ith) {
     ST_ASSERT(ith >= 0 && ith < p->n_threads);

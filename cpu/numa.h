@@ -8,6 +8,7 @@
 #ifndef ST_CPU_NUMA_H
 #define ST_CPU_NUMA_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct st_numa st_numa;
@@ -23,6 +24,12 @@ typedef struct st_numa_node {
 /* synthetic NULL: this machine; else an hwloc 2 synthetic description, e.g.
  * "pack:2 [numa(memory=8GB)] core:4 pu:2". ST_ERR_INVALID names a bad description. */
 int st_numa_new(const char *synthetic, st_numa **out);
+/* The machine, or the synthetic description in STRATA_TOPOLOGY when set (a
+ * hidden testing switch: the multi-node paths run on a one-node machine). */
+int st_numa_new_env(st_numa **out);
+/* Built from a synthetic description (its PUs and nodes are not this machine's:
+ * never pin to them, and mbind only to nodes that exist). */
+bool st_numa_is_synthetic(const st_numa *numa);
 void st_numa_free(st_numa *numa);
 int st_numa_node_count(const st_numa *numa);
 const st_numa_node *st_numa_node_at(const st_numa *numa, int i); /* i in [0, count) */
@@ -43,11 +50,22 @@ typedef struct st_numa_plan st_numa_plan;
  * and so on. Within a node thread j takes core j (wrapping when there are more
  * threads than cores). Nodes without cores get no threads. */
 int st_numa_plan_new(const st_numa *numa, int n_threads, st_numa_plan **out);
+/* The same with every thread on node `node` alone (--numa N); ST_ERR_INVALID
+ * when there is no such node or it has no cores. */
+int st_numa_plan_new_on(const st_numa *numa, int n_threads, int node, st_numa_plan **out);
 void st_numa_plan_free(st_numa_plan *plan);
 int st_numa_plan_thread_count(const st_numa_plan *plan);
 st_numa_thread st_numa_plan_thread(const st_numa_plan *plan, int ith);
 /* The threads serving node i: [*first, *first + *count) (count may be 0). */
 void st_numa_plan_node_threads(const st_numa_plan *plan, int node, int *first, int *count);
+
+int st_numa_plan_node_count(const st_numa_plan *plan); /* the topology's nodes (some may have no threads) */
+
+/* Owner of item `item` of n_items (e.g. an expert of a layer): the same
+ * contiguous, thread-proportional split as st_numa_plan_split with equal sizes,
+ * so every layer's experts are spread over every node that has threads, and
+ * the answer never changes for a given plan. */
+int st_numa_plan_owner(const st_numa_plan *plan, int64_t n_items, int64_t item);
 
 /* Split items 0..n_items-1 (sizes in bytes, NULL: all equal) across nodes in
  * proportion to each node's threads, as contiguous id ranges in node order:

@@ -21,6 +21,27 @@ int st_pool_size(const st_pool *pool);
  * pool may be NULL: fn(ctx, 0, 1) on the caller. */
 void st_pool_run(st_pool *pool, st_pool_fn fn, void *ctx);
 
+/* ---- teams: the threads of one NUMA node -----------------------------------------
+ * A pool may be split into teams of consecutive threads (team i: threads
+ * [first[i], first[i] + count[i]), team 0 starting at 0, together every
+ * thread). st_pool_run_teams runs fn_team(ctx, i, team_pool) once per team, on
+ * the team's first thread, all teams at once; team_pool is a pool of that
+ * team's threads only (st_pool_run on it splits work over them alone). Without
+ * teams (or with one) fn_team(ctx, 0, pool) runs on the caller: the one-node
+ * path costs nothing more. */
+typedef void (*st_pool_team_fn)(void *ctx, int team, st_pool *team_pool);
+/* n_teams <= 1 removes the teams. ST_ERR_INVALID unless the teams tile [0, size). */
+int st_pool_set_teams(st_pool *pool, int n_teams, const int *first, const int *count);
+int st_pool_team_count(const st_pool *pool); /* 1 without teams */
+void st_pool_run_teams(st_pool *pool, st_pool_team_fn fn, void *ctx);
+/* Pins thread i to OS PU pu_os[i] (i < size; a warning where refused). */
+void st_pool_pin_threads(st_pool *pool, const int *pu_os);
+/* Tests: the calling thread's index in its root pool while it runs a job (the
+ * caller of st_pool_run is 0), -1 outside any job; and an observer called with
+ * (team, thread index) each time a thread runs a job of a team pool. */
+int st_pool_thread_index(void);
+void st_pool_set_observer(st_pool *pool, void (*fn)(void *ctx, int team, int thread), void *ctx);
+
 /* Contiguous share [*lo, *hi) of n items for thread ith of nth, rounded to `align`. */
 static inline void st_split(int64_t n, int ith, int nth, int64_t align, int64_t *lo, int64_t *hi) {
     int64_t blocks = (n + align - 1) / align;

@@ -12,16 +12,18 @@
 
 #include "base/base.h"
 #include "io/pack.h"
+#include "offload/expert_nodes.h"
 #include "offload/trace.h"
 
 struct st_model_stream {
     st_model *m;
     st_checkpoint *ck;
     int n_layers, n_experts, top_k, n_pieces;
-    st_expert_stream *es;
+    st_expert_nodes *es;    /* one expert stream per NUMA node (one on one node) */
     const char **paths;
     int n_files;
     st_expert_w cur;        /* the expert handed out last (pointers into its slot) */
+    st_expert_w cur_on[ST_NODES_MAX]; /* the same per node (next_on, from that node's threads) */
     int cur_layer;
     bool single;            /* get(): a one-expert layer is open */
     /* chunk being run */
@@ -60,7 +62,7 @@ static int ms_locate(void *ctx, int layer, int expert, st_stream_piece *pieces) 
 }
 
 /* The descriptor of (layer, expert) with its tensors at pieces (in slot memory). */
-static void bind_pieces(st_model_stream *ms, int layer, int expert, const void **pieces) {
+static void bind_pieces(st_model_stream *ms, int layer, int expert, const void **pieces, st_expert_w *dst) {
     st_expert_w w = ms->m->layers[layer].moe.experts[expert];
     st_weight *order[3] = {&w.w1, &w.w3, &w.w2};
     for (int i = 0; i < 3; i++) {
@@ -71,7 +73,7 @@ static void bind_pieces(st_model_stream *ms, int layer, int expert, const void *
             order[i]->data = pieces[i];
         }
     }
-    ms->cur = w;
+    *dst = w;
 }
 
 /* ---- the hooks ------------------------------------------------------------------------ */
@@ -114,7 +116,7 @@ static int ms_step(void *ctx, const int32_t *tokens, int64_t T) {
     ms->token_index = ms->next_token_index;
     ms->next_token_index += T;
     for (size_t i = 0; i < (size_t)ms->n_layers * (size_t)ms->T_cap * (size_t)ms->top_k; i++) ms->pred[i] = -1;
-    st_expert_stream_step(ms->es);
+    st_expert_nodes_step(ms->es);
     /* hash-routed layers: the experts follow from the token ids, queued now (they are certain) */
     const int K = ms->top_k;
     for (int l = 0; l < ms->n_layers; l++) {
@@ -127,14 +129,14 @@ static int ms_step(void *ctx, const int32_t *tokens, int64_t T) {
                 p[t * K + k] = e >= 0 && e < ms->n_experts ? (int32_t)e : -1;
             }
         int n = distinct(ms, p, T * K);
-        if ((rc = st_expert_stream_request(ms->es, l, ms->need, n))) return rc;
+        if ((rc = st_expert_nodes_request(ms->es, l, ms->need, n))) return rc;
     }
     return 0;
 }
 
 static int ms_routed(void *ctx, int layer, const float *xn, const int32_t *tokens, int64_t T, const int32_t *ids) {
     st_model_stream *ms = ctx;
-    if (ms->single) { st_expert_stream_end(ms->es); ms->single = false; }
+    if (ms->single) { st_expert_nodes_end(ms->es); ms->single = false; }
     if (T > ms->T_cap || ms->tokens != tokens) { /* called without step (a caller that drives moe alone) */
         int rc = ms_step(ctx, tokens, T);
         if (rc) return rc;
@@ -143,7 +145,7 @@ static int ms_routed(void *ctx, int layer, const float *xn, const int32_t *token
     ms->ids = ids;
     ms->cur_layer = layer;
     ms->n_need = distinct(ms, ids, T * ms->top_k);
-    int rc = st_expert_stream_begin(ms->es, layer, ms->need, ms->n_need, ms->hit);
+    int rc = st_expert_nodes_begin(ms->es, layer, ms->need, ms->n_need, ms->hit);
     if (rc) return rc;
     /* layer + 1's gate on this layer's input: its likely experts load while these compute */
     if (layer + 1 < ms->n_layers) {
@@ -167,7 +169,7 @@ static int ms_routed(void *ctx, int layer, const float *xn, const int32_t *token
                     if (rank >= keep) continue;
                     if (!ms->mark[e] && n < (int)ST_ARRAY_LEN(saved)) { ms->mark[e] = true; saved[n++] = e; }
                 }
-            if ((rc = st_expert_stream_predict(ms->es, layer + 1, saved, n))) return rc;
+            if ((rc = st_expert_nodes_predict(ms->es, layer + 1, saved, n))) return rc;
         }
     }
     return 0;
@@ -197,14 +199,26 @@ static int write_trace(st_model_stream *ms, int layer, uint64_t stall_ns) {
 static int ms_next(void *ctx, int layer, int *expert, const st_expert_w **out) {
     st_model_stream *ms = ctx;
     const void *pieces[ST_STREAM_MAX_PIECES];
-    int r = st_expert_stream_next(ms->es, expert, pieces);
+    int r = st_expert_nodes_next(ms->es, expert, pieces);
     if (r == 1) {
-        bind_pieces(ms, layer, *expert, pieces);
+        bind_pieces(ms, layer, *expert, pieces, &ms->cur);
         *out = &ms->cur;
         return 1;
     }
-    uint64_t stall = st_expert_stream_end(ms->es);
+    uint64_t stall = st_expert_nodes_end(ms->es);
     if (r == 0 && ms->trace) r = write_trace(ms, layer, stall);
+    return r;
+}
+
+/* Node `node`'s next expert, from that node's team (st_moe_forward with several nodes). */
+static int ms_next_on(void *ctx, int layer, int node, int *expert, const st_expert_w **out) {
+    st_model_stream *ms = ctx;
+    const void *pieces[ST_STREAM_MAX_PIECES];
+    int r = st_expert_nodes_next_on(ms->es, node, expert, pieces);
+    if (r == 1) {
+        bind_pieces(ms, layer, *expert, pieces, &ms->cur_on[node]);
+        *out = &ms->cur_on[node];
+    }
     return r;
 }
 
@@ -213,23 +227,23 @@ static int ms_get(void *ctx, int layer, int expert, const st_expert_w **out) {
     st_model_stream *ms = ctx;
     if (layer < 0 || layer >= ms->n_layers || expert < 0 || expert >= ms->n_experts)
         return st_error(ST_ERR_INVALID, "expert stream: no expert %d in layer %d", expert, layer);
-    int rc = st_expert_stream_begin(ms->es, layer, &expert, 1, NULL);
+    int rc = st_expert_nodes_begin(ms->es, layer, &expert, 1, NULL);
     const void *pieces[ST_STREAM_MAX_PIECES];
     int e;
-    if (!rc && (rc = st_expert_stream_next(ms->es, &e, pieces)) == 1) {
-        bind_pieces(ms, layer, expert, pieces);
+    if (!rc && (rc = st_expert_nodes_next(ms->es, &e, pieces)) == 1) {
+        bind_pieces(ms, layer, expert, pieces, &ms->cur);
         ms->single = true;
         *out = &ms->cur;
         return 0;
     }
-    st_expert_stream_end(ms->es);
+    st_expert_nodes_end(ms->es);
     return rc ? rc : st_error(ST_ERR_INTERNAL, "expert stream: layer %d expert %d was not handed out", layer, expert);
 }
 
 static void ms_put(void *ctx, int layer, int expert) {
     st_model_stream *ms = ctx;
     if (ms->single) {
-        st_expert_stream_end(ms->es);
+        st_expert_nodes_end(ms->es);
         ms->single = false;
     }
     (void)layer;
@@ -240,7 +254,7 @@ static void ms_put(void *ctx, int layer, int expert) {
 
 void st_model_stream_free(st_model_stream *ms) {
     if (!ms) return;
-    st_expert_stream_free(ms->es);
+    st_expert_nodes_free(ms->es);
     if (ms->trace && st_trace_writer_close(ms->trace)) ST_WARN("trace: %s", st_last_error());
     free(ms->paths);
     free(ms->pred);
@@ -288,14 +302,12 @@ int st_model_stream_attach(st_model *m, st_checkpoint *ck, const st_config *cfg,
                         .paths = ms->paths, .n_files = ms->n_files, .locate = ms_locate, .ctx = ms};
     st_stream_opts so = {.cache_bytes = cache_bytes, .n_slots = o->expert_slots, .policy = (st_policy_kind)o->cache_policy,
                          .no_prefetch = o->no_prefetch, .queue_depth = o->prefetch_depth, .io_depth = o->io_depth};
-    if (o->numa > 0) { so.mem_policy = ST_MEM_NODE; so.node = o->numa - 1; }
-    if (o->numa < 0) st_mem_set_numa_enabled(false);
-    if ((rc = st_expert_stream_new(&d, &so, &ms->es))) goto fail;
+    if ((rc = st_expert_nodes_new(&d, &so, o->numa, m->pool, &ms->es))) goto fail; /* --numa: nodes, teams, budgets */
     if (o->trace_path) {
         st_trace_header h = {.version = ST_TRACE_VERSION, .n_layers = m->n_layers, .n_experts = ms->n_experts,
                              .top_k = ms->top_k};
         st_stream_stats ss;
-        st_expert_stream_get_stats(ms->es, &ss);
+        st_expert_nodes_get_stats(ms->es, &ss);
         h.expert_bytes = ss.expert_bytes;
         snprintf(h.source, sizeof h.source, "strata run: %d slots, prefetch %s", ss.n_slots, o->no_prefetch ? "off" : "on");
         if ((rc = st_trace_writer_open(o->trace_path, &h, &ms->trace))) goto fail;
@@ -308,7 +320,7 @@ int st_model_stream_attach(st_model *m, st_checkpoint *ck, const st_config *cfg,
             x->w1.scale = x->w2.scale = x->w3.scale = NULL;
         }
     m->experts = (st_expert_source){.get = ms_get, .put = ms_put, .ctx = ms, .routed = ms_routed, .next = ms_next,
-                                    .step = ms_step};
+                                    .step = ms_step, .n_nodes = st_expert_nodes_count(ms->es), .next_on = ms_next_on};
     *out = ms;
     return 0;
 fail:
@@ -316,11 +328,15 @@ fail:
     return rc;
 }
 
+struct st_expert_nodes *st_model_expert_nodes(const st_model *m) {
+    return m->experts.get == ms_get ? ((st_model_stream *)m->experts.ctx)->es : NULL;
+}
+
 /* ---- numbers -------------------------------------------------------------------------------- */
 
 int st_model_offload_stats(const st_model *m, st_stream_stats *out) {
     if (m->experts.get != ms_get) return ST_ERR_NOT_FOUND;
-    st_expert_stream_get_stats(((st_model_stream *)m->experts.ctx)->es, out);
+    st_expert_nodes_get_stats(((st_model_stream *)m->experts.ctx)->es, out);
     return 0;
 }
 

@@ -25,6 +25,8 @@ void st_model_stream_free(st_model_stream *ms);
 /* The offload numbers of a model: 0 and *out filled, or ST_ERR_NOT_FOUND when
  * every expert is resident (no stream). */
 int st_model_offload_stats(const st_model *m, st_stream_stats *out);
+/* The per-NUMA-node expert streams (offload/expert_nodes.h), NULL without a stream. */
+struct st_expert_nodes *st_model_expert_nodes(const st_model *m);
 /* One line: "experts: N slots of S (C of E expert bytes), hit 93.1%, late 2.0%,
  * stall 4.1% of decode, wasted 1.2 MiB, read 88 MiB (io_uring, O_DIRECT)";
  * "all weights in DRAM" without a stream. elapsed_s: the run time the stall is

@@ -105,6 +105,52 @@ static void bufs_free(moe_bufs *b) {
 
 #define ALLOC(p, n) ((p) = malloc((size_t)(n) * sizeof(*(p))), (p) != NULL)
 
+void (*st_moe_node_hook)(int layer, int expert, int node, const st_expert_w *w);
+
+/* Several NUMA nodes: each node's team computes that node's experts into their own rows of ye. */
+typedef struct node_job {
+    const st_moe_w *w;
+    int layer;
+    const st_expert_source *src;
+    const float *xn, *xq;
+    st_numerics num;
+    const int64_t *first, *rows;
+    const float *coef;
+    float *ye;
+    int64_t T;
+    int rc[64];
+    char msg[64][256]; /* a team's error message (st_last_error is per thread) */
+} node_job;
+
+static void node_experts(void *ctx, int node, st_pool *team) {
+    node_job *j = ctx;
+    const int64_t dim = j->w->gate.cols, T = j->T;
+    int64_t inter = 0;
+    for (int x = 0; x < j->w->n_experts; x++) inter = ST_MAX(inter, j->w->experts[x].w1.rows);
+    moe_bufs b = {0};
+    int r = ST_ERR_NOMEM, e;
+    const st_expert_w *ew;
+    b.xg = malloc((size_t)(T * dim) * sizeof(float));
+    b.g = malloc((size_t)(T * inter) * sizeof(float));
+    b.u = malloc((size_t)(T * inter) * sizeof(float));
+    b.o = malloc((size_t)(T * dim) * sizeof(float));
+    if (!b.xg || !b.g || !b.u || !b.o) r = st_error(r, "MoE: out of memory for node %d", node);
+    else
+        while ((r = j->src->next_on(j->src->ctx, j->layer, node, &e, &ew)) == 1) {
+            const int64_t o = j->first[e], n = j->first[e + 1] - o;
+            const float *xs = j->num == ST_NUMERICS_OFFICIAL && is_quantised(&ew->w1) ? j->xq : j->xn;
+            for (int64_t i = 0; i < n; i++) memcpy(b.xg + i * dim, xs + j->rows[o + i] * dim, (size_t)dim * sizeof(float));
+            memset(j->ye + o * dim, 0, (size_t)(n * dim) * sizeof(float));
+            r = expert_apply(team, ew, b.xg, n, j->coef + o, j->w->swiglu_limit, j->num, &b, j->ye + o * dim);
+            if (st_moe_node_hook) st_moe_node_hook(j->layer, e, node, ew);
+            if (j->src->put) j->src->put(j->src->ctx, j->layer, e);
+            if (r) break;
+        }
+    if (r < 0) snprintf(j->msg[node], sizeof j->msg[node], "%s", st_last_error());
+    j->rc[node] = r < 0 ? r : 0;
+    bufs_free(&b);
+}
+
 /* Offload (src->next): experts in the order the source has them resident, each
  * into its own rows of ye; summed into out in ascending id afterwards, the same
  * additions in the same order as the ascending loop of st_moe_forward. */
@@ -129,6 +175,18 @@ static int experts_as_resident(st_pool *pool, const st_moe_w *w, int layer, cons
         }
     free(cur);
     const st_expert_w *ew;
+    if (src->n_nodes > 1 && src->n_nodes <= 64 && src->next_on) { /* node i's threads on node i's experts */
+        node_job *j = calloc(1, sizeof *j);
+        if (!j) { r = st_error(ST_ERR_NOMEM, "MoE: out of memory"); goto done; }
+        *j = (node_job){.w = w, .layer = layer, .src = src, .xn = xn, .xq = b->xq, .num = num, .first = first,
+                        .rows = rows, .coef = coef, .ye = ye, .T = T};
+        st_pool_run_teams(pool, node_experts, j);
+        r = 0;
+        for (int n = 0; n < src->n_nodes && !r; n++)
+            if (j->rc[n]) r = st_error(j->rc[n], "%s", j->msg[n]);
+        free(j);
+        if (r) goto done;
+    }
     while ((r = src->next(src->ctx, layer, &e, &ew)) == 1) {
         const int64_t o = first[e], n = first[e + 1] - o;
         const float *xs = num == ST_NUMERICS_OFFICIAL && is_quantised(&ew->w1) ? b->xq : xn;

@@ -22,7 +22,16 @@ typedef struct st_expert_source {
     int (*step)(void *ctx, const int32_t *tokens, int64_t T);
     int (*routed)(void *ctx, int layer, const float *xn, const int32_t *tokens, int64_t T, const int32_t *ids);
     int (*next)(void *ctx, int layer, int *expert, const st_expert_w **out);
+    /* n_nodes > 1 with next_on: the experts live on NUMA nodes and the pool has one team per node
+     * (cpu/pool.h); node i's team leader takes node i's experts with next_on (1, or 0 when it has
+     * none left), all nodes at once; next() then closes the layer. Sums stay in ascending id. */
+    int n_nodes;
+    int (*next_on)(void *ctx, int layer, int node, int *expert, const st_expert_w **out);
 } st_expert_source;
+
+/* Tests: called by the thread that computed routed expert `expert` of `layer` on NUMA node
+ * `node` (per-node path only), with the descriptor it computed from. NULL: not called. */
+extern void (*st_moe_node_hook)(int layer, int expert, int node, const st_expert_w *w);
 
 /* Routing of T tokens: ids (T, top_k) and weights (T, top_k). */
 int st_moe_route(st_pool *pool, const st_moe_w *w, const float *xn, const int32_t *tokens, int64_t T,
