@@ -64,7 +64,9 @@ typedef struct st_io_region {
 
 typedef struct st_io_options {
     int queue_depth;              /* reads in the kernel at once, 1..4096; 0: 32 */
-    size_t buffer_bytes;          /* engine-owned registered pool (rounded up to 4096); 0: none */
+    size_t buffer_bytes;          /* engine-owned registered pool (rounded up to 4096; from 2 MiB on, rounded
+                                     up to 2 MiB and in transparent huge pages where the kernel gives them,
+                                     so one read is a few large device requests); 0: none */
     const st_io_region *regions;  /* caller regions registered as fixed buffers, may be NULL */
     int n_regions;
     bool buffered;                /* never use O_DIRECT */
