@@ -5,7 +5,15 @@
  * (a torn last line from a crash is cut off), and only the rest run. Sampling
  * is seeded per request, so a resumed run writes the same text as an
  * uninterrupted one. A malformed input line becomes an error record naming
- * its line number; the other lines go on. */
+ * its line number; the other lines go on.
+ *
+ * Throughput: up to --max-batch requests are in flight. Each is prefilled on
+ * its own, then all of them decode together, one token each per step
+ * (st_seq_forward_batch: a streamed expert is read once per step for the whole
+ * batch). Batched logits are bit-identical to one-at-a-time ones and every
+ * request has its own sampler, so the text of a request never depends on the
+ * batch size; only the order of the output lines does. A finished request is
+ * written at once and its slot takes the next pending line. */
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -90,92 +98,275 @@ static int append_record(int fd, const char *path, cJSON *rec) {
     return 0;
 }
 
+/* One request in flight. */
+typedef struct slot {
+    bool busy;
+    st_seq *s;          /* the slot's sequence, reused (reset) for each request */
+    float *logits;      /* (vocab): the latest logits of this request */
+    cJSON *req, *rec;   /* the request line and its result record */
+    char *key;
+    long line;
+    st_sampler smp;
+    bool smp_live;
+    st_tokens ids, out; /* prompt, generated */
+    int max_tokens;
+    int32_t next;       /* token to feed in the next decode step */
+    const char *finish;
+    double t0, t_prefilled;
+} slot;
+
 typedef struct batch_run {
     st_model *m;
-    st_seq *s;
     st_tokenizer *tok;
-    float *logits;
+    slot *slots;        /* (max_batch) */
+    int max_batch;
     int default_max_tokens;
+    uint64_t kv_budget; /* per sequence; 0: no tiering */
+    const char *kv_spill;
+    int fd;
+    const char *out_path;
+    done_set done;
+    long finished, failed;
     uint64_t tokens_out;
+    st_progress pg;
+    /* input cursor */
+    char *input, *cur, *end;
+    long line;
 } batch_run;
 
-/* Runs one request into rec (text, counts, finish reason, timings). */
-static int run_request(batch_run *b, const cJSON *req, cJSON *rec) {
+static void slot_clear(slot *sl) {
+    cJSON_Delete(sl->req);
+    cJSON_Delete(sl->rec);
+    free(sl->key);
+    st_tokens_free(&sl->ids);
+    st_tokens_free(&sl->out);
+    if (sl->smp_live) st_sampler_release(&sl->smp);
+    sl->req = sl->rec = NULL;
+    sl->key = NULL;
+    sl->smp_live = false;
+    sl->busy = false;
+}
+
+/* Writes rec (fsync'd) and counts its key as done. */
+static int commit_record(batch_run *b, cJSON *rec, const char *key) {
+    int rc = append_record(b->fd, b->out_path, rec);
+    if (!rc) rc = done_add(&b->done, key);
+    b->finished++;
+    st_progress_update(&b->pg, (uint64_t)b->finished);
+    return rc;
+}
+
+/* Replaces the slot's record with an error record for its line and writes it.
+ * r: the request's error; NOMEM and IO are the machine's, not the line's: fatal. */
+static int fail_request(batch_run *b, slot *sl, int r) {
+    cJSON *rec = cJSON_CreateObject();
+    const cJSON *id = sl->req && cJSON_IsObject(sl->req) ? cJSON_GetObjectItem(sl->req, "id") : NULL;
+    if (id) cJSON_AddItemToObject(rec, "id", cJSON_Duplicate(id, 1));
+    cJSON_AddStringToObject(rec, "key", sl->key);
+    cJSON_AddNumberToObject(rec, "line", (double)sl->line);
+    cJSON_AddStringToObject(rec, "error", st_last_error());
+    b->failed++;
+    int rc = commit_record(b, rec, sl->key);
+    cJSON_Delete(rec);
+    slot_clear(sl);
+    return r == ST_ERR_NOMEM || r == ST_ERR_IO ? r : rc;
+}
+
+/* The request is complete: text, counts, finish reason, timings. */
+static int finish_request(batch_run *b, slot *sl) {
+    char *text = NULL;
+    size_t len = 0;
+    int r = st_tokenizer_decode(b->tok, sl->out.ids, sl->out.len, true, &text, &len);
+    if (r) return fail_request(b, sl, r);
+    double t2 = st_time_s();
+    cJSON_AddStringToObject(sl->rec, "text", text);
+    cJSON_AddNumberToObject(sl->rec, "prompt_tokens", (double)sl->ids.len);
+    cJSON_AddNumberToObject(sl->rec, "completion_tokens", (double)sl->out.len);
+    cJSON_AddStringToObject(sl->rec, "finish_reason", sl->finish);
+    cJSON *t = cJSON_AddObjectToObject(sl->rec, "timings");
+    cJSON_AddNumberToObject(t, "prefill_s", sl->t_prefilled - sl->t0);
+    cJSON_AddNumberToObject(t, "decode_s", t2 - sl->t_prefilled); /* wall time, shared with the batch */
+    b->tokens_out += sl->out.len;
+    free(text);
+    int rc = commit_record(b, sl->rec, sl->key);
+    slot_clear(sl);
+    return rc;
+}
+
+/* Samples from the slot's logits: stop, length, or the next token to feed.
+ * Returns 0 (still decoding), 1 (finished and written) or an error. */
+static int advance(batch_run *b, slot *sl) {
+    const int32_t eos = st_tokenizer_get_specials(b->tok)->eos;
+    int32_t id = st_sampler_sample(&sl->smp, sl->logits);
+    if (id == eos) sl->finish = "stop";
+    else {
+        int r = st_tokens_push(&sl->out, id);
+        if (r) return fail_request(b, sl, r);
+        if ((int)sl->out.len < sl->max_tokens) { sl->next = id; return 0; }
+    }
+    int rc = finish_request(b, sl);
+    return rc ? rc : 1;
+}
+
+/* Validates, encodes and prefills the slot's request. 0 (decoding), 1 (done
+ * and written, result or error record) or a fatal error. */
+static int start_request(batch_run *b, slot *sl) {
+    const cJSON *req = sl->req;
     const cJSON *prompt = cJSON_GetObjectItem(req, "prompt"), *msgs = cJSON_GetObjectItem(req, "messages");
     const cJSON *mt = cJSON_GetObjectItem(req, "max_tokens"), *temp = cJSON_GetObjectItem(req, "temperature");
     const cJSON *seed = cJSON_GetObjectItem(req, "seed"), *top_p = cJSON_GetObjectItem(req, "top_p");
+    int r = 0;
     if (!!cJSON_IsString(prompt) == !!cJSON_IsArray(msgs))
-        return st_error(ST_ERR_INVALID, "give exactly one of \"prompt\" (a string) or \"messages\" (an array)");
-    if (mt && (!cJSON_IsNumber(mt) || mt->valuedouble < 0)) return st_error(ST_ERR_INVALID, "\"max_tokens\" must be a number >= 0");
-    if (temp && !cJSON_IsNumber(temp)) return st_error(ST_ERR_INVALID, "\"temperature\" must be a number");
-    if (seed && !cJSON_IsNumber(seed)) return st_error(ST_ERR_INVALID, "\"seed\" must be a number");
-    st_tokens ids = {0};
-    int rc;
-    if (msgs) {
-        rc = st_chat_encode(b->tok, msgs, cJSON_GetObjectItem(req, "tools"), ST_THINK_OFF, &ids);
-    } else {
+        r = st_error(ST_ERR_INVALID, "give exactly one of \"prompt\" (a string) or \"messages\" (an array)");
+    else if (mt && (!cJSON_IsNumber(mt) || mt->valuedouble < 0)) r = st_error(ST_ERR_INVALID, "\"max_tokens\" must be a number >= 0");
+    else if (temp && !cJSON_IsNumber(temp)) r = st_error(ST_ERR_INVALID, "\"temperature\" must be a number");
+    else if (seed && !cJSON_IsNumber(seed)) r = st_error(ST_ERR_INVALID, "\"seed\" must be a number");
+    else if (msgs) r = st_chat_encode(b->tok, msgs, cJSON_GetObjectItem(req, "tools"), ST_THINK_OFF, &sl->ids);
+    else {
         cJSON *arr = cJSON_CreateArray(), *u = cJSON_CreateObject();
         cJSON_AddStringToObject(u, "role", "user");
         cJSON_AddStringToObject(u, "content", prompt->valuestring);
         cJSON_AddItemToArray(arr, u);
-        rc = st_chat_encode(b->tok, arr, NULL, ST_THINK_OFF, &ids);
+        r = st_chat_encode(b->tok, arr, NULL, ST_THINK_OFF, &sl->ids);
         cJSON_Delete(arr);
     }
-    if (rc) { st_tokens_free(&ids); return rc; }
+    if (r) { r = fail_request(b, sl, r); return r ? r : 1; }
     st_sampler_cfg sc = {.temperature = temp ? (float)temp->valuedouble : 0.0f,
                          .top_p = top_p && cJSON_IsNumber(top_p) ? (float)top_p->valuedouble : 1.0f,
                          .seed = seed ? (uint64_t)seed->valuedouble : 0};
-    st_sampler smp;
-    if ((rc = st_sampler_init(&smp, &sc, b->m->vocab))) { st_tokens_free(&ids); return rc; }
-    const int max_tokens = mt ? (int)mt->valuedouble : b->default_max_tokens;
-    const int32_t eos = st_tokenizer_get_specials(b->tok)->eos;
-    st_tokens out = {0};
-    const char *finish = "length";
-    st_seq_reset(b->s);
-    double t0 = st_time_s(), t1 = t0;
-    if (max_tokens > 0) rc = st_seq_forward(b->s, ids.ids, (int64_t)ids.len, b->logits, false);
-    t1 = st_time_s();
-    for (int k = 0; !rc && k < max_tokens; k++) {
-        int32_t id = st_sampler_sample(&smp, b->logits);
-        if (id == eos) { finish = "stop"; break; }
-        if ((rc = st_tokens_push(&out, id))) break;
-        if (k + 1 < max_tokens) rc = st_seq_forward(b->s, &id, 1, b->logits, false);
+    if ((r = st_sampler_init(&sl->smp, &sc, b->m->vocab))) { r = fail_request(b, sl, r); return r ? r : 1; }
+    sl->smp_live = true;
+    sl->max_tokens = mt ? (int)mt->valuedouble : b->default_max_tokens;
+    sl->finish = "length";
+    st_seq_reset(sl->s);
+    sl->t0 = sl->t_prefilled = st_time_s();
+    if (sl->max_tokens <= 0) { r = finish_request(b, sl); return r ? r : 1; }
+    r = st_seq_forward(sl->s, sl->ids.ids, (int64_t)sl->ids.len, sl->logits, false);
+    sl->t_prefilled = st_time_s();
+    if (r) { r = fail_request(b, sl, r); return r ? r : 1; }
+    return advance(b, sl);
+}
+
+/* Fills the slot with the next pending line that runs (lines already done
+ * are skipped, malformed ones written as error records on the way).
+ * 0: the slot is decoding or the input is exhausted (slot not busy). */
+static int fill_slot(batch_run *b, slot *sl) {
+    while (!sl->busy && b->cur < b->end) {
+        char *p = b->cur, *nl = memchr(p, '\n', (size_t)(b->end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(b->end - p);
+        b->cur = p + n + 1;
+        b->line++;
+        p[n] = 0; /* the input buffer is ours: lines end in place */
+        const char *q = p;
+        while (*q == ' ' || *q == '\t' || *q == '\r') q++;
+        if (!*q) { b->finished++; continue; }
+        cJSON *req = cJSON_Parse(p);
+        cJSON *id = req && cJSON_IsObject(req) ? cJSON_GetObjectItem(req, "id") : NULL;
+        char *key = request_key(id, b->line);
+        if (!key) { cJSON_Delete(req); return st_error(ST_ERR_NOMEM, "batch: out of memory"); }
+        if (done_has(&b->done, key)) {
+            free(key);
+            cJSON_Delete(req);
+            b->finished++;
+            st_progress_update(&b->pg, (uint64_t)b->finished);
+            continue;
+        }
+        *sl = (slot){.busy = true, .s = sl->s, .logits = sl->logits, .req = req, .key = key, .line = b->line,
+                     .rec = cJSON_CreateObject()};
+        if (id) cJSON_AddItemToObject(sl->rec, "id", cJSON_Duplicate(id, 1));
+        cJSON_AddStringToObject(sl->rec, "key", key);
+        int r = 0;
+        if (!req || !cJSON_IsObject(req)) r = fail_request(b, sl, st_error(ST_ERR_INVALID, "not a JSON object"));
+        else if (!id) r = fail_request(b, sl, st_error(ST_ERR_INVALID, "no \"id\""));
+        else r = start_request(b, sl);
+        if (r < 0) return r;
     }
-    double t2 = st_time_s();
-    char *text = NULL;
-    size_t len = 0;
-    if (!rc) rc = st_tokenizer_decode(b->tok, out.ids, out.len, true, &text, &len);
-    if (!rc) {
-        cJSON_AddStringToObject(rec, "text", text);
-        cJSON_AddNumberToObject(rec, "prompt_tokens", (double)ids.len);
-        cJSON_AddNumberToObject(rec, "completion_tokens", (double)out.len);
-        cJSON_AddStringToObject(rec, "finish_reason", finish);
-        cJSON *t = cJSON_AddObjectToObject(rec, "timings");
-        cJSON_AddNumberToObject(t, "prefill_s", t1 - t0);
-        cJSON_AddNumberToObject(t, "decode_s", t2 - t1);
-        b->tokens_out += out.len;
+    return 0;
+}
+
+/* One decode step of every busy slot together. */
+static int decode_step(batch_run *b, st_seq **rows, int32_t *toks, int *which, float *logits) {
+    int B = 0;
+    for (int i = 0; i < b->max_batch; i++)
+        if (b->slots[i].busy) {
+            rows[B] = b->slots[i].s;
+            toks[B] = b->slots[i].next;
+            which[B++] = i;
+        }
+    if (!B) return 0;
+    const size_t V = (size_t)b->m->vocab;
+    int r = st_seq_forward_batch(rows, toks, B, logits);
+    if (r) {
+        /* the states of all B are undefined now: each of them fails (and frees its slot) */
+        if (r == ST_ERR_NOMEM || r == ST_ERR_IO) return r;
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", st_last_error());
+        for (int k = 0; k < B; k++) {
+            st_error(r, "decode step: %s", msg);
+            int rc = fail_request(b, &b->slots[which[k]], r);
+            if (rc) return rc;
+        }
+        return 0;
     }
-    free(text);
-    st_tokens_free(&out);
-    st_tokens_free(&ids);
-    st_sampler_release(&smp);
+    for (int k = 0; k < B; k++) {
+        slot *sl = &b->slots[which[k]];
+        memcpy(sl->logits, logits + (size_t)k * V, V * sizeof(float));
+        int rc = advance(b, sl);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+static int run_all(batch_run *b) {
+    const int64_t V = b->m->vocab;
+    const int MB = b->max_batch;
+    st_seq **rows = calloc((size_t)MB, sizeof *rows);
+    int32_t *toks = calloc((size_t)MB, sizeof *toks);
+    int *which = calloc((size_t)MB, sizeof *which);
+    float *logits = malloc((size_t)MB * (size_t)V * sizeof(float));
+    int rc = 0;
+    if (!rows || !toks || !which || !logits) rc = st_error(ST_ERR_NOMEM, "batch: out of memory for %d sequences", MB);
+    for (int i = 0; !rc && i < MB; i++) {
+        slot *sl = &b->slots[i];
+        if (!(sl->logits = malloc((size_t)V * sizeof(float)))) rc = st_error(ST_ERR_NOMEM, "batch: out of memory");
+        if (!rc) rc = st_seq_new(b->m, &sl->s);
+        if (!rc && b->kv_budget) rc = st_seq_kv_tiering(sl->s, b->kv_budget, 0, b->kv_spill, 0);
+    }
+    for (;;) {
+        for (int i = 0; !rc && i < MB; i++) rc = fill_slot(b, &b->slots[i]);
+        if (rc) break;
+        bool any = false;
+        for (int i = 0; i < MB; i++) any |= b->slots[i].busy;
+        if (!any) break; /* input exhausted, nothing in flight */
+        if ((rc = decode_step(b, rows, toks, which, logits))) break;
+    }
+    free(rows); free(toks); free(which); free(logits);
     return rc;
 }
 
 int cmd_batch(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
-        printf("usage: strata batch --model DIR --in prompts.jsonl --out results.jsonl [-n MAX] [--threads N]\n\n"
+        printf("usage: strata batch --model DIR --in prompts.jsonl --out results.jsonl [-n MAX] [--max-batch B]\n"
+               "                    [--threads N] [--numerics official|reference] [--dram-budget SIZE]\n"
+               "                    [--expert-cache SIZE] [--kv-budget SIZE [--kv-spill DIR]] [--quiet]\n\n"
                "Each input line: {\"id\": ..., \"prompt\": \"...\" | \"messages\": [...], \"max_tokens\": N,\n"
                "                  \"temperature\": T, \"top_p\": P, \"seed\": S}\n"
                "Each output line: {\"id\", \"key\", \"text\", \"prompt_tokens\", \"completion_tokens\",\n"
                "                   \"finish_reason\", \"timings\"} or {\"line\", \"key\", \"error\"}.\n"
                "Results are fsync'd one by one; run the same command again after a crash and it\n"
                "finishes only what is missing (every id appears exactly once).\n"
-               "  -n MAX       max_tokens when a line gives none (default 256)\n");
+               "  -n MAX             max_tokens when a line gives none (default 256)\n"
+               "  --max-batch B      requests decoded together, one token each per step (default 8;\n"
+               "                     1: one at a time). The text of every request is the same for\n"
+               "                     any B; results are written in the order they finish\n"
+               "  --dram-budget SIZE DRAM the weights may hold; routed experts beyond it stream from disk\n"
+               "  --expert-cache SIZE DRAM for the routed-expert cache itself (instead of --dram-budget)\n"
+               "  --kv-budget SIZE   KV tiering, per sequence (B of them): CSA cache entries beyond SIZE\n"
+               "                     page out to DRAM, or with --kv-spill DIR to a file in DIR\n");
         return 0;
     }
     const char *model = NULL, *in = NULL, *outp = NULL;
-    batch_run b = {.default_max_tokens = 256};
+    batch_run b = {.default_max_tokens = 256, .max_batch = 8, .fd = -1};
     st_model_opts opts = {.quiet = true};
     bool quiet = false;
     for (int i = 1; i < argc; i++) {
@@ -187,83 +378,62 @@ int cmd_batch(int argc, char **argv) {
         else if (!strcmp(o, "--out")) outp = v;
         else if (!strcmp(o, "-n")) b.default_max_tokens = atoi(v);
         else if (!strcmp(o, "--threads")) opts.threads = atoi(v);
-        else if (!strcmp(o, "--max-batch")) { /* accepted; sequences run one at a time for now */ }
+        else if (!strcmp(o, "--max-batch")) {
+            char *e;
+            long n = strtol(v, &e, 10);
+            if (*e || n < 1 || n > 4096) { fprintf(stderr, "strata batch: --max-batch must be 1..4096, not '%s'\n", v); return 2; }
+            b.max_batch = (int)n;
+        } else if (!strcmp(o, "--numerics")) {
+            if (!strcmp(v, "official")) opts.numerics = ST_NUMERICS_OFFICIAL;
+            else if (!strcmp(v, "reference")) opts.numerics = ST_NUMERICS_REFERENCE;
+            else { fprintf(stderr, "strata batch: --numerics must be official or reference, not '%s'\n", v); return 2; }
+        } else if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--kv-budget")) {
+            uint64_t bytes;
+            if (st_parse_size(v, 0, o, &bytes)) { fprintf(stderr, "strata batch: %s\n", st_last_error()); return 2; }
+            if (!strcmp(o, "--dram-budget")) opts.dram_budget = bytes;
+            else if (!strcmp(o, "--expert-cache")) opts.expert_cache = bytes;
+            else if (!bytes) { fprintf(stderr, "strata batch: --kv-budget: must be more than 0\n"); return 2; }
+            else b.kv_budget = bytes;
+        } else if (!strcmp(o, "--kv-spill")) b.kv_spill = v;
         else { fprintf(stderr, "strata batch: unknown option '%s' (strata batch --help)\n", o); return 2; }
         i++;
     }
     if (!model || !in || !outp) { fprintf(stderr, "strata batch: --model, --in and --out are required\n"); return 2; }
-    done_set done = {0};
-    char *input = NULL;
+    if (b.kv_spill && !b.kv_budget) { fprintf(stderr, "strata batch: --kv-spill needs --kv-budget\n"); return 2; }
     size_t in_len = 0;
-    int fd = -1, rc;
-    if ((rc = st_read_file(in, (size_t)1 << 34, &input, &in_len)) || (rc = load_done(outp, &done))) goto out;
+    int rc;
+    b.out_path = outp;
+    if ((rc = st_read_file(in, (size_t)1 << 34, &b.input, &in_len)) || (rc = load_done(outp, &b.done))) goto out;
+    b.cur = b.input;
+    b.end = b.input + in_len;
     /* count the lines for the progress bar */
     long total = 0;
-    for (size_t i = 0; i < in_len; i++) total += input[i] == '\n';
-    if (in_len && input[in_len - 1] != '\n') total++;
-    fd = open(outp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) { rc = st_error(ST_ERR_IO, "%s: %s", outp, strerror(errno)); goto out; }
-    if ((rc = st_tokenizer_load(model, &b.tok)) || (rc = st_model_load(model, &opts, &b.m)) || (rc = st_seq_new(b.m, &b.s)))
-        goto out;
-    if (!(b.logits = malloc((size_t)b.m->vocab * sizeof(float)))) { rc = st_error(ST_ERR_NOMEM, "out of memory"); goto out; }
-    st_progress pg;
-    st_progress_begin(&pg, "batch", (uint64_t)total, false, quiet);
-    long line = 0, finished = 0, failed = 0;
+    for (size_t i = 0; i < in_len; i++) total += b.input[i] == '\n';
+    if (in_len && b.input[in_len - 1] != '\n') total++;
+    b.fd = open(outp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (b.fd < 0) { rc = st_error(ST_ERR_IO, "%s: %s", outp, strerror(errno)); goto out; }
+    if ((rc = st_tokenizer_load(model, &b.tok)) || (rc = st_model_load(model, &opts, &b.m))) goto out;
+    if (!(b.slots = calloc((size_t)b.max_batch, sizeof *b.slots))) { rc = st_error(ST_ERR_NOMEM, "out of memory"); goto out; }
+    st_progress_begin(&b.pg, "batch", (uint64_t)total, false, quiet);
     double t_start = st_time_s();
-    for (char *p = input; !rc && p < input + in_len;) {
-        char *nl = memchr(p, '\n', (size_t)(input + in_len - p));
-        size_t n = nl ? (size_t)(nl - p) : (size_t)(input + in_len - p);
-        line++;
-        char save = p[n];
-        p[n] = 0;
-        const char *q = p;
-        while (*q == ' ' || *q == '\t' || *q == '\r') q++;
-        if (*q) {
-            cJSON *req = cJSON_Parse(p);
-            cJSON *id = req ? cJSON_GetObjectItem(req, "id") : NULL;
-            char *key = request_key(req && cJSON_IsObject(req) ? id : NULL, line);
-            if (key && !done_has(&done, key)) {
-                cJSON *rec = cJSON_CreateObject();
-                if (id) cJSON_AddItemToObject(rec, "id", cJSON_Duplicate(id, 1));
-                cJSON_AddStringToObject(rec, "key", key);
-                int r = !req || !cJSON_IsObject(req) ? st_error(ST_ERR_INVALID, "not a JSON object")
-                        : !id ? st_error(ST_ERR_INVALID, "no \"id\"")
-                              : run_request(&b, req, rec);
-                if (r) {
-                    if (r == ST_ERR_NOMEM || r == ST_ERR_IO) rc = r; /* the machine, not the line */
-                    cJSON_Delete(rec);
-                    rec = cJSON_CreateObject();
-                    if (id) cJSON_AddItemToObject(rec, "id", cJSON_Duplicate(id, 1));
-                    cJSON_AddStringToObject(rec, "key", key);
-                    cJSON_AddNumberToObject(rec, "line", (double)line);
-                    cJSON_AddStringToObject(rec, "error", st_last_error());
-                    failed++;
-                }
-                if (!rc) rc = append_record(fd, outp, rec);
-                if (!rc) rc = done_add(&done, key);
-                cJSON_Delete(rec);
-            }
-            free(key);
-            cJSON_Delete(req);
-        }
-        p[n] = save;
-        finished++;
-        st_progress_update(&pg, (uint64_t)finished);
-        p += n + 1;
-    }
-    st_progress_end(&pg);
+    rc = run_all(&b);
+    st_progress_end(&b.pg);
     if (!rc && !quiet) {
         double el = st_time_s() - t_start;
-        fprintf(stderr, "strata batch: %ld lines, %ld errors, %llu tokens generated, %.2f tok/s; results in %s\n", line,
-                failed, (unsigned long long)b.tokens_out, el > 0 ? (double)b.tokens_out / el : 0, outp);
+        fprintf(stderr, "strata batch: %ld lines, %ld errors, %llu tokens generated, %.2f tok/s (max batch %d); results in %s\n",
+                b.line, b.failed, (unsigned long long)b.tokens_out, el > 0 ? (double)b.tokens_out / el : 0, b.max_batch, outp);
     }
 out:
-    if (fd >= 0) close(fd);
-    free(input);
-    for (size_t i = 0; i < done.n; i++) free(done.keys[i]);
-    free(done.keys);
-    free(b.logits);
-    st_seq_free(b.s);
+    if (b.fd >= 0) close(b.fd);
+    free(b.input);
+    for (size_t i = 0; i < b.done.n; i++) free(b.done.keys[i]);
+    free(b.done.keys);
+    for (int i = 0; b.slots && i < b.max_batch; i++) {
+        slot_clear(&b.slots[i]);
+        free(b.slots[i].logits);
+        st_seq_free(b.slots[i].s);
+    }
+    free(b.slots);
     st_model_free(b.m);
     st_tokenizer_free(b.tok);
     return rc ? cli_fail("batch", rc) : 0;

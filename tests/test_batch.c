@@ -1,7 +1,8 @@
 /* `strata batch`: error records with line numbers, resuming after kill -9
- * with every id exactly once and the same text as an uninterrupted run, and a
- * torn last line cut off. Runs $STRATA_BIN on a tiny model with the real
- * tokenizer. */
+ * with every id exactly once and the same text as an uninterrupted run (with
+ * several requests in flight), and a torn last line cut off; the same texts
+ * for --max-batch 1 and 24 (reference numerics) and 1, 4 and 6 (official, with
+ * KV tiering and with streamed experts). Runs $STRATA_BIN on a tiny model with the real tokenizer. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -73,11 +74,13 @@ static cJSON *read_results(const char *path) {
     return map;
 }
 
-static void run_batch(const char *in, const char *out) {
+static void run_batch_with(const char *in, const char *out, const char *extra) {
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s batch --model %s/m --in %s --out %s --threads 1 --quiet", bin, dir, in, out);
+    snprintf(cmd, sizeof cmd, "%s batch --model %s/m --in %s --out %s --threads 1 --quiet %s", bin, dir, in, out, extra);
     assert_int_equal(system(cmd), 0);
 }
+
+static void run_batch(const char *in, const char *out) { run_batch_with(in, out, "--max-batch 4"); }
 
 static void errors_are_records(void **state) {
     (void)state;
@@ -113,7 +116,8 @@ static void resume_after_kill9(void **state) {
     if (pid == 0) {
         char m[128];
         snprintf(m, sizeof m, "%s/m", dir);
-        execl(bin, bin, "batch", "--model", m, "--in", in, "--out", out, "--threads", "1", "--quiet", (char *)NULL);
+        execl(bin, bin, "batch", "--model", m, "--in", in, "--out", out, "--threads", "1", "--quiet", "--max-batch", "3",
+              (char *)NULL);
         _exit(127);
     }
     struct stat st;
@@ -135,7 +139,36 @@ static void resume_after_kill9(void **state) {
     cJSON_Delete(b);
 }
 
+/* The text of every request is the same whatever the batch size: batched
+ * logits equal one-at-a-time ones bit for bit and each request samples alone. */
+static void same_text_any_batch(void **state) {
+    (void)state;
+    char in[128], out[128];
+    snprintf(in, sizeof in, "%s/in3.jsonl", dir);
+    write_input(in, 14);
+    static const char *variants[] = {
+        "--max-batch 1 --numerics reference", "--max-batch 24 --numerics reference", "--max-batch 1",
+        "--max-batch 4 --kv-budget 128K --kv-spill /var/tmp", "--max-batch 6 --expert-cache 40K",
+    };
+    cJSON *want[2] = {NULL, NULL}; /* reference, official */
+    for (size_t v = 0; v < ST_ARRAY_LEN(variants); v++) {
+        snprintf(out, sizeof out, "%s/out3-%zu.jsonl", dir, v);
+        run_batch_with(in, out, variants[v]);
+        cJSON *got = read_results(out);
+        assert_int_equal(cJSON_GetArraySize(got), 14);
+        int k = strstr(variants[v], "reference") ? 0 : 1;
+        if (!want[k]) want[k] = got;
+        else {
+            if (!cJSON_Compare(want[k], got, 1)) fail_msg("%s: texts differ from %s", variants[v], variants[k ? 2 : 0]);
+            cJSON_Delete(got);
+        }
+    }
+    cJSON_Delete(want[0]);
+    cJSON_Delete(want[1]);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(errors_are_records), cmocka_unit_test(resume_after_kill9)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(errors_are_records), cmocka_unit_test(resume_after_kill9),
+                                       cmocka_unit_test(same_text_any_batch)};
     return cmocka_run_group_tests_name("batch", tests, setup, teardown);
 }
