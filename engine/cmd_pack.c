@@ -12,7 +12,7 @@
 
 int cmd_convert(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
-        printf("usage: strata convert --model IN --out PACK [--split N] [--force] [--quiet]\n\n"
+        printf("usage: strata convert --model IN --out PACK [--split N | --stripe DIR1[,DIR2...]] [--force] [--quiet]\n\n"
                "Writes a pack: a directory with config.json, the tokenizer files, data files whose\n"
                "extents are 4096-aligned (each routed expert's w1/w3/w2 weights and scales in one\n"
                "extent, so one O_DIRECT read brings one expert; the other tensors grouped by layer)\n"
@@ -21,13 +21,20 @@ int cmd_convert(int argc, char **argv) {
                "pack. Every command that takes --model accepts the pack.\n\n"
                "  --model IN   source checkpoint directory\n"
                "  --out PACK   pack directory to create (written as PACK.tmp.PID, renamed when complete)\n"
-               "  --split N    spread the extents over N data files (e.g. symlinked to N devices)\n"
+               "  --split N    spread the routed experts over N data files in PACK (round-robin)\n"
+               "  --stripe DIR1[,DIR2...]\n"
+               "               stripe over devices: data-0.bin (non-expert tensors and a share of the experts)\n"
+               "               stays in PACK, DIRk/<PACK name>.data-k.bin holds another share; routed experts\n"
+               "               go round-robin over all files, so one step's expert reads hit every device.\n"
+               "               The manifest records each file's absolute path (keep them in place).\n"
                "  --force      replace an existing PACK\n"
                "  --quiet      no progress bar and no summary\n");
         return 0;
     }
     const char *in = NULL, *out = NULL;
     st_convert_opts o = {0};
+    char *stripe_list = NULL;
+    const char *stripes[255];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--force")) { o.force = true; continue; }
@@ -35,7 +42,22 @@ int cmd_convert(int argc, char **argv) {
         if (!v) { fprintf(stderr, "strata convert: unknown option or missing value: '%s' (strata convert --help)\n", a); return 2; }
         if (!strcmp(a, "--model")) in = v;
         else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--split")) {
+        else if (!strcmp(a, "--stripe")) {
+            free(stripe_list);
+            stripe_list = strdup(v);
+            o.n_stripe_dirs = 0;
+            char *save = NULL;
+            for (char *d = strtok_r(stripe_list, ",", &save); d; d = strtok_r(NULL, ",", &save)) {
+                if (o.n_stripe_dirs == (int)ST_ARRAY_LEN(stripes)) {
+                    fprintf(stderr, "strata convert: --stripe: at most %d directories\n", (int)ST_ARRAY_LEN(stripes));
+                    free(stripe_list);
+                    return 2;
+                }
+                stripes[o.n_stripe_dirs++] = d;
+            }
+            if (!o.n_stripe_dirs) { fprintf(stderr, "strata convert: --stripe: expected DIR1[,DIR2...], found '%s'\n", v); free(stripe_list); return 2; }
+            o.stripe_dirs = stripes;
+        } else if (!strcmp(a, "--split")) {
             char *end;
             long n = strtol(v, &end, 10);
             if (*end || n < 1 || n > 256) { fprintf(stderr, "strata convert: --split: expected 1..256, found '%s'\n", v); return 2; }
@@ -43,11 +65,17 @@ int cmd_convert(int argc, char **argv) {
         } else { fprintf(stderr, "strata convert: unknown option '%s' (strata convert --help)\n", a); return 2; }
         i++;
     }
-    if (!in || !out) { fprintf(stderr, "strata convert: --model IN and --out PACK are required\n"); return 2; }
+    if (!in || !out) { fprintf(stderr, "strata convert: --model IN and --out PACK are required\n"); free(stripe_list); return 2; }
+    if (o.split > 1 && o.n_stripe_dirs) {
+        fprintf(stderr, "strata convert: --split and --stripe: give one or the other\n");
+        free(stripe_list);
+        return 2;
+    }
     const char *fault = getenv("STRATA_PACK_FAULT");
-    if (fault && *fault && st_convert_parse_fault(fault, &o)) return cli_fail("convert", ST_ERR_INVALID);
+    if (fault && *fault && st_convert_parse_fault(fault, &o)) { free(stripe_list); return cli_fail("convert", ST_ERR_INVALID); }
     st_convert_stats s;
     int rc = st_pack_convert(in, out, &o, &s);
+    free(stripe_list);
     if (rc) return cli_fail("convert", rc);
     if (!o.quiet) {
         char a[32], b[32];
@@ -119,8 +147,17 @@ int cmd_inspect(int argc, char **argv) {
     } else {
         printf("config: %s\n", st_last_error());
     }
-    for (int f = 0; f < st_pack_file_count(p); f++)
-        printf("  file %d: %s (%s)\n", f, st_pack_file_path(p, f), st_fmt_size(st_pack_file_size(p, f), a, sizeof a));
+    for (int f = 0; f < st_pack_file_count(p); f++) {
+        int fe = 0, fg = 0;
+        for (int i = 0; i < st_pack_extent_count(p); i++) {
+            const st_pack_extent *e = st_pack_extent_at(p, i);
+            if (e->file == f && e->kind == ST_PACK_EXPERT) fe++;
+            else if (e->file == f) fg++;
+        }
+        const char *fp = st_pack_file_path(p, f);
+        printf("  file %d: %s (%s; %d groups, %d experts)%s\n", f, fp, st_fmt_size(st_pack_file_size(p, f), a, sizeof a), fg,
+               fe, strncmp(fp, st_pack_dir(p), strlen(st_pack_dir(p))) || fp[strlen(st_pack_dir(p))] != '/' ? " [stripe]" : "");
+    }
     int groups = 0, experts = 0;
     uint64_t emin = UINT64_MAX, emax = 0, pad = 0;
     for (int i = 0; i < st_pack_extent_count(p); i++) {
@@ -168,7 +205,8 @@ int cmd_inspect(int argc, char **argv) {
             st_pack_close(p);
             return cli_fail("inspect", rc);
         }
-        printf("verify: %d tensors and %d extents match their checksums\n", st_pack_tensor_count(p), st_pack_extent_count(p));
+        printf("verify: %d tensors and %d extents in %d data file%s match their checksums\n", st_pack_tensor_count(p),
+               st_pack_extent_count(p), st_pack_file_count(p), st_pack_file_count(p) == 1 ? "" : "s");
     }
     st_pack_close(p);
     return 0;

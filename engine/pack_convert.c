@@ -189,8 +189,8 @@ int st_pack_convert(const char *in, const char *out, const st_convert_opts *opts
     if (!rc) rc = st_checkpoint_open(in, &cfg, &ck);
     if (!rc) rc = st_checkpoint_check(ck, &cfg);
     if (!rc) rc = build_plan(ck, &cfg, &P, &st.skipped, o.quiet);
-    st_pack_writer_opts wo = {.n_files = o.split, .force = o.force, .fault_kill_at = o.fault_kill_at,
-                              .fault_fail_at = o.fault_fail_at};
+    st_pack_writer_opts wo = {.n_files = o.split, .stripe_dirs = o.stripe_dirs, .n_stripe_dirs = o.n_stripe_dirs,
+                              .force = o.force, .fault_kill_at = o.fault_kill_at, .fault_fail_at = o.fault_fail_at};
     if (!rc) rc = st_pack_writer_new(out, &wo, &w);
     if (!rc) rc = copy_side_files(w, in);
     /* declare: a new extent whenever (block, expert) changes */

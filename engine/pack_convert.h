@@ -13,7 +13,9 @@
 #include <stdint.h>
 
 typedef struct st_convert_opts {
-    int split;             /* data files (<= 1: one) */
+    int split;             /* data files in the pack directory (<= 1: one) */
+    const char *const *stripe_dirs; /* data files 1.. in these directories (one each; see io/pack.h) */
+    int n_stripe_dirs;
     bool force;            /* replace an existing output */
     bool quiet;            /* no progress bar, no warnings about skipped tensors */
     uint64_t fault_kill_at, fault_fail_at; /* tests: see st_pack_writer_opts */

@@ -111,22 +111,27 @@ static int open_files(st_pack *p, const pk_file_rec *fr, const char *strings) {
         const char *nm;
         int rc = get_string(p, strings, fr[i].name_off, fr[i].name_len, "file", (int)i, &nm);
         if (rc) return rc;
-        if (strchr(nm, '/') || !strcmp(nm, "..") || !strcmp(nm, "."))
-            return st_error(ST_ERR_FORMAT, "%s: file %u: name '%s' is not a plain file name", p->mpath, i, nm);
+        /* a plain name inside the pack directory, or the absolute path of a stripe file on another device */
+        const bool external = nm[0] == '/';
+        if ((!external && strchr(nm, '/')) || !strcmp(nm, "..") || !strcmp(nm, ".") || strstr(nm, "/../") ||
+            (external && (strlen(nm) < 4 || !strcmp(nm + strlen(nm) - 3, "/..") || nm[strlen(nm) - 1] == '/')))
+            return st_error(ST_ERR_FORMAT, "%s: file %u: name '%s' is neither a plain file name nor an absolute file path",
+                            p->mpath, i, nm);
         pk_file *f = &p->files[i];
         size_t l = strlen(p->dir) + strlen(nm) + 2;
         if (!(f->path = malloc(l))) return st_error(ST_ERR_NOMEM, "pack: out of memory");
-        snprintf(f->path, l, "%s/%s", p->dir, nm);
+        if (external) snprintf(f->path, l, "%s", nm);
+        else snprintf(f->path, l, "%s/%s", p->dir, nm);
         f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
         if (f->fd < 0)
-            return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_IO, "%s: %s (data file %u of the pack)", f->path,
-                            strerror(errno), i);
+            return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_IO, "%s: %s (data file %u of the pack %s)", f->path,
+                            strerror(errno), i, p->dir);
         struct stat sb;
         if (fstat(f->fd, &sb)) return st_error(ST_ERR_IO, "%s: %s", f->path, strerror(errno));
         if ((uint64_t)sb.st_size != fr[i].size)
-            return st_error(ST_ERR_FORMAT, "%s: %s: the manifest records %llu bytes, the file has %llu", f->path,
-                            (uint64_t)sb.st_size < fr[i].size ? "truncated" : "wrong size", (unsigned long long)fr[i].size,
-                            (unsigned long long)sb.st_size);
+            return st_error(ST_ERR_FORMAT, "%s: %s: the manifest of %s records %llu bytes for data file %u, the file has %llu",
+                            f->path, (uint64_t)sb.st_size < fr[i].size ? "truncated" : "wrong size", p->dir,
+                            (unsigned long long)fr[i].size, i, (unsigned long long)sb.st_size);
         f->size = fr[i].size;
         total += f->size;
     }

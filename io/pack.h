@@ -6,6 +6,11 @@
  *   PACK/pack.manifest   binary manifest (below), written last
  *   PACK/data-K.bin      data files (one, or N with --split N)
  *   PACK/config.json, tokenizer files: copied from the source
+ * A pack striped over devices (--stripe DIR1,DIR2,...) keeps data-0.bin in
+ * PACK and has data file k >= 1 at DIRk/<name of PACK>.data-k.bin; the
+ * manifest's file record then holds that absolute path (plain names are
+ * relative to PACK). Groups are in file 0, routed experts round-robin over
+ * all files (expert extent i in file i mod n_files).
  *
  * Data: a sequence of extents. Every extent starts on a 4096-byte boundary of
  * its data file and its length is padded with zeros to a multiple of 4096, so
@@ -18,7 +23,7 @@
  * Manifest (little-endian, version ST_PACK_VERSION):
  *   header (st_pack_header below: magic "STRATAPK", version, sizes, counts,
  *           xxh3 of the body, xxh3 of the header itself)
- *   files   n_files   x {u32 name_off, u32 name_len, u64 size}
+ *   files   n_files   x {u32 name_off, u32 name_len, u64 size}  (name: plain, or absolute for a stripe)
  *   extents n_extents x {u32 name_off, name_len, file, kind; i32 layer, expert;
  *                        u32 first_tensor, n_tensors; u64 offset, length, xxh3}
  *   tensors n_tensors x {u32 name_off, name_len, extent; u16 dtype, ndim;
@@ -140,7 +145,12 @@ int st_pack_verify(st_pack *p, FILE *report, bool show_progress);
 typedef struct st_pack_writer st_pack_writer;
 
 typedef struct st_pack_writer_opts {
-    int n_files;           /* data files (>= 1; 0 means 1) */
+    int n_files;           /* data files in the pack directory (>= 1; 0 means 1) */
+    /* striping over devices: data file 0 in the pack directory plus one data
+     * file "<stripe_dirs[k]>/<pack name>.data-<k+1>.bin" per directory (n_files
+     * must then be 0 or 1); an existing file there is refused unless force */
+    const char *const *stripe_dirs;
+    int n_stripe_dirs;
     bool force;            /* replace an existing pack at the path */
     /* tests: after this many data bytes, kill the process (SIGKILL) or fail
      * with ST_ERR_IO. 0: off. */
@@ -148,7 +158,10 @@ typedef struct st_pack_writer_opts {
 } st_pack_writer_opts;
 
 /* Start a pack at `dir`, written in "<dir>.tmp.<pid>" and renamed when
- * finished. Refuses an existing `dir` unless opts->force. */
+ * finished (stripe files: "<final>.tmp.<pid>", renamed just before the
+ * directory). Refuses an existing `dir` (or stripe file) unless opts->force;
+ * ST_ERR_NOT_FOUND / ST_ERR_INVALID for a stripe directory that is missing or
+ * not a directory. */
 int st_pack_writer_new(const char *dir, const st_pack_writer_opts *opts, st_pack_writer **out);
 /* Copy a small file (config, tokenizer) into the pack under `name`. */
 int st_pack_writer_copy_file(st_pack_writer *w, const char *src_path, const char *name);

@@ -8,11 +8,22 @@
  * no directory that looks like a finished pack (the manifest is written last
  * and the final name appears last). Written data is flushed in windows and
  * dropped from the page cache so a 9 GB conversion does not fill memory with
- * dirty pages. */
+ * dirty pages.
+ *
+ * Striping (opts.stripe_dirs): data file 0 stays in the pack directory, data
+ * file k >= 1 is "<stripe dir k>/<pack name>.data-k.bin" (absolute path in
+ * the manifest). Those are written as "<that>.tmp.<pid>" and renamed to their
+ * final names (and their directories fsync'd) just before the pack directory
+ * itself, so a kill leaves only *.tmp.* names and no manifest under the final
+ * name. Layout: groups in file 0, routed experts round-robin over every file,
+ * so the experts of one step are spread over all devices. */
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <glob.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +57,10 @@ typedef struct wt_tensor {
 
 typedef struct wt_file {
     int fd;
+    char *path;       /* written here (inside the temporary directory, or "<final>.tmp.<pid>") */
+    char *final;      /* stripe files: the name it gets at finish (NULL: inside the pack directory) */
+    char *record;     /* the name in the manifest: "data-K.bin" or the absolute final path */
+    bool renamed;     /* final exists now (undo on a failed finish) */
     uint64_t size;    /* planned */
     uint64_t pos;     /* written */
     uint64_t flushed; /* bytes handed to writeback and dropped from the cache */
@@ -95,8 +110,9 @@ static char *parent_of(const char *path) {
     return p;
 }
 
-/* "<dir>.tmp.<pid>" directories of processes that no longer run: leftovers of
- * killed conversions. Removed, with a warning (a running pid's is left alone). */
+/* "<dir>.tmp.<pid>" directories (and stripe files) of processes that no longer
+ * run: leftovers of killed conversions. Removed, with a warning (a running
+ * pid's is left alone). */
 static void remove_stale_tmp(const char *dir) {
     char pat[4200];
     if (snprintf(pat, sizeof pat, "%s.tmp.*", dir) >= (int)sizeof pat) return;
@@ -108,7 +124,8 @@ static void remove_stale_tmp(const char *dir) {
         char *end;
         long pid = strtol(suffix, &end, 10);
         struct stat sb;
-        if (!*suffix || *end || pid <= 0 || pid == (long)getpid() || lstat(g.gl_pathv[i], &sb) || !S_ISDIR(sb.st_mode))
+        if (!*suffix || *end || pid <= 0 || pid == (long)getpid() || lstat(g.gl_pathv[i], &sb) ||
+            !(S_ISDIR(sb.st_mode) || S_ISREG(sb.st_mode)))
             continue;
         if (kill((pid_t)pid, 0) && errno == ESRCH) {
             ST_WARN("%s: removing the leftover of an interrupted conversion (process %ld is gone)", g.gl_pathv[i], pid);
@@ -118,10 +135,69 @@ static void remove_stale_tmp(const char *dir) {
     globfree(&g);
 }
 
+static char *dup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *dup_printf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (!s) return NULL;
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+/* Paths of data file i: inside the temporary directory, or (stripes) in its
+ * stripe directory, checked to be a directory and free of another file. */
+static int name_file(st_pack_writer *w, int i) {
+    wt_file *F = &w->files[i];
+    char nm[32];
+    snprintf(nm, sizeof nm, PK_DATA_NAME_FMT, i);
+    if (i == 0 || !w->opts.n_stripe_dirs) {
+        F->path = dup_printf("%s/%s", w->tmp, nm);
+        F->record = strdup(nm);
+        return F->path && F->record ? 0 : st_error(ST_ERR_NOMEM, "pack writer: out of memory");
+    }
+    const char *sd = w->opts.stripe_dirs[i - 1];
+    char real[PATH_MAX];
+    struct stat sb;
+    if (!sd || !realpath(sd, real) || stat(real, &sb))
+        return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_IO, "stripe directory %s: %s", sd ? sd : "(null)",
+                        strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) return st_error(ST_ERR_INVALID, "stripe directory %s: not a directory", sd);
+    char *base = strdup(w->dir);
+    if (!base) return st_error(ST_ERR_NOMEM, "pack writer: out of memory");
+    size_t l = strlen(base);
+    while (l > 1 && base[l - 1] == '/') base[--l] = 0;
+    const char *slash = strrchr(base, '/');
+    F->final = dup_printf("%s/%s.%s", strcmp(real, "/") ? real : "", slash ? slash + 1 : base, nm);
+    free(base);
+    F->path = F->final ? dup_printf("%s.tmp.%ld", F->final, (long)getpid()) : NULL;
+    F->record = F->final ? strdup(F->final) : NULL;
+    if (!F->final || !F->path || !F->record) return st_error(ST_ERR_NOMEM, "pack writer: out of memory");
+    remove_stale_tmp(F->final);
+    for (int k = 1; k < i; k++)
+        if (!strcmp(w->files[k].final, F->final))
+            return st_error(ST_ERR_INVALID, "stripe directory %s given twice", sd);
+    if (!lstat(F->final, &sb) && !w->opts.force)
+        return st_error(ST_ERR_INVALID, "%s: already exists (a data file of another pack of this name? remove it, or --force to replace it)",
+                        F->final);
+    unlink(F->path); /* a leftover of an earlier process with our pid */
+    return 0;
+}
+
 int st_pack_writer_new(const char *dir, const st_pack_writer_opts *opts, st_pack_writer **out) {
     *out = NULL;
     st_pack_writer_opts o = opts ? *opts : (st_pack_writer_opts){0};
     if (o.n_files <= 0) o.n_files = 1;
+    if (o.n_stripe_dirs < 0 || (o.n_stripe_dirs && !o.stripe_dirs))
+        return st_error(ST_ERR_INVALID, "pack: bad stripe directory list");
+    if (o.n_stripe_dirs && o.n_files > 1)
+        return st_error(ST_ERR_INVALID, "pack: %d data files and %d stripe directories requested: give one or the other",
+                        o.n_files, o.n_stripe_dirs);
+    if (o.n_stripe_dirs) o.n_files = 1 + o.n_stripe_dirs;
     if (o.n_files > 256) return st_error(ST_ERR_INVALID, "pack: %d data files requested (at most 256)", o.n_files);
     struct stat sb;
     if (!stat(dir, &sb) && !o.force)
@@ -154,6 +230,12 @@ int st_pack_writer_new(const char *dir, const st_pack_writer_opts *opts, st_pack
         return st_error(ST_ERR_NOMEM, "pack writer: out of memory");
     }
     for (int i = 0; i < w->n_files; i++) w->files[i].fd = -1;
+    int rc = 0;
+    for (int i = 0; i < w->n_files && !rc; i++) rc = name_file(w, i);
+    if (rc) {
+        st_pack_writer_abort(w);
+        return rc;
+    }
     *out = w;
     return 0;
 }
@@ -242,16 +324,16 @@ int st_pack_writer_declare(st_pack_writer *w, const char *name, st_sft_dtype dt,
     return 0;
 }
 
-/* Lay out: extents in declaration order, each on the data file with the
- * fewest bytes so far (spreads neighbouring experts over the files). */
+/* Lay out: extents in declaration order; groups in file 0 (the pack
+ * directory), routed experts round-robin over all files, so neighbouring
+ * experts (and any step's set of experts) are spread over the files. */
 static void freeze(st_pack_writer *w) {
     if (w->frozen) return;
     w->frozen = true;
+    int next_expert = 0;
     for (int i = 0; i < w->n_ext; i++) {
         wt_extent *e = &w->ext[i];
-        int f = 0;
-        for (int k = 1; k < w->n_files; k++)
-            if (w->files[k].size < w->files[f].size) f = k;
+        const int f = e->kind == ST_PACK_EXPERT ? next_expert++ % w->n_files : 0;
         e->file = f;
         e->offset = w->files[f].size;
         uint64_t at = 0;
@@ -283,10 +365,8 @@ const char *st_pack_writer_current(const st_pack_writer *w) {
 static int open_files(st_pack_writer *w) {
     for (int k = 0; k < w->n_files; k++) {
         if (w->files[k].fd >= 0) continue;
-        char p[4200];
-        snprintf(p, sizeof p, "%s/" PK_DATA_NAME_FMT, w->tmp, k);
-        w->files[k].fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (w->files[k].fd < 0) return st_error(ST_ERR_IO, "%s: %s", p, strerror(errno));
+        w->files[k].fd = open(w->files[k].path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (w->files[k].fd < 0) return st_error(ST_ERR_IO, "%s: %s", w->files[k].path, strerror(errno));
     }
     return 0;
 }
@@ -299,8 +379,7 @@ static int file_put(st_pack_writer *w, int f, const void *data, size_t len) {
         ssize_t n = pwrite(F->fd, p, len, (off_t)F->pos);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0)
-            return st_error(ST_ERR_IO, "%s/" PK_DATA_NAME_FMT ": write at offset %llu: %s", w->tmp, f,
-                            (unsigned long long)F->pos, strerror(errno));
+            return st_error(ST_ERR_IO, "%s: write at offset %llu: %s", F->path, (unsigned long long)F->pos, strerror(errno));
         p += n;
         len -= (size_t)n;
         F->pos += (uint64_t)n;
@@ -431,9 +510,7 @@ static int write_manifest(st_pack_writer *w) {
     int rc = fr && er && tr ? 0 : st_error(ST_ERR_NOMEM, "pack writer: out of memory");
     bool oom = false;
     for (int i = 0; i < w->n_files && !rc; i++) {
-        char nm[32];
-        snprintf(nm, sizeof nm, PK_DATA_NAME_FMT, i);
-        fr[i].name_off = str_add(&str, &slen, &scap, nm, &fr[i].name_len);
+        fr[i].name_off = str_add(&str, &slen, &scap, w->files[i].record, &fr[i].name_len);
         fr[i].size = w->files[i].size;
         oom |= fr[i].name_off == UINT32_MAX;
     }
@@ -509,21 +586,45 @@ int st_pack_writer_finish(st_pack_writer *w) {
         if (w->files[k].pos != w->files[k].size)
             rc = st_error(ST_ERR_INVALID, "pack writer: data file %d: %llu of %llu bytes written", k,
                           (unsigned long long)w->files[k].pos, (unsigned long long)w->files[k].size);
-        else if (fsync(w->files[k].fd)) rc = st_error(ST_ERR_IO, "%s: data file %d: fsync: %s", w->tmp, k, strerror(errno));
+        else if (fsync(w->files[k].fd)) rc = st_error(ST_ERR_IO, "%s: data file %d: fsync: %s", w->files[k].path, k, strerror(errno));
     }
     if (!rc) rc = write_manifest(w);
     if (!rc) rc = fsync_path(w->tmp, true);
-    char *old = NULL;
+    char *old = NULL, **old_external = NULL;
+    int n_old_external = 0;
     if (!rc) {
         struct stat sb;
-        if (!stat(w->dir, &sb)) { /* --force: move the old one aside, then remove it */
-            size_t l = strlen(w->dir) + 32;
-            old = malloc(l);
-            if (!old) rc = st_error(ST_ERR_NOMEM, "pack writer: out of memory");
-            else {
-                snprintf(old, l, "%s.old.%ld", w->dir, (long)getpid());
-                if (rename(w->dir, old)) rc = st_error(ST_ERR_IO, "%s: cannot move aside: %s", w->dir, strerror(errno));
+        if (!stat(w->dir, &sb)) { /* --force: move the old one aside, then remove it (and its stripe files) */
+            st_pack *op;
+            if (!st_pack_open(w->dir, &op)) {
+                const size_t dl = strlen(w->dir);
+                old_external = calloc((size_t)st_pack_file_count(op), sizeof *old_external);
+                for (int f = 0; old_external && f < st_pack_file_count(op); f++) {
+                    const char *fp = st_pack_file_path(op, f);
+                    if (strncmp(fp, w->dir, dl) || fp[dl] != '/') old_external[n_old_external++] = strdup(fp);
+                }
+                st_pack_close(op);
             }
+            old = dup_printf("%s.old.%ld", w->dir, (long)getpid());
+            if (!old) rc = st_error(ST_ERR_NOMEM, "pack writer: out of memory");
+            else if (rename(w->dir, old)) {
+                rc = st_error(ST_ERR_IO, "%s: cannot move aside: %s", w->dir, strerror(errno));
+                free(old);
+                old = NULL;
+            }
+        }
+    }
+    /* stripe files take their final names first: until the directory rename
+     * below there is no manifest under the final name, so nothing looks complete */
+    for (int k = 0; k < w->n_files && !rc; k++) {
+        wt_file *F = &w->files[k];
+        if (!F->final) continue;
+        if (rename(F->path, F->final)) rc = st_error(ST_ERR_IO, "%s: rename to %s: %s", F->path, F->final, strerror(errno));
+        else {
+            F->renamed = true;
+            char *parent = parent_of(F->final);
+            rc = parent ? fsync_path(parent, true) : st_error(ST_ERR_NOMEM, "pack writer: out of memory");
+            free(parent);
         }
     }
     if (!rc && rename(w->tmp, w->dir)) rc = st_error(ST_ERR_IO, "%s: rename to %s: %s", w->tmp, w->dir, strerror(errno));
@@ -532,9 +633,19 @@ int st_pack_writer_finish(st_pack_writer *w) {
         if (parent) rc = fsync_path(parent, true);
         free(parent);
         if (old) rm_tree(old);
+        for (int i = 0; i < n_old_external; i++) {
+            bool reused = false;
+            for (int k = 0; k < w->n_files && old_external[i]; k++) reused |= w->files[k].final && !strcmp(w->files[k].final, old_external[i]);
+            if (old_external[i] && !reused) unlink(old_external[i]);
+        }
         free(w->tmp);
         w->tmp = NULL; /* nothing left to remove */
+        for (int k = 0; k < w->n_files; k++) w->files[k].renamed = false; /* they belong to the pack now */
+    } else if (old && rename(old, w->dir)) {
+        ST_WARN("%s: could not restore the previous pack from %s: %s", w->dir, old, strerror(errno));
     }
+    for (int i = 0; i < n_old_external; i++) free(old_external[i]);
+    free(old_external);
     free(old);
     st_pack_writer_abort(w);
     return rc;
@@ -542,8 +653,14 @@ int st_pack_writer_finish(st_pack_writer *w) {
 
 void st_pack_writer_abort(st_pack_writer *w) {
     if (!w) return;
-    for (int k = 0; w->files && k < w->n_files; k++)
-        if (w->files[k].fd >= 0) close(w->files[k].fd);
+    for (int k = 0; w->files && k < w->n_files; k++) {
+        wt_file *F = &w->files[k];
+        if (F->fd >= 0) close(F->fd);
+        if (F->final && F->path) unlink(F->renamed ? F->final : F->path); /* an unfinished stripe file */
+        free(F->path);
+        free(F->final);
+        free(F->record);
+    }
     if (w->tmp) rm_tree(w->tmp);
     for (int i = 0; i < w->n_ext; i++) {
         free(w->ext[i].name);
