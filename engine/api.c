@@ -54,3 +54,12 @@ int st_session_eval(st_session *s, const int32_t *ids, int64_t n, float *logits)
     if (!s || !ids) return st_error(ST_ERR_INVALID, "st_session_eval: NULL argument");
     return st_seq_forward(s->seq, ids, n, logits, false);
 }
+
+int st_session_kv_tiering(st_session *s, const st_kv_tiering_options *o) {
+    if (!s || !o) return st_error(ST_ERR_INVALID, "st_session_kv_tiering: NULL argument");
+    if (!o->fast_bytes) return st_error(ST_ERR_INVALID, "st_session_kv_tiering: fast_bytes must be more than 0");
+    if (o->page_bytes % 4096)
+        return st_error(ST_ERR_INVALID, "st_session_kv_tiering: page_bytes %llu is not a multiple of 4096",
+                        (unsigned long long)o->page_bytes);
+    return st_seq_kv_tiering(s->seq, o->fast_bytes, o->dram_bytes, o->spill_dir, o->page_bytes);
+}

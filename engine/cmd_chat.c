@@ -158,7 +158,11 @@ static char *read_line(bool tty) {
 int cmd_chat(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
         printf("usage: strata chat --model DIR [--think off|on|max] [-n MAX] [--temp T] [--top-p P] [--seed S]\n"
-               "                  [--numerics official|reference] [--threads N]\n\n"
+               "                  [--numerics official|reference] [--threads N]\n"
+               "                  [--kv-budget SIZE [--kv-spill DIR [--kv-dram SIZE]] [--kv-page SIZE]]\n\n"
+               "  --kv-budget SIZE    KV tiering: fast memory for CSA compressed entries (the rest spills\n"
+               "                      to DRAM, or to a file in --kv-spill DIR; --kv-dram SIZE keeps that\n"
+               "                      much in DRAM first); --kv-page SIZE: page size (default 64K)\n\n"
                "Interactive chat with line editing and history. Commands:\n"
                "  /think on|off|max   thinking mode of the chat template\n"
                "  /reset              forget the conversation\n"
@@ -169,7 +173,8 @@ int cmd_chat(int argc, char **argv) {
     chat c = {.max_tokens = 512, .think = ST_THINK_OFF};
     st_model_opts opts = {.quiet = true};
     st_sampler_cfg sc = {.temperature = 0.6f, .top_p = 0.95f, .seed = (uint64_t)st_time_ns()};
-    const char *model = NULL;
+    const char *model = NULL, *kv_spill = NULL;
+    uint64_t kv_budget = 0, kv_dram = 0, kv_page = 0;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) { fprintf(stderr, "strata chat: '%s' needs a value (strata chat --help)\n", o); return 2; }
@@ -181,13 +186,25 @@ int cmd_chat(int argc, char **argv) {
         else if (!strcmp(o, "--seed")) sc.seed = strtoull(v, NULL, 10);
         else if (!strcmp(o, "--threads")) opts.threads = atoi(v);
         else if (!strcmp(o, "--numerics")) opts.numerics = strcmp(v, "reference") ? ST_NUMERICS_OFFICIAL : ST_NUMERICS_REFERENCE;
-        else { fprintf(stderr, "strata chat: unknown option '%s' (strata chat --help)\n", o); return 2; }
+        else if (!strcmp(o, "--kv-spill")) kv_spill = v;
+        else if (!strcmp(o, "--kv-budget") || !strcmp(o, "--kv-dram") || !strcmp(o, "--kv-page")) {
+            uint64_t *dst = !strcmp(o, "--kv-budget") ? &kv_budget : !strcmp(o, "--kv-dram") ? &kv_dram : &kv_page;
+            if (st_parse_size(v, 0, o, dst) || !*dst || (dst == &kv_page && *dst % 4096)) {
+                fprintf(stderr, "strata chat: %s %s: %s\n", o, v,
+                        !*dst ? "must be more than 0" : dst == &kv_page && *dst % 4096 ? "must be a multiple of 4 KiB"
+                                                                                       : st_last_error());
+                return 2;
+            }
+        } else { fprintf(stderr, "strata chat: unknown option '%s' (strata chat --help)\n", o); return 2; }
         i++;
     }
     if (!model) { fprintf(stderr, "strata chat: --model DIR is required\n"); return 2; }
+    if ((kv_spill || kv_page) && !kv_budget) { fprintf(stderr, "strata chat: --kv-spill/--kv-page need --kv-budget\n"); return 2; }
+    if (kv_dram && !kv_spill) { fprintf(stderr, "strata chat: --kv-dram needs --kv-spill\n"); return 2; }
     int rc;
     if ((rc = st_tokenizer_load(model, &c.tok)) || (rc = st_model_load(model, &opts, &c.m)) ||
-        (rc = st_seq_new(c.m, &c.s)) || (rc = st_sampler_init(&c.smp, &sc, c.m->vocab)))
+        (rc = st_seq_new(c.m, &c.s)) || (kv_budget && (rc = st_seq_kv_tiering(c.s, kv_budget, kv_dram, kv_spill, kv_page))) ||
+        (rc = st_sampler_init(&c.smp, &sc, c.m->vocab)))
         goto done;
     c.messages = cJSON_CreateArray();
     const bool tty = isatty(STDIN_FILENO);

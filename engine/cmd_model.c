@@ -130,6 +130,7 @@ static int check_vocab(const char *src, const int32_t *ids, int64_t n, int64_t v
 typedef struct model_args {
     const char *model, *ids, *ids_file, *prompt, *think, *kv_save;
     bool raw;
+    uint64_t kv_page, kv_dram; /* KV tiering page size and DRAM tier limit (0: defaults) */
     st_model_opts opts;
     bool json;
     int n_predict;
@@ -207,6 +208,18 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
                 return 2;
             }
         } else if (!strcmp(o, "--kv-spill")) { NEEDV(); a->opts.kv_spill = v; }
+        else if (!strcmp(o, "--kv-page") || !strcmp(o, "--kv-dram")) {
+            NEEDV();
+            uint64_t *dst = !strcmp(o, "--kv-page") ? &a->kv_page : &a->kv_dram;
+            if (st_parse_size(v, 0, o, dst) || !*dst) {
+                fprintf(stderr, "strata %s: %s: %s\n", cmd, o, *dst ? st_last_error() : "must be more than 0");
+                return 2;
+            }
+            if (dst == &a->kv_page && *dst % 4096) {
+                fprintf(stderr, "strata %s: --kv-page %s: must be a multiple of 4 KiB\n", cmd, v);
+                return 2;
+            }
+        }
         else { fprintf(stderr, "strata %s: unknown option '%s' (strata %s --help)\n", cmd, o, cmd); return 2; }
 #undef NEEDV
     }
@@ -220,6 +233,8 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         return 2;
     }
     if (a->opts.kv_spill && !a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-spill needs --kv-budget\n", cmd); return 2; }
+    if (a->kv_page && !a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-page needs --kv-budget\n", cmd); return 2; }
+    if (a->kv_dram && !a->opts.kv_spill) { fprintf(stderr, "strata %s: --kv-dram needs --kv-spill\n", cmd); return 2; }
     if (a->kv_save && a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-save is not supported with --kv-budget\n", cmd); return 2; }
     if (a->json) a->opts.quiet = true;
     return 0;
@@ -241,6 +256,9 @@ static const char *common_help =
     "  --kv-budget SIZE     KV tiering: fast memory for CSA compressed entries (paged; the rest spills\n"
     "                       to DRAM, or to --kv-spill); logits are identical (default: all resident)\n"
     "  --kv-spill DIR       with --kv-budget: spill KV pages to a file in DIR (NVMe) instead of DRAM\n"
+    "  --kv-dram SIZE       with --kv-spill: spilled pages stay in DRAM up to SIZE, the oldest go on to\n"
+    "                       the file in DIR (default: straight to the file)\n"
+    "  --kv-page SIZE       with --kv-budget: KV page size, a multiple of 4 KiB (default 64K)\n"
     "  --gpu-mem SIZE       GPU tier budget (ignored: no GPU backend in this build's CPU path)\n"
     "  --numa auto|off|N    expert cache and threads: auto (default) every NUMA node, each node's experts\n"
     "                       in its memory and computed by its threads; off: no binding; N: all on node N\n"
@@ -269,7 +287,7 @@ int cmd_logits(int argc, char **argv) {
     if ((rc = a.ids ? parse_ids(a.ids, &ids, &n) : read_ids_file(a.ids_file, &ids, &n)) ||
         (rc = st_model_load(a.model, &a.opts, &m)) ||
         (a.ids_file && (rc = check_vocab(a.ids_file, ids, n, m->vocab))) || (rc = st_seq_new(m, &s)) ||
-        (a.opts.kv_budget && (rc = st_seq_kv_tiering(s, a.opts.kv_budget, 0, a.opts.kv_spill, 0))))
+        (a.opts.kv_budget && (rc = st_seq_kv_tiering(s, a.opts.kv_budget, a.kv_dram, a.opts.kv_spill, a.kv_page))))
         goto fail;
     logits = malloc((size_t)(n * m->vocab) * sizeof(float));
     if (!logits) { rc = st_error(ST_ERR_NOMEM, "out of memory for %lld x %lld logits", (long long)n, (long long)m->vocab); goto fail; }
@@ -430,7 +448,7 @@ int cmd_run(int argc, char **argv) {
     }
     if ((rc = prompt_ids(&a, tok, &ids, &n)) || (rc = st_model_load(a.model, &a.opts, &m)) ||
         (a.ids_file && (rc = check_vocab(a.ids_file, ids, n, m->vocab))) || (rc = st_seq_new(m, &s)) ||
-        (a.opts.kv_budget && (rc = st_seq_kv_tiering(s, a.opts.kv_budget, 0, a.opts.kv_spill, 0))) ||
+        (a.opts.kv_budget && (rc = st_seq_kv_tiering(s, a.opts.kv_budget, a.kv_dram, a.opts.kv_spill, a.kv_page))) ||
         (rc = st_sampler_init(&smp, &a.samp, m->vocab)))
         goto fail;
     if (tok && (rc = st_detok_stream_init(&ds, tok, false))) goto fail;

@@ -69,6 +69,21 @@ void st_session_free(st_session *session); /* NULL is fine */
 void st_session_reset(st_session *session);
 /* Tokens consumed so far. */
 int64_t st_session_position(const st_session *session);
+/* KV tiering of a fresh session (position 0): the compressed KV entries of
+ * the CSA layers are paged; fast_bytes (> 0) is the fast memory they may hold,
+ * the rest spills to DRAM (at most dram_bytes; 0: no limit without spill_dir,
+ * no DRAM tier with it) and then to a file in spill_dir (NULL: no NVMe tier).
+ * page_bytes: page size, a multiple of 4096 (0: 64 KiB). Logits are identical
+ * with and without tiering. ST_ERR_INVALID (session not fresh, bad sizes),
+ * ST_ERR_BUDGET later from eval when the budgets cannot hold the pages. */
+typedef struct st_kv_tiering_options {
+    uint64_t fast_bytes;
+    uint64_t dram_bytes;
+    const char *spill_dir;
+    uint64_t page_bytes;
+} st_kv_tiering_options;
+int st_session_kv_tiering(st_session *session, const st_kv_tiering_options *opts);
+
 /* Appends n tokens and writes the logits of the last one (vocab floats) to
  * logits, which may be NULL. */
 int st_session_eval(st_session *session, const int32_t *ids, int64_t n, float *logits);

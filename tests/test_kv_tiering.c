@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include "base/base.h"
 #include "engine/kv_store.h"
@@ -109,10 +110,157 @@ static void budget_too_small_fails_cleanly(void **state) {
     st_model_free(m);
 }
 
+/* ---- the command line: --ids-file, --kv-page, --kv-dram, peak memory ---------------- */
+
+static const char *bin(void) {
+    const char *b = getenv("STRATA_BIN");
+    return b ? b : "build/strata";
+}
+
+/* stdout of a command (malloc'd), and its exit status in *status. */
+static char *capture(const char *cmd, int *status) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t len = 0, cap = 1 << 16;
+    char *out = malloc(cap);
+    size_t got;
+    while ((got = fread(out + len, 1, cap - len - 1, p)) > 0) {
+        len += got;
+        if (len + 1 == cap) out = realloc(out, cap *= 2);
+    }
+    out[len] = 0;
+    *status = pclose(p);
+    return out;
+}
+
+static void write_ids(const char *path, const int32_t *ids, int64_t n, bool binary) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    for (int64_t i = 0; i < n; i++) {
+        if (binary) {
+            uint8_t b[4] = {(uint8_t)ids[i], (uint8_t)(ids[i] >> 8), (uint8_t)(ids[i] >> 16), (uint8_t)(ids[i] >> 24)};
+            fwrite(b, 1, 4, f);
+        } else {
+            fprintf(f, i % 7 == 3 ? "%d,\n" : i % 5 == 1 ? "%d , " : "%d\t", ids[i]);
+        }
+    }
+    fclose(f);
+}
+
+/* logits --json of every position: plain, with every tiering flag (tiny pages,
+ * a DRAM limit then the spill file), from a text and a binary ids file:
+ * byte-identical output. Bad files fail with the file and position named. */
+static void cli_flags_identical_logits(void **state) {
+    (void)state;
+    char dir[] = "/tmp/strata-kvt-cli-XXXXXX", txt[80], i32[80], bad[80], cmd[1024];
+    assert_non_null(mkdtemp(dir));
+    snprintf(txt, sizeof txt, "%s/ids.txt", dir);
+    snprintf(i32, sizeof i32, "%s/ids.i32", dir);
+    snprintf(bad, sizeof bad, "%s/bad.txt", dir);
+    int32_t ids[N_TOK];
+    for (int i = 0; i < N_TOK; i++) ids[i] = (int32_t)((i * 2654435761u + 17) % 127u);
+    write_ids(txt, ids, N_TOK, false);
+    write_ids(i32, ids, N_TOK, true);
+    int st;
+    snprintf(cmd, sizeof cmd, "%s logits --model " FIX " --threads 2 --chunk 64 --json --ids-file %s", bin(), txt);
+    char *want = capture(cmd, &st);
+    assert_int_equal(st, 0);
+    assert_non_null(strstr(want, "\"positions\""));
+    const char *variants[] = {"--kv-budget 24K --kv-page 4K --kv-spill %s --kv-dram 8K",
+                              "--kv-budget 96K --kv-page 16K --kv-spill %s",
+                              "--kv-budget 48K --kv-page 8K"};
+    for (size_t v = 0; v < ST_ARRAY_LEN(variants); v++) {
+        char flags[256];
+        snprintf(flags, sizeof flags, variants[v], dir);
+        snprintf(cmd, sizeof cmd, "%s logits --model " FIX " --threads 2 --chunk 64 --json --ids-file %s %s", bin(),
+                 v == 0 ? i32 : txt, flags);
+        char *got = capture(cmd, &st);
+        assert_int_equal(st, 0);
+        if (strcmp(want, got)) fail_msg("%s: logits differ from the resident run", flags);
+        free(got);
+    }
+    free(want);
+    /* bad input: named file, token position; exit status 1, nothing printed */
+    FILE *f = fopen(bad, "w");
+    fputs("5 6,7 x8 9", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s logits --model " FIX " --ids-file %s 2>&1", bin(), bad);
+    char *out = capture(cmd, &st);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    assert_non_null(strstr(out, bad));
+    assert_non_null(strstr(out, "token 3"));
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s logits --model " FIX " --kv-dram 8K --kv-budget 1M --ids 1,2 2>&1", bin());
+    out = capture(cmd, &st);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    assert_non_null(strstr(out, "--kv-dram needs --kv-spill"));
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s logits --model " FIX " --kv-budget 1M --kv-page 5000 --ids 1,2 2>&1", bin());
+    out = capture(cmd, &st);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    free(out);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Peak RSS (KiB) of a `strata run` child over an ids file; *kv_fast from its --json. */
+static long run_rss_kib(const char *args, uint64_t *kv_fast) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "exec %s run --model " FIX " --threads 2 -n 2 --json %s", bin(), args);
+    int st;
+    char *out = capture(cmd, &st);
+    assert_int_equal(st, 0);
+    const char *k = strstr(out, "\"peak_rss_bytes\":");
+    assert_non_null(k);
+    long rss = (long)(strtod(k + 17, NULL) / 1024);
+    const char *f = strstr(out, "\"fast\":");
+    assert_non_null(f);
+    *kv_fast = (uint64_t)strtod(f + 7, NULL);
+    free(out);
+    return rss;
+}
+
+/* Prefill memory is bounded by the chunk, not the prompt: four times the
+ * prompt adds its KV (and the ids) to the peak and little else, while a larger
+ * chunk does cost more. */
+static void prefill_peak_memory_bounded_by_chunk(void **state) {
+    (void)state;
+    if (getenv("STRATA_ASAN")) skip(); /* the sanitizer's shadow memory swamps the difference */
+    char dir[] = "/tmp/strata-kvt-rss-XXXXXX", small[80], big[80], args[256];
+    assert_non_null(mkdtemp(dir));
+    enum { N1 = 3000, N2 = 12000 };
+    int32_t *ids = malloc(N2 * sizeof *ids);
+    for (int i = 0; i < N2; i++) ids[i] = (int32_t)((i * 2654435761u + 17) % 127u);
+    snprintf(small, sizeof small, "%s/small.i32", dir);
+    snprintf(big, sizeof big, "%s/big.i32", dir);
+    write_ids(small, ids, N1, true);
+    write_ids(big, ids, N2, true);
+    uint64_t kv1, kv2, kvc;
+    snprintf(args, sizeof args, "--chunk 128 --ids-file %s", small);
+    long r1 = run_rss_kib(args, &kv1);
+    snprintf(args, sizeof args, "--chunk 128 --ids-file %s", big);
+    long r2 = run_rss_kib(args, &kv2);
+    snprintf(args, sizeof args, "--chunk 4096 --ids-file %s", big);
+    long rc = run_rss_kib(args, &kvc);
+    const long kv_growth = (long)((kv2 - kv1) >> 10), ids_kib = (N2 - N1) * 4 / 1024;
+    print_message("peak RSS: %d tokens %ld KiB, %d tokens %ld KiB (KV +%ld KiB), chunk 4096: %ld KiB\n", N1, r1, N2,
+                  r2, kv_growth, rc);
+    assert_true(kv2 > kv1);
+    /* growth beyond the KV arrays (which grow by doubling: up to 2x) and the ids: under 1 MiB */
+    assert_true(r2 - r1 <= 2 * kv_growth + ids_kib + 1024);
+    /* the chunk's activations are what a bigger chunk adds */
+    assert_true(rc > r2 + 256);
+    free(ids);
+    snprintf(args, sizeof args, "rm -rf '%s'", dir);
+    assert_int_equal(system(args), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(tiered_equals_resident),
         cmocka_unit_test(budget_too_small_fails_cleanly),
+        cmocka_unit_test(cli_flags_identical_logits),
+        cmocka_unit_test(prefill_peak_memory_bounded_by_chunk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
