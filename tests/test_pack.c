@@ -4,7 +4,9 @@
  * tensor; corrupt, truncated, wrong-magic and wrong-version packs give clear
  * errors (a fuzz over the manifest with valid checksums never crashes); an
  * interrupted conversion leaves no complete-looking pack; logits on a pack
- * equal logits on its source bit for bit; the commands as a user runs them. */
+ * equal logits on its source bit for bit; a pack striped over several
+ * directories gives the same logits resident and streaming, and a truncated or
+ * missing stripe file is refused by name; the commands as a user runs them. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -22,6 +24,7 @@
 #include "base/base.h"
 #include "engine/config.h"
 #include "engine/model.h"
+#include "engine/model_stream.h"
 #include "engine/pack_convert.h"
 #include "engine/synth.h"
 #include "engine/tensor_names.h"
@@ -469,6 +472,147 @@ static void logits_on_pack_equal_source(void **s) {
     logits_equal(synth_dir, "lg_synth");
 }
 
+/* ---- striping over several directories (devices) ---- */
+
+/* Prefill then two decode steps; all logits. */
+static float *stripe_logits(const char *path, const st_model_opts *extra, size_t *count, uint64_t *streamed) {
+    st_model_opts o = extra ? *extra : (st_model_opts){0};
+    o.threads = 2;
+    o.quiet = true;
+    st_model *m;
+    if (st_model_load(path, &o, &m)) fail_msg("load %s: %s", path, st_last_error());
+    enum { N = 10, DECODE = 2 };
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)((i * 53 + 11) % m->vocab);
+    *count = (size_t)(N + DECODE) * (size_t)m->vocab;
+    float *lg = malloc(*count * sizeof(float));
+    st_seq *sq;
+    assert_int_equal(st_seq_new(m, &sq), 0);
+    assert_int_equal(st_seq_forward(sq, ids, N, lg, true), 0);
+    for (int i = 0; i < DECODE; i++)
+        assert_int_equal(st_seq_forward(sq, &ids[i], 1, lg + (size_t)(N + i) * (size_t)m->vocab, false), 0);
+    st_seq_free(sq);
+    st_stream_stats ss;
+    *streamed = st_model_offload_stats(m, &ss) ? 0 : ss.bytes_read;
+    st_model_free(m);
+    return lg;
+}
+
+static void striped_pack_bit_identical(void **s) {
+    (void)s;
+    char plain[256], striped[256], d1[256], d2[256], f1[300], f2[300];
+    pack_path(plain, sizeof plain, "st_plain");
+    pack_path(striped, sizeof striped, "st_striped");
+    pack_path(d1, sizeof d1, "nvme1");
+    pack_path(d2, sizeof d2, "nvme2");
+    assert_int_equal(mkdir(d1, 0755), 0);
+    assert_int_equal(mkdir(d2, 0755), 0);
+    convert_ok(synth_dir, plain, 1);
+    const char *dirs[] = {d1, d2};
+    st_convert_opts o = {.quiet = true, .stripe_dirs = dirs, .n_stripe_dirs = 2};
+    if (st_pack_convert(synth_dir, striped, &o, NULL)) fail_msg("striped convert: %s", st_last_error());
+    snprintf(f1, sizeof f1, "%s/st_striped.data-1.bin", d1);
+    snprintf(f2, sizeof f2, "%s/st_striped.data-2.bin", d2);
+
+    /* three files: groups in the pack directory, experts round-robin over all three */
+    st_pack *p;
+    assert_int_equal(st_pack_open(striped, &p), 0);
+    assert_int_equal(st_pack_file_count(p), 3);
+    assert_non_null(strstr(st_pack_file_path(p, 1), "nvme1/st_striped.data-1.bin"));
+    assert_true(st_pack_file_path(p, 1)[0] == '/'); /* recorded absolute */
+    assert_non_null(strstr(st_pack_file_path(p, 2), "nvme2/st_striped.data-2.bin"));
+    int experts_in[3] = {0}, k = 0;
+    for (int i = 0; i < st_pack_extent_count(p); i++) {
+        const st_pack_extent *e = st_pack_extent_at(p, i);
+        if (e->kind != ST_PACK_EXPERT) { assert_int_equal(e->file, 0); continue; }
+        assert_int_equal(e->file, k++ % 3);
+        experts_in[e->file]++;
+    }
+    assert_true(k >= 6);
+    for (int f = 0; f < 3; f++) assert_true(abs(experts_in[f] - k / 3) <= 1);
+    assert_int_equal(st_pack_verify(p, NULL, false), 0);
+    st_pack_close(p);
+    same_tensors(synth_dir, striped);
+
+    /* logits: resident, and streaming through a 2-slot expert cache (reads from all three files) */
+    size_t n_plain, n_res, n_stream;
+    uint64_t rd_plain, rd_res, rd_stream;
+    float *want = stripe_logits(plain, NULL, &n_plain, &rd_plain);
+    float *res = stripe_logits(striped, NULL, &n_res, &rd_res);
+    st_model_opts so = {.expert_slots = 2};
+    float *str = stripe_logits(striped, &so, &n_stream, &rd_stream);
+    assert_int_equal(n_plain, n_res);
+    assert_int_equal(n_plain, n_stream);
+    assert_memory_equal(want, res, n_plain * sizeof(float));
+    assert_memory_equal(want, str, n_plain * sizeof(float));
+    assert_int_equal(rd_res, 0);
+    assert_true(rd_stream > 0);
+    free(want);
+    free(res);
+    free(str);
+
+    /* an existing stripe file is not overwritten without --force */
+    char other[256];
+    pack_path(other, sizeof other, "other/st_striped");
+    char od[256];
+    pack_path(od, sizeof od, "other");
+    assert_int_equal(mkdir(od, 0755), 0);
+    assert_int_equal(st_pack_convert(synth_dir, other, &o, NULL), ST_ERR_INVALID);
+    assert_non_null(strstr(st_last_error(), f1));
+    assert_false(exists(other));
+
+    /* a truncated or missing stripe file: refused, naming that file */
+    struct stat sb;
+    assert_int_equal(stat(f2, &sb), 0);
+    assert_int_equal(truncate(f2, sb.st_size - 4096), 0);
+    assert_int_equal(open_status(striped), ST_ERR_FORMAT);
+    assert_non_null(strstr(st_last_error(), f2));
+    assert_non_null(strstr(st_last_error(), "truncated"));
+    st_model *m = NULL;
+    st_model_opts mo = {.threads = 1, .quiet = true};
+    assert_int_not_equal(st_model_load(striped, &mo, &m), 0);
+    assert_null(m);
+    assert_non_null(strstr(st_last_error(), f2));
+    mo.expert_slots = 2;
+    assert_int_not_equal(st_model_load(striped, &mo, &m), 0);
+    assert_non_null(strstr(st_last_error(), f2));
+    assert_int_equal(unlink(f1), 0);
+    assert_int_equal(open_status(striped), ST_ERR_NOT_FOUND);
+    assert_non_null(strstr(st_last_error(), f1));
+
+    /* --force replaces it; a kill mid-way leaves only temporary names, a
+     * failure leaves nothing */
+    o.force = true;
+    assert_int_equal(st_pack_convert(synth_dir, striped, &o, NULL), 0);
+    assert_int_equal(open_status(striped), 0);
+    char killed[256], tmpf[400];
+    pack_path(killed, sizeof killed, "st_killed");
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        st_convert_opts ko = o;
+        ko.fault_kill_at = 60000;
+        st_pack_convert(synth_dir, killed, &ko, NULL);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_false(exists(killed));
+    snprintf(f1, sizeof f1, "%s/st_killed.data-1.bin", d1);
+    assert_false(exists(f1));
+    snprintf(tmpf, sizeof tmpf, "%s.tmp.%d", f1, (int)pid);
+    assert_true(exists(tmpf));
+    st_convert_opts fo = o;
+    fo.fault_fail_at = 60000;
+    assert_int_equal(st_pack_convert(synth_dir, killed, &fo, NULL), ST_ERR_IO);
+    assert_false(exists(killed));
+    assert_false(exists(f1));
+    assert_false(exists(tmpf)); /* the dead process's leftover was removed too */
+    snprintf(tmpf, sizeof tmpf, "%s.tmp.%d", f1, (int)getpid());
+    assert_false(exists(tmpf));
+}
+
 /* ---- the commands ---- */
 
 static int run(const char *cmd, char *out, size_t cap) {
@@ -525,6 +669,25 @@ static void commands_as_a_user_runs_them(void **s) {
     snprintf(cmd, sizeof cmd, "%s inspect %s --verify 2>&1", bin, pk);
     assert_int_equal(WEXITSTATUS(run(cmd, out, sizeof out)), 1);
     assert_non_null(strstr(out, "layers.0.attn.wq_b.weight"));
+    /* striped over two directories from the command line; inspect lists and verifies every file */
+    char sd[256], spk[256];
+    pack_path(sd, sizeof sd, "cli_stripe");
+    pack_path(spk, sizeof spk, "cli_striped");
+    assert_int_equal(mkdir(sd, 0755), 0);
+    snprintf(cmd, sizeof cmd, "%s convert --model %s --out %s --split 2 --stripe %s 2>&1", bin, synth_dir, spk, sd);
+    assert_int_equal(WEXITSTATUS(run(cmd, out, sizeof out)), 2);
+    assert_non_null(strstr(out, "one or the other"));
+    snprintf(cmd, sizeof cmd, "%s convert --model %s --out %s --stripe %s,%s/missing 2>&1", bin, synth_dir, spk, sd, sd);
+    assert_int_not_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "missing"));
+    assert_false(exists(spk));
+    snprintf(cmd, sizeof cmd, "%s convert --model %s --out %s --stripe %s --quiet 2>&1", bin, synth_dir, spk, sd);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    snprintf(cmd, sizeof cmd, "%s inspect %s --verify --quiet 2>&1", bin, spk);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "cli_striped.data-1.bin"));
+    assert_non_null(strstr(out, "[stripe]"));
+    assert_non_null(strstr(out, "in 2 data files match"));
 }
 
 int main(void) {
@@ -535,6 +698,7 @@ int main(void) {
         cmocka_unit_test(corrupt_packs_give_clear_errors),
         cmocka_unit_test(interrupted_conversion_leaves_no_pack),
         cmocka_unit_test(logits_on_pack_equal_source),
+        cmocka_unit_test(striped_pack_bit_identical),
         cmocka_unit_test(commands_as_a_user_runs_them),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
