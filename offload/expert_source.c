@@ -347,6 +347,13 @@ int st_expert_stream_begin(st_expert_stream *s, int layer, const int *experts, i
             return st_error(ST_ERR_INVALID, "expert stream: layer %d: experts must be distinct, ascending, < %d", layer,
                             s->n_experts);
     st_prefetch_advance(s->pf, deadline(s, layer));
+    if (!s->no_prefetch) {
+        /* the router has spoken: queued predictions for this layer it did not choose are never read */
+        uint64_t keys[ST_PREFETCH_BATCH_MAX * 4];
+        int k = 0;
+        for (int i = 0; i < n && k < (int)ST_ARRAY_LEN(keys); i++) keys[k++] = st_cache_key_expert(layer, experts[i]);
+        if (k == n) st_prefetch_settle(s->pf, deadline(s, layer), keys, k);
+    }
     st_prefetch_pump(s->pf);
     if (hit) {
         memset(hit, 0, (size_t)n * sizeof *hit);

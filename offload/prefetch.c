@@ -29,6 +29,8 @@ struct st_prefetch {
     int n_queue, cap_queue;
     prediction *preds;   /* open predictions */
     int n_preds, cap_preds;
+    uint64_t *gone;      /* (cap_gone) scratch: keys of dropped predictions */
+    int cap_gone;
     uint8_t *in_flight;  /* (n_slots) NOT_IN_FLIGHT / PREFETCH_LOAD / DEMAND_LOAD */
     int64_t *load_deadline; /* (n_slots) deadline of the load in flight (demand: the step it was needed at) */
     int n_prefetching, n_demand;
@@ -55,6 +57,24 @@ static int find_queued(const st_prefetch *pf, uint64_t key) {
 }
 
 static void unqueue(st_prefetch *pf, int i) { pf->queue[i] = pf->queue[--pf->n_queue]; }
+
+/* The cache may evict key like any other once no open prediction names it. */
+static void unwant(st_prefetch *pf, uint64_t key) {
+    for (int i = 0; i < pf->n_preds; i++)
+        if (pf->preds[i].key == key) return;
+    st_slot_cache_want(pf->cache, key, false);
+}
+
+/* Drops queued request i: a newer prediction or the layer's real routing no longer names it. */
+static void supersede(st_prefetch *pf, int i) {
+    uint64_t key = pf->queue[i].key;
+    int64_t d = pf->queue[i].deadline;
+    unqueue(pf, i);
+    pf->st.superseded++;
+    for (int j = 0; j < pf->n_preds; j++)
+        if (pf->preds[j].key == key && pf->preds[j].deadline == d) { pf->preds[j] = pf->preds[--pf->n_preds]; break; }
+    unwant(pf, key);
+}
 
 /* ---- transfer bookkeeping -------------------------------------------------------- */
 
@@ -128,6 +148,7 @@ static void issue(st_prefetch *pf) {
             pf->st.issue_errors++;
             continue;
         }
+        st_slot_cache_want(pf->cache, key, true); /* until its use: not the victim of the next load */
         pf->st.issued++;
     }
 }
@@ -142,9 +163,13 @@ int st_prefetch_pump(st_prefetch *pf) {
 /* ---- requests ---------------------------------------------------------------------- */
 
 int st_prefetch_request(st_prefetch *pf, uint64_t key, int64_t deadline, uint64_t bytes) {
-    if (grow((void **)&pf->preds, &pf->cap_preds, pf->n_preds + 1, sizeof *pf->preds)) return ST_ERR_NOMEM;
+    if (grow((void **)&pf->preds, &pf->cap_preds, pf->n_preds + 1, sizeof *pf->preds) ||
+        grow((void **)&pf->gone, &pf->cap_gone, pf->cap_preds, sizeof *pf->gone))
+        return ST_ERR_NOMEM;
     pf->preds[pf->n_preds++] = (prediction){key, deadline};
     pf->st.predictions++;
+    /* a key already cached is protected from eviction right away (its request may wait in the queue) */
+    st_slot_cache_want(pf->cache, key, true);
     int i = find_queued(pf, key);
     if (i >= 0) {
         if (deadline < pf->queue[i].deadline) pf->queue[i].deadline = deadline;
@@ -169,8 +194,7 @@ int st_prefetch_cancel(st_prefetch *pf, uint64_t key) {
     int i = find_queued(pf, key);
     cancel_started(pf, key);
     if (i < 0) return 0;
-    unqueue(pf, i);
-    pf->st.superseded++;
+    supersede(pf, i);
     return 1;
 }
 
@@ -180,8 +204,7 @@ int st_prefetch_predict(st_prefetch *pf, int64_t deadline, const uint64_t *keys,
         for (int j = 0; !keep && j < n; j++) keep = keys[j] == pf->queue[i].key;
         if (keep) { i++; continue; }
         cancel_started(pf, pf->queue[i].key);
-        unqueue(pf, i);
-        pf->st.superseded++;
+        supersede(pf, i);
     }
     for (int j = 0; j < n; j++) {
         int rc = st_prefetch_request(pf, keys[j], deadline, bytes);
@@ -190,16 +213,56 @@ int st_prefetch_predict(st_prefetch *pf, int64_t deadline, const uint64_t *keys,
     return 0;
 }
 
+static bool named(const uint64_t *keys, int n, uint64_t key) {
+    for (int j = 0; j < n; j++)
+        if (keys[j] == key) return true;
+    return false;
+}
+
+/* Drops the open predictions matching (deadline < before, or == at and not in keys) and
+ * clears the cache's mark of keys no remaining prediction names. */
+static void drop_predictions(st_prefetch *pf, int64_t before, int64_t at, const uint64_t *keys, int n) {
+    int m = 0, n_gone = 0;
+    for (int i = 0; i < pf->n_preds; i++) {
+        prediction p = pf->preds[i];
+        if (p.deadline < before || (p.deadline == at && !named(keys, n, p.key))) {
+            if (n_gone < pf->cap_gone) pf->gone[n_gone++] = p.key;
+            else st_slot_cache_want(pf->cache, p.key, false); /* no room to check: unmark */
+        } else {
+            pf->preds[m++] = p;
+        }
+    }
+    pf->n_preds = m;
+    for (int i = 0; i < n_gone; i++) unwant(pf, pf->gone[i]);
+}
+
+int st_prefetch_settle(st_prefetch *pf, int64_t deadline, const uint64_t *keys, int n) {
+    int dropped = 0;
+    for (int i = 0; i < pf->n_queue;) {
+        if (pf->queue[i].deadline != deadline || named(keys, n, pf->queue[i].key)) { i++; continue; }
+        supersede(pf, i);
+        dropped++;
+    }
+    for (int s = 0; s < pf->n_slots; s++) {
+        uint64_t k;
+        if (pf->in_flight[s] != PREFETCH_LOAD || pf->load_deadline[s] != deadline ||
+            st_slot_cache_slot_info(pf->cache, s, NULL, &k, NULL) || named(keys, n, k))
+            continue;
+        pf->st.unneeded_in_flight++;
+        if (pf->opt.cancel_in_flight && pf->xfer.cancel && pf->xfer.cancel(pf->xfer.ctx, (uint64_t)s) == 0)
+            pf->st.cancelled_in_flight++;
+    }
+    drop_predictions(pf, INT64_MIN, deadline, keys, n);
+    return dropped;
+}
+
 void st_prefetch_advance(st_prefetch *pf, int64_t now) {
     pf->now = now;
     for (int i = 0; i < pf->n_queue;) {
         if (pf->queue[i].deadline < now) { unqueue(pf, i); pf->st.stale++; }
         else i++;
     }
-    int m = 0;
-    for (int i = 0; i < pf->n_preds; i++)
-        if (pf->preds[i].deadline >= now) pf->preds[m++] = pf->preds[i];
-    pf->n_preds = m;
+    drop_predictions(pf, now, INT64_MIN, NULL, 0);
 }
 
 /* ---- needs --------------------------------------------------------------------------- */
@@ -289,10 +352,17 @@ int st_prefetch_batch_begin(st_prefetch *pf, st_prefetch_batch *b, const uint64_
 int st_prefetch_batch_next(st_prefetch *pf, st_prefetch_batch *b, int *index, int *slot) {
     *index = -1;
     *slot = -1;
+    int rc;
     if (b->n_handed == b->n) return 0;
+    /* loads that finished while the engine computed: reap them and refill the disk's queue now,
+     * not only when the engine runs out of resident experts */
+    if (pf->n_prefetching + pf->n_demand > 0) {
+        rc = reap(pf, 0);
+        if (rc < 0) return rc;
+        issue(pf);
+    }
     uint64_t t0 = st_time_ns();
     bool waited = false;
-    int rc;
     for (;;) {
         int pending = -1;
         for (int i = 0; i < b->n; i++) {
@@ -367,6 +437,7 @@ void st_prefetch_free(st_prefetch *pf) {
         }
     free(pf->queue);
     free(pf->preds);
+    free(pf->gone);
     free(pf->in_flight);
     free(pf->load_deadline);
     free(pf);

@@ -25,6 +25,12 @@
  * that finds its key resident or loading costs nothing. When no slot can be
  * freed (all pinned or loading) requests stay queued until one can.
  *
+ * Cache policy: a key named by an open prediction (a request, or a prefetch
+ * load until its use) is marked wanted in the slot cache (st_slot_cache_want),
+ * so loads for other keys evict it only when nothing else is evictable; the
+ * mark goes with the use, or when the prediction is superseded, settled or
+ * its deadline passes.
+ *
  * Statistics: at need, an expert is a hit (resident), late (requested but
  * still in flight or still queued: the time waited is stall time) or a miss
  * (never requested). Prediction accuracy = needed predictions / predictions
@@ -70,6 +76,8 @@ typedef struct st_prefetch_stats {
     uint64_t superseded;    /* queued requests dropped by a newer prediction or st_prefetch_cancel */
     uint64_t stale;         /* queued requests dropped because their deadline passed */
     uint64_t cancelled_in_flight;
+    uint64_t unneeded_in_flight; /* prefetch loads in flight when st_prefetch_settle proved them unneeded
+                                    (they complete into the cache unless cancel_in_flight) */
     uint64_t needs;         /* experts needed (st_prefetch_need and batch entries) */
     uint64_t hits;          /* ... resident at need */
     uint64_t late;          /* ... requested but not resident at need (waited) */
@@ -97,6 +105,14 @@ int st_prefetch_request(st_prefetch *pf, uint64_t key, int64_t deadline, uint64_
 /* A (new) prediction of the keys needed at `deadline`: queued requests for
  * that deadline not among keys are cancelled, keys are requested. */
 int st_prefetch_predict(st_prefetch *pf, int64_t deadline, const uint64_t *keys, int n, uint64_t bytes);
+/* The real needs of `deadline` are known (keys: e.g. the layer's routing):
+ * queued requests for that deadline not among keys are dropped (superseded,
+ * never issued), open predictions for it not among keys are closed, and
+ * prefetch loads in flight for it that keys do not name are counted
+ * (unneeded_in_flight) and, with cancel_in_flight, cancelled; otherwise they
+ * complete into the cache as ordinary entries, after the demand loads
+ * (demand_first). Returns the number of queued requests dropped. */
+int st_prefetch_settle(st_prefetch *pf, int64_t deadline, const uint64_t *keys, int n);
 /* Cancels a queued (not yet issued) request for key: 1 when one was dropped, 0
  * when none was queued. With cancel_in_flight, a started prefetch of key is
  * asked to stop as well (counted when the transfer accepts). */

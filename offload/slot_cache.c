@@ -21,6 +21,7 @@ typedef struct slot {
     uint8_t state;     /* st_slot_state */
     bool prefetched;   /* loaded ahead of use ... */
     bool used;         /* ... and used since (wasted-bytes accounting) */
+    bool wanted;       /* predicted for an upcoming use: evicted only when nothing else can be */
 } slot;
 
 struct st_slot_cache {
@@ -36,6 +37,7 @@ struct st_slot_cache {
     slot *slots;           /* (n) */
     int *free_list;        /* (n) slots that are EMPTY with no pins */
     int n_free;
+    int n_wanted;          /* slots with wanted set */
     st_keymap index;       /* key -> slot, for every LOADING / RESIDENT slot */
     st_policy *policy;
     uint64_t tick;         /* logical clock: +1 per acquire / lookup / prefetch */
@@ -49,6 +51,8 @@ static bool evictable(void *ctx, int s) {
     return sl->state == ST_SLOT_RESIDENT && sl->refs == 0;
 }
 
+static bool evictable_unwanted(void *ctx, int s) { return evictable(ctx, s) && !((st_slot_cache *)ctx)->slots[s].wanted; }
+
 /* Locked. Empties a slot that holds a key; it becomes free when unpinned. */
 static void drop_key(st_slot_cache *c, int s) {
     slot *sl = &c->slots[s];
@@ -57,6 +61,7 @@ static void drop_key(st_slot_cache *c, int s) {
         c->st.wasted_loads++;
         c->st.wasted_bytes += sl->bytes;
     }
+    if (sl->wanted) { sl->wanted = false; c->n_wanted--; }
     bool had = st_keymap_del(&c->index, sl->key);
     ST_ASSERT(had);
     c->policy->ops->remove(c->policy, s);
@@ -70,8 +75,12 @@ static int take_slot(st_slot_cache *c, uint64_t key, bool prefetched) {
     if (c->n_free > 0) {
         s = c->free_list[--c->n_free];
     } else {
-        s = c->policy->ops->victim(c->policy, evictable, c);
+        /* the policy's choice among keys nobody predicted; a predicted one only for a demand
+         * load when nothing else is left (a prefetch never evicts a predicted key) */
+        s = c->policy->ops->victim(c->policy, c->n_wanted ? evictable_unwanted : evictable, c);
+        if (s < 0 && c->n_wanted && !prefetched) s = c->policy->ops->victim(c->policy, evictable, c);
         if (s < 0) return -1;
+        if (c->slots[s].wanted) c->st.wanted_evictions++;
         ST_ASSERT(s < c->n && evictable(c, s));
         drop_key(c, s);
         c->st.evictions++;
@@ -99,6 +108,7 @@ static int use_existing(st_slot_cache *c, int s) {
     slot *sl = &c->slots[s];
     sl->refs++;
     sl->used = true;
+    if (sl->wanted) { sl->wanted = false; c->n_wanted--; } /* the prediction came true */
     c->st.accesses++;
     c->policy->ops->access(c->policy, s, sl->key, c->tick);
     if (sl->state == ST_SLOT_RESIDENT) { c->st.hits++; return ST_SLOT_HIT; }
@@ -260,6 +270,20 @@ int st_slot_cache_evict(st_slot_cache *c, uint64_t key) {
     return 0;
 }
 
+int st_slot_cache_want(st_slot_cache *c, uint64_t key, bool wanted) {
+    pthread_mutex_lock(&c->mu);
+    const int64_t *found = st_keymap_find(&c->index, key);
+    int rc = ST_SLOT_MISS;
+    if (found) {
+        slot *sl = &c->slots[*found];
+        rc = sl->state == ST_SLOT_RESIDENT ? ST_SLOT_HIT : ST_SLOT_PENDING;
+        if (sl->wanted != wanted) c->n_wanted += wanted ? 1 : -1;
+        sl->wanted = wanted;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
 void *st_slot_cache_buffer(const st_slot_cache *c, int s) {
     if (!c->mem || s < 0 || s >= c->n) return NULL;
     return c->mem + (uint64_t)s * c->stride;
@@ -284,6 +308,7 @@ void st_slot_cache_get_stats(st_slot_cache *c, st_slot_cache_stats *out) {
     pthread_mutex_lock(&c->mu);
     *out = c->st;
     out->resident = out->loading = out->pinned = 0;
+    out->wanted = c->n_wanted;
     for (int i = 0; i < c->n; i++) {
         out->resident += c->slots[i].state == ST_SLOT_RESIDENT;
         out->loading += c->slots[i].state == ST_SLOT_LOADING;

@@ -117,7 +117,9 @@ typedef struct st_slot_cache_stats {
     uint64_t bytes_loaded;   /* sum of bytes of successful completions */
     uint64_t wasted_loads;   /* prefetched, then evicted / failed / cancelled before any demand use */
     uint64_t wasted_bytes;   /* their bytes */
+    uint64_t wanted_evictions; /* evictions of a wanted key (nothing else was evictable) */
     int resident, loading, pinned; /* slots in each situation now */
+    int wanted;              /* slots marked wanted now */
 } st_slot_cache_stats;
 
 /* Bytes between consecutive slots: slot_bytes rounded up to 4096. */
@@ -144,7 +146,7 @@ int st_slot_cache_lookup(st_slot_cache *c, uint64_t key, int *slot);
 /* Load ahead of use (not a use, nothing pinned):
  *   ST_SLOT_LOAD     a slot is LOADING for key: load it and complete it.
  *   ST_SLOT_HIT / ST_SLOT_PENDING  already there: nothing to do.
- *   ST_ERR_BUDGET    no slot can be freed now. */
+ *   ST_ERR_BUDGET    no slot can be freed now (wanted keys are not evicted for a prefetch). */
 int st_slot_cache_prefetch(st_slot_cache *c, uint64_t key, int *slot);
 /* Ends a load: status 0 makes the slot RESIDENT (bytes: how many were placed);
  * a negative status empties it (waiters get that status). Wakes waiters.
@@ -159,6 +161,14 @@ int st_slot_cache_release(st_slot_cache *c, int slot);
 /* Drops an unpinned resident key (e.g. its bytes changed). 0, ST_ERR_NOT_FOUND,
  * ST_ERR_BUDGET when it is pinned or loading. */
 int st_slot_cache_evict(st_slot_cache *c, uint64_t key);
+
+/* Marks the key (when it is cached) as predicted for an upcoming use, or
+ * clears the mark: eviction passes over wanted slots while any other slot is
+ * evictable (the policy ranks within each group), and a prefetch never evicts
+ * one (st_slot_cache_prefetch reports ST_ERR_BUDGET instead). A demand use (acquire,
+ * lookup) and the key leaving its slot clear the mark. Returns ST_SLOT_HIT /
+ * ST_SLOT_PENDING (cached, marked) or ST_SLOT_MISS (not cached: nothing done). */
+int st_slot_cache_want(st_slot_cache *c, uint64_t key, bool wanted);
 
 /* The slot's buffer (NULL with no_memory); stable for the cache's life. */
 void *st_slot_cache_buffer(const st_slot_cache *c, int slot);

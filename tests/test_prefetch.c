@@ -1,7 +1,8 @@
 /* offload/prefetch.c: deadline order within the queue depth, cancellation by a
  * newer prediction, stale requests, hit/late/miss/stall/accuracy/wasted
  * accounting, the layer batch (resident experts first, combine independent of
- * arrival order), a full cache, transfer failures, a transfer completing on
+ * arrival order), demand_first and horizon issue order, settle (the real
+ * routing drops unneeded predictions), predicted keys protected from eviction, a full cache, transfer failures, a transfer completing on
  * another thread, and the io_uring transfer reading a real file. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -219,15 +220,26 @@ static void accounting(void **state) {
     assert_int_equal(st.demand_loads, 2);
     assert_int_equal(st.issued, 3);
     assert_true(st.stall_ns > 0);
-    /* 5 was loaded and is evicted by four other keys without being used: wasted. */
+    /* 5 is still predicted (deadline 1): four other keys evict each other, not it */
     for (uint64_t k = 100; k < 104; k++) need_ok(&r, k);
+    int s5;
+    assert_int_equal(st_slot_cache_lookup(r.c, 5, &s5), ST_SLOT_HIT);
+    assert_int_equal(st_slot_cache_release(r.c, s5), 0);
+    /* ... which counted as its use; 7 is predicted, loaded, its step passes unused: then the
+     * next loads evict it, wasted */
+    assert_int_equal(st_prefetch_request(r.pf, 7, 1, 0), 0);
+    assert_int_equal(st_prefetch_pump(r.pf), 0);
+    fake_finish(&r.f, 7);
+    assert_int_equal(st_prefetch_pump(r.pf), 0);
     st_prefetch_advance(r.pf, 2);
+    for (uint64_t k = 200; k < 204; k++) need_ok(&r, k);
     st_prefetch_get_stats(r.pf, &st);
-    assert_int_equal(st.predictions, 4);
+    assert_int_equal(st.predictions, 5);
     assert_int_equal(st.predictions_used, 3);
-    assert_int_equal(st.wasted_bytes, SLOT);
+    assert_int_equal(st.wasted_bytes, SLOT); /* 7 only */
+    assert_int_equal(st.needs, 12);
     assert_int_equal(st.needs, st.hits + st.late + st.misses);
-    assert_int_equal(st.bytes_loaded, (uint64_t)SLOT * 9);
+    assert_int_equal(st.bytes_loaded, (uint64_t)SLOT * 14);
     rig_down(&r);
 }
 
@@ -501,11 +513,189 @@ static void uring_transfer(void **state) {
     unlink(path);
 }
 
+
+static void rig_up_opts(rig *r, int slots, const st_prefetch_options *po) {
+    memset(r, 0, sizeof *r);
+    st_slot_cache_options o = {.name = "pf", .n_slots = slots, .slot_bytes = SLOT};
+    assert_int_equal(st_slot_cache_new(&o, &r->c), 0);
+    r->x = (st_transfer){fake_start, fake_poll, fake_cancel, &r->f};
+    assert_int_equal(st_prefetch_new(r->c, &r->x, po, &r->pf), 0);
+}
+
+/* Is key in a slot (resident or loading)? Looks without counting a use. */
+static bool cached(rig *r, uint64_t key) {
+    for (int s = 0; s < st_slot_cache_slots(r->c); s++) {
+        st_slot_state state;
+        uint64_t k;
+        assert_int_equal(st_slot_cache_slot_info(r->c, s, &state, &k, NULL), 0);
+        if (state != ST_SLOT_EMPTY && k == key) return true;
+    }
+    return false;
+}
+
+/* demand_first: a demand load goes to the transfer at once, ahead of speculative
+ * requests queued before it, and later-step requests wait while it is in flight;
+ * requests for the current step do not. */
+static void demand_first_order(void **state) {
+    (void)state;
+    rig r;
+    st_prefetch_options po = {.queue_depth = 2, .demand_first = true};
+    rig_up_opts(&r, 16, &po);
+    st_prefetch_advance(r.pf, 10);
+    assert_int_equal(st_prefetch_request(r.pf, 1, 11, 0), 0);
+    assert_int_equal(st_prefetch_request(r.pf, 2, 11, 0), 0);
+    assert_int_equal(st_prefetch_request(r.pf, 3, 11, 0), 0);
+    assert_int_equal(st_prefetch_pump(r.pf), 0); /* nothing urgent yet: 1 and 2 start */
+    assert_int_equal(r.f.n_order, 2);
+    fake_finish(&r.f, 1);
+    fake_finish(&r.f, 2);
+    /* the step's need of 9 (never requested) starts before the queued 3 */
+    st_prefetch_batch b;
+    uint64_t keys[] = {9};
+    assert_int_equal(st_prefetch_batch_begin(r.pf, &b, keys, 1), 0);
+    assert_int_equal(r.f.n_order, 3);
+    assert_int_equal(r.f.order[2], 9);
+    assert_int_equal(st_prefetch_pump(r.pf), 0);
+    assert_int_equal(r.f.n_order, 3); /* 3 (step 11) waits: 9 is in flight */
+    assert_int_equal(st_prefetch_request(r.pf, 4, 10, 0), 0); /* this step's: not held back */
+    assert_int_equal(st_prefetch_pump(r.pf), 0);
+    assert_int_equal(r.f.n_order, 4);
+    assert_int_equal(r.f.order[3], 4);
+    int idx, slot;
+    assert_int_equal(st_prefetch_batch_next(r.pf, &b, &idx, &slot), 1); /* waits for 9 */
+    assert_int_equal(idx, 0);
+    assert_true(holds(st_slot_cache_buffer(r.c, slot), 9, SLOT));
+    st_prefetch_batch_end(r.pf, &b);
+    fake_finish(&r.f, 4);
+    assert_int_equal(st_prefetch_pump(r.pf), 0); /* nothing urgent left: 3 goes */
+    assert_int_equal(r.f.n_order, 5);
+    assert_int_equal(r.f.order[4], 3);
+    st_prefetch_stats st;
+    st_prefetch_get_stats(r.pf, &st);
+    assert_int_equal(st.misses, 1);
+    assert_int_equal(st.demand_loads, 1);
+    assert_int_equal(st.issued, 4);
+    rig_down(&r);
+
+    /* without demand_first the depth is the only limit: 3 starts beside the demand load */
+    po.demand_first = false;
+    rig_up_opts(&r, 16, &po);
+    st_prefetch_advance(r.pf, 10);
+    assert_int_equal(st_prefetch_request(r.pf, 3, 11, 0), 0);
+    assert_int_equal(st_prefetch_batch_begin(r.pf, &b, keys, 1), 0);
+    assert_int_equal(r.f.n_order, 2);
+    assert_int_equal(r.f.order[0], 9);
+    assert_int_equal(r.f.order[1], 3);
+    st_prefetch_batch_end(r.pf, &b);
+    rig_down(&r);
+}
+
+/* horizon: requests at or beyond now + horizon wait for the steps to come closer. */
+static void horizon_holds_far_requests(void **state) {
+    (void)state;
+    rig r;
+    st_prefetch_options po = {.queue_depth = 8, .horizon = 2};
+    rig_up_opts(&r, 16, &po);
+    st_prefetch_advance(r.pf, 10);
+    assert_int_equal(st_prefetch_request(r.pf, 1, 12, 0), 0);
+    assert_int_equal(st_prefetch_request(r.pf, 2, 11, 0), 0);
+    assert_int_equal(st_prefetch_pump(r.pf), 0);
+    assert_int_equal(r.f.n_order, 1);
+    assert_int_equal(r.f.order[0], 2);
+    st_prefetch_advance(r.pf, 11);
+    assert_int_equal(st_prefetch_pump(r.pf), 0);
+    assert_int_equal(r.f.n_order, 2);
+    assert_int_equal(r.f.order[1], 1);
+    rig_down(&r);
+}
+
+/* settle: the layer's real routing drops queued predictions it did not choose
+ * (counted, never issued) and counts the unneeded ones already in flight, which
+ * finish into the cache (or are cancelled with cancel_in_flight). */
+static void settle_drops_unneeded(void **state) {
+    (void)state;
+    for (int cancel = 0; cancel < 2; cancel++) {
+        rig r;
+        st_prefetch_options po = {.queue_depth = 2, .cancel_in_flight = cancel};
+        rig_up_opts(&r, 16, &po);
+        uint64_t guess[] = {1, 2, 3, 4, 5}, real[] = {2, 3, 9};
+        assert_int_equal(st_prefetch_predict(r.pf, 7, guess, 5, 0), 0);
+        assert_int_equal(st_prefetch_request(r.pf, 50, 8, 0), 0); /* another step: untouched */
+        assert_int_equal(st_prefetch_pump(r.pf), 0);               /* 1, 2 in flight; 3 4 5 50 queued */
+        st_prefetch_advance(r.pf, 7);
+        assert_int_equal(st_prefetch_settle(r.pf, 7, real, 3), 2); /* 4 and 5 */
+        st_prefetch_stats st;
+        st_prefetch_get_stats(r.pf, &st);
+        assert_int_equal(st.superseded, 2);
+        assert_int_equal(st.unneeded_in_flight, 1); /* 1 */
+        assert_int_equal(st.cancelled_in_flight, cancel);
+        assert_int_equal(st.queued, 2); /* 3 and 50 */
+        while (r.f.n_started) {
+            fake_finish(&r.f, r.f.started[0].key);
+            assert_int_equal(st_prefetch_pump(r.pf), 0);
+        }
+        assert_int_equal(r.f.n_order, 4);
+        assert_int_equal(r.f.order[2], 3);
+        assert_int_equal(r.f.order[3], 50);
+        for (int i = 0; i < r.f.n_order; i++) assert_true(r.f.order[i] != 4 && r.f.order[i] != 5);
+        assert_int_equal(cached(&r, 1), !cancel); /* finished into the cache unless cancelled */
+        st_prefetch_get_stats(r.pf, &st);
+        assert_int_equal(st.issued, 4);
+        assert_int_equal(st.wasted_bytes, cancel ? 0 : 0); /* nothing evicted yet */
+        assert_int_equal(st.predictions_used, 0);
+        need_ok(&r, 2);
+        need_ok(&r, 3);
+        st_prefetch_get_stats(r.pf, &st);
+        assert_int_equal(st.hits, 2);
+        assert_int_equal(st.predictions_used, 2);
+        rig_down(&r);
+    }
+}
+
+/* The cache sees predictions: a key requested for a coming step is passed over
+ * by eviction until its step passes; the prefetched-but-unused key likewise. */
+static void predicted_keys_survive_eviction(void **state) {
+    (void)state;
+    rig r;
+    st_prefetch_options po = {.queue_depth = 4};
+    rig_up_opts(&r, 4, &po);
+    for (uint64_t k = 1; k <= 4; k++) need_ok(&r, k); /* LRU order: 1 oldest */
+    assert_int_equal(st_prefetch_request(r.pf, 1, 3, 0), 0); /* resident: costs nothing, marked */
+    need_ok(&r, 5);
+    assert_true(cached(&r, 1));
+    assert_false(cached(&r, 2)); /* the next in LRU order went instead */
+    st_slot_cache_stats cs;
+    st_slot_cache_get_stats(r.c, &cs);
+    assert_int_equal(cs.wanted, 1);
+    st_prefetch_advance(r.pf, 4); /* its step passed unused: an ordinary key again */
+    st_slot_cache_get_stats(r.c, &cs);
+    assert_int_equal(cs.wanted, 0);
+    need_ok(&r, 6);
+    assert_false(cached(&r, 1));
+    /* every evictable slot wanted: the policy's choice among them (counted) */
+    uint64_t ks[] = {3, 4, 5, 6};
+    assert_int_equal(st_prefetch_predict(r.pf, 9, ks, 4, 0), 0);
+    need_ok(&r, 7);
+    st_slot_cache_get_stats(r.c, &cs);
+    assert_int_equal(cs.wanted_evictions, 1);
+    assert_int_equal(cs.wanted, 3);
+    /* a use clears the mark */
+    need_ok(&r, 4);
+    need_ok(&r, 5);
+    st_slot_cache_get_stats(r.c, &cs);
+    assert_true(cs.wanted <= 1);
+    rig_down(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(deadline_order_and_depth),
         cmocka_unit_test(newer_prediction_cancels),
         cmocka_unit_test(accounting),
+        cmocka_unit_test(demand_first_order),
+        cmocka_unit_test(horizon_holds_far_requests),
+        cmocka_unit_test(settle_drops_unneeded),
+        cmocka_unit_test(predicted_keys_survive_eviction),
         cmocka_unit_test(batch_runs_resident_first),
         cmocka_unit_test(full_cache_and_failures),
         cmocka_unit_test(threaded_transfer),
