@@ -8,6 +8,7 @@ int bench_io(int argc, char **argv);
 int bench_policies(int argc, char **argv);
 int bench_e2e(int argc, char **argv);
 int bench_fidelity(int argc, char **argv);
+int bench_batch(int argc, char **argv);
 
 /* Read bandwidth of DRAM with all threads of the pool over `bytes` (>> LLC), GB/s. */
 struct st_pool;

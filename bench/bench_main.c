@@ -13,6 +13,7 @@ static const st_command suites[] = {
     {"policies", "cache policies: replay an expert trace (or --synthetic) against LRU/LFU/LFRU/hot set at several budgets vs Belady", bench_policies},
     {"e2e", "forward pass: decode tokens/s vs the DRAM roofline (weight bytes per token), prefill tokens/s", bench_e2e},
     {"fidelity", "official vs reference numerics: mean KL and top-1 agreement on seeded token sequences", bench_fidelity},
+    {"batch", "batched decode: total tokens/s at batch 1, 8, 32 with streamed experts vs the disk bound (unique experts per step)", bench_batch},
 };
 
 int cmd_bench(int argc, char **argv) {
