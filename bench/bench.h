@@ -7,6 +7,7 @@ int bench_tokenizer(int argc, char **argv);
 int bench_io(int argc, char **argv);
 int bench_policies(int argc, char **argv);
 int bench_e2e(int argc, char **argv);
+int bench_e2e_offload(int argc, char **argv); /* bench_offload.c: streaming vs its baselines */
 int bench_fidelity(int argc, char **argv);
 int bench_batch(int argc, char **argv);
 

@@ -1,4 +1,4 @@
-/* `strata bench e2e`: the whole forward pass on a checkpoint with every weight
+/* `strata bench e2e --roofline`: the whole forward pass on a checkpoint with every weight
  * in DRAM. Decode tokens/s is set against the roofline measured in the same
  * run: (weight bytes one decode token reads) x (tokens/s) / (DRAM read GB/s of
  * the same pool). Prefill of a long prompt is reported in tokens/s.
@@ -24,7 +24,7 @@ typedef struct e2e_args {
 } e2e_args;
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: strata bench e2e --model DIR [options]\n\n"
+    fprintf(f, "usage: strata bench e2e --roofline --model DIR [options]\n\n"
                "Decode tokens/s with the weight bytes each token reads and the ratio of the\n"
                "achieved weight bandwidth to DRAM read bandwidth measured in the same run;\n"
                "then prefill tokens/s of one long prompt (seeded random token ids).\n"
@@ -216,7 +216,8 @@ static int run_prefill(st_model *m, const e2e_args *a, e2e_result *r) {
     return rc;
 }
 
-int bench_e2e(int argc, char **argv) {
+/* `strata bench e2e --roofline ...`: argv without the flag. */
+static int bench_e2e_roofline(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) { usage(stdout); return 0; }
     e2e_args a;
     int rc = parse(argc, argv, &a);
@@ -271,4 +272,20 @@ int bench_e2e(int argc, char **argv) {
     if (a.prefill > 0)
         printf("prefill: %.2f tokens/s (%lld tokens in %.2f s)\n", r.prefill_tok_s, (long long)a.prefill, r.prefill_s);
     return 0;
+}
+
+/* The offload comparison (bench_offload.c) unless --roofline is given. */
+int bench_e2e(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--roofline")) {
+            char **rest = malloc((size_t)argc * sizeof *rest);
+            if (!rest) return cli_fail("bench e2e", st_error(ST_ERR_NOMEM, "out of memory"));
+            int n = 0;
+            for (int j = 0; j < argc; j++)
+                if (j != i) rest[n++] = argv[j];
+            int rc = bench_e2e_roofline(n, rest);
+            free(rest);
+            return rc;
+        }
+    return bench_e2e_offload(argc, argv);
 }
