@@ -10,6 +10,7 @@ int bench_e2e(int argc, char **argv);
 int bench_e2e_offload(int argc, char **argv); /* bench_offload.c: streaming vs its baselines */
 int bench_fidelity(int argc, char **argv);
 int bench_batch(int argc, char **argv);
+int bench_longctx(int argc, char **argv);
 
 /* Read bandwidth of DRAM with all threads of the pool over `bytes` (>> LLC), GB/s. */
 struct st_pool;

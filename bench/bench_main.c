@@ -14,6 +14,7 @@ static const st_command suites[] = {
     {"e2e", "forward pass: decode tokens/s vs the DRAM roofline (weight bytes per token), prefill tokens/s", bench_e2e},
     {"fidelity", "official vs reference numerics: mean KL and top-1 agreement on seeded token sequences", bench_fidelity},
     {"batch", "batched decode: total tokens/s at batch 1, 8, 32 with streamed experts vs the disk bound (unique experts per step)", bench_batch},
+    {"longctx", "decode tokens/s after 4K..1M-token contexts vs the KV+weight bytes bound at measured DRAM bandwidth", bench_longctx},
 };
 
 int cmd_bench(int argc, char **argv) {

@@ -1,0 +1,239 @@
+/* `strata bench longctx`: decode speed after long contexts.
+ *
+ * For each context length N the sequence's KV state is set up by a linear-time
+ * fill (window rings, compressed entries and indexer keys of N tokens with
+ * random values; this is setup, not a model prefill, and no prefill numerics
+ * apply: decode cost depends on how many entries there are, not on their
+ * values), then D tokens are decoded through the real model. Printed per
+ * context: tokens/s and its ratio to the first (shortest) context, compressed
+ * entries per layer kind, KV bytes per tier, the KV bytes each decoded token
+ * must read (all indexer keys and the top-k entries of CSA layers, every entry
+ * of HCA layers, the window) plus the weights, and the bound that puts on
+ * tokens/s at the DRAM read bandwidth measured in the same run.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "bench/bench.h"
+#include "cpu/pool.h"
+#include "engine/cli.h"
+#include "engine/model.h"
+#include "offload/kv_pages.h"
+
+typedef struct lc_args {
+    const char *model, *kv_spill;
+    const char *contexts;
+    int decode;
+    uint64_t kv_budget;
+    st_model_opts opts;
+} lc_args;
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((double)(rng_state >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
+}
+
+/* n entries of width d with random values, appended to a compressor state. */
+static int fill_comp(st_comp_state *cs, int64_t d, int64_t n, float *tmp, int64_t tmp_rows) {
+    if (cs->pages) {
+        for (int64_t i = 0; i < n; i += tmp_rows) {
+            const int64_t k = ST_MIN(tmp_rows, n - i);
+            for (int64_t j = 0; j < k * d; j++) tmp[j] = rnd();
+            int rc = st_kv_pages_append(cs->pages, cs->stream, tmp, k, NULL);
+            if (rc) return rc;
+        }
+    } else {
+        if (n > cs->cap) {
+            float *e = realloc(cs->entries, (size_t)(n + 16) * (size_t)d * sizeof(float));
+            if (!e) return st_error(ST_ERR_NOMEM, "bench longctx: out of memory for %lld entries", (long long)n);
+            cs->entries = e;
+            cs->cap = n + 16;
+        }
+        for (int64_t j = 0; j < n * d; j++) cs->entries[j] = rnd();
+    }
+    cs->n_entries = n;
+    return 0;
+}
+
+/* The KV state of an N-token context (see the top comment). */
+static int fill_context(st_seq *s, int64_t N) {
+    const st_model *m = s->m;
+    enum { ROWS = 256 };
+    int rc = 0;
+    for (int l = 0; !rc && l < m->n_layers; l++) {
+        const st_attn_w *w = &m->layers[l].attn;
+        st_layer_state *ls = &s->state[l];
+        for (int64_t j = 0; j < (int64_t)w->window * w->head_dim; j++) ls->window[j] = rnd();
+        if (w->kind == ST_LAYER_WINDOW) continue;
+        float *tmp = malloc((size_t)ROWS * (size_t)w->head_dim * sizeof(float));
+        if (!tmp) return st_error(ST_ERR_NOMEM, "bench longctx: out of memory");
+        rc = fill_comp(&ls->comp, w->comp.d, N / w->comp.ratio, tmp, ROWS);
+        if (!rc && w->kind == ST_LAYER_CSA) rc = fill_comp(&ls->icomp, w->idx.comp.d, N / w->idx.comp.ratio, tmp, ROWS);
+        free(tmp);
+    }
+    s->pos = N;
+    return rc;
+}
+
+typedef struct lc_row {
+    int64_t ctx;
+    double tok_s, kv_read, bound;
+    int64_t csa, idx, hca;
+    uint64_t fast, dram, nvme;
+} lc_row;
+
+/* KV bytes one decoded token reads at context N (lower bound: each byte once). */
+static double kv_read_per_token(const st_model *m, int64_t N, double *idx_per_layer) {
+    double b = 0;
+    *idx_per_layer = 0;
+    for (int l = 0; l < m->n_layers; l++) {
+        const st_attn_w *w = &m->layers[l].attn;
+        b += (double)w->window * (double)w->head_dim * 4;
+        if (w->kind == ST_LAYER_CSA) {
+            const double idx = (double)(N / w->idx.comp.ratio) * (double)w->idx.comp.d * 4;
+            *idx_per_layer = idx;
+            b += idx + (double)ST_MIN((int64_t)w->idx.topk, N / w->comp.ratio) * (double)w->comp.d * 4;
+        } else if (w->kind == ST_LAYER_HCA) {
+            b += (double)(N / w->comp.ratio) * (double)w->comp.d * 4;
+        }
+    }
+    return b;
+}
+
+static int run_context(st_model *m, const lc_args *a, int64_t N, double dram_gbs, lc_row *r) {
+    st_seq *s = NULL;
+    int rc = st_seq_new(m, &s);
+    if (!rc && a->kv_budget) rc = st_seq_kv_tiering(s, a->kv_budget, 0, a->kv_spill, 0);
+    if (!rc) rc = fill_context(s, N);
+    float *logits = malloc((size_t)m->vocab * sizeof(float));
+    if (!rc && !logits) rc = st_error(ST_ERR_NOMEM, "bench longctx: out of memory");
+    int32_t tok = 7;
+    for (int i = 0; !rc && i < 2; i++) rc = st_seq_forward(s, &tok, 1, logits, false); /* warm-up */
+    const double t0 = st_time_s();
+    for (int i = 0; !rc && i < a->decode; i++) {
+        tok = (int32_t)((tok * 2654435761u + 11) % (uint32_t)m->vocab);
+        rc = st_seq_forward(s, &tok, 1, logits, false);
+    }
+    const double dt = st_time_s() - t0;
+    if (!rc) {
+        memset(r, 0, sizeof *r);
+        r->ctx = N;
+        r->tok_s = a->decode / dt;
+        for (int l = 0; l < m->n_layers; l++) {
+            const st_attn_w *w = &m->layers[l].attn;
+            const st_layer_state *ls = &s->state[l];
+            if (w->kind == ST_LAYER_CSA) { r->csa = ls->comp.n_entries; r->idx = ls->icomp.n_entries; }
+            if (w->kind == ST_LAYER_HCA) r->hca = ls->comp.n_entries;
+            r->fast += (uint64_t)w->window * (uint64_t)w->head_dim * 4;
+            if (w->kind != ST_LAYER_WINDOW && !ls->comp.pages) r->fast += (uint64_t)ls->comp.n_entries * (uint64_t)w->comp.d * 4;
+            if (w->kind == ST_LAYER_CSA) r->fast += (uint64_t)ls->icomp.n_entries * (uint64_t)w->idx.comp.d * 4;
+        }
+        if (s->kv) {
+            st_kv_pages_stats ks;
+            st_kv_pages_get_stats(s->kv, &ks);
+            r->fast += ks.bytes_fast;
+            r->dram = ks.bytes_dram;
+            r->nvme = ks.bytes_nvme;
+        }
+        double idx;
+        r->kv_read = kv_read_per_token(m, s->pos, &idx);
+        r->bound = dram_gbs * 1e9 / (r->kv_read + (double)m->bytes_per_token);
+    }
+    free(logits);
+    st_seq_free(s);
+    return rc;
+}
+
+int bench_longctx(int argc, char **argv) {
+    if (cli_wants_help(argc, argv)) {
+        printf("usage: strata bench longctx --model DIR [--contexts 4K,64K,1M] [--decode N] [--threads N]\n"
+               "                            [--numerics official|reference] [--kv-budget SIZE [--kv-spill DIR]]\n\n"
+               "Decode tokens/s after each context length. The context's KV (window rings, compressed\n"
+               "entries, indexer keys) is filled in linear time with random values: setup, not a model\n"
+               "prefill (decode cost depends on the number of entries, not their values). Prints per\n"
+               "context tokens/s and its ratio to the first context, entries per layer kind, KV bytes\n"
+               "per tier, KV bytes read per decoded token (every indexer key and the top-k entries of\n"
+               "CSA layers, every entry of HCA layers, the window) and the tokens/s bound that gives\n"
+               "with the weights at the DRAM read bandwidth measured in the same run.\n\n"
+               "  --contexts LIST   context lengths (default 4K,64K,1M for models of dim < 256,\n"
+               "                    else 4K,64K)\n"
+               "  --decode N        tokens decoded per context (default 16, after 2 warm-up tokens)\n"
+               "  --kv-budget SIZE  KV tiering of the CSA entries (as strata run); --kv-spill DIR\n");
+        return 0;
+    }
+    lc_args a = {.decode = 16, .opts = {.quiet = true}};
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) { fprintf(stderr, "strata bench longctx: %s needs a value\n", o); return 2; }
+        if (!strcmp(o, "--model")) a.model = v;
+        else if (!strcmp(o, "--contexts")) a.contexts = v;
+        else if (!strcmp(o, "--decode")) a.decode = atoi(v);
+        else if (!strcmp(o, "--threads")) a.opts.threads = atoi(v);
+        else if (!strcmp(o, "--kv-spill")) a.kv_spill = v;
+        else if (!strcmp(o, "--numerics")) {
+            if (!strcmp(v, "official")) a.opts.numerics = ST_NUMERICS_OFFICIAL;
+            else if (!strcmp(v, "reference")) a.opts.numerics = ST_NUMERICS_REFERENCE;
+            else { fprintf(stderr, "strata bench longctx: --numerics official|reference, not '%s'\n", v); return 2; }
+        } else if (!strcmp(o, "--kv-budget")) {
+            if (st_parse_size(v, 0, o, &a.kv_budget) || !a.kv_budget) {
+                fprintf(stderr, "strata bench longctx: --kv-budget %s: %s\n", v, a.kv_budget ? st_last_error() : "must be more than 0");
+                return 2;
+            }
+        } else { fprintf(stderr, "strata bench longctx: unknown option '%s' (--help)\n", o); return 2; }
+        i++;
+    }
+    if (!a.model) { fprintf(stderr, "strata bench longctx: --model DIR is required\n"); return 2; }
+    if (a.decode < 1) { fprintf(stderr, "strata bench longctx: --decode must be >= 1\n"); return 2; }
+    if (a.kv_spill && !a.kv_budget) { fprintf(stderr, "strata bench longctx: --kv-spill needs --kv-budget\n"); return 2; }
+    st_model *m = NULL;
+    int rc = st_model_load(a.model, &a.opts, &m);
+    if (rc) return cli_fail("bench longctx", rc);
+    const char *list = a.contexts ? a.contexts : m->dim < 256 ? "4K,64K,1M" : "4K,64K";
+    int64_t ctx[16];
+    int nctx = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        uint64_t v;
+        /* sizes in tokens: K = 1024 tokens */
+        if (nctx == 16 || st_parse_size(t, 0, "--contexts", &v) || v < 1 || v > (1ull << 30)) {
+            fprintf(stderr, "strata bench longctx: --contexts: '%s' is not a token count like 4K (at most 16)\n", t);
+            st_model_free(m);
+            return 2;
+        }
+        ctx[nctx++] = (int64_t)v;
+    }
+    const double dram = bench_dram_read_gbs(m->pool, (size_t)1 << 30);
+    printf("longctx: %s, %d layers, %s numerics, %d threads; DRAM read %.2f GB/s; weights %.2f MiB per token;\n"
+           "context KV filled with random values (setup, not timed); %d decoded tokens per context%s\n",
+           a.model, m->n_layers, m->numerics == ST_NUMERICS_OFFICIAL ? "official" : "reference", st_pool_size(m->pool),
+           dram, (double)m->bytes_per_token / (1 << 20), a.decode, a.kv_budget ? " (KV tiering on)" : "");
+    printf("%9s %9s %7s %9s %9s %9s %10s %10s %10s %11s %9s %8s\n", "context", "tok/s", "vs 1st", "CSA ent", "idx keys",
+           "HCA ent", "KV fast", "KV dram", "KV nvme", "KV rd/tok", "bound", "of bnd");
+    double first = 0;
+    for (int i = 0; i < nctx && !rc; i++) {
+        lc_row r;
+        if ((rc = run_context(m, &a, ctx[i], dram, &r))) break;
+        if (i == 0) first = r.tok_s;
+        char f[32], d[32], n[32], k[32];
+        printf("%9lld %9.1f %7.3f %9lld %9lld %9lld %10s %10s %10s %11s %9.1f %7.1f%%\n", (long long)r.ctx, r.tok_s,
+               r.tok_s / first, (long long)r.csa, (long long)r.idx, (long long)r.hca, st_fmt_size(r.fast, f, sizeof f),
+               st_fmt_size(r.dram, d, sizeof d), st_fmt_size(r.nvme, n, sizeof n), st_fmt_size((uint64_t)r.kv_read, k, sizeof k),
+               r.bound, 100 * r.tok_s / r.bound);
+        fflush(stdout);
+    }
+    if (!rc) {
+        double idx;
+        kv_read_per_token(m, ctx[nctx - 1], &idx);
+        char b[32];
+        printf("indexer keys read per token per CSA layer at %lld: %s (%.3f ms at %.2f GB/s)\n", (long long)ctx[nctx - 1],
+               st_fmt_size((uint64_t)idx, b, sizeof b), idx / (dram * 1e9) * 1e3, dram);
+    }
+    st_model_free(m);
+    return rc ? cli_fail("bench longctx", rc) : 0;
+}
