@@ -15,7 +15,9 @@
  * chunks (st_expert_stream_step). The engine, per chunk:
  *   step(...)                      a chunk starts (queued requests of past steps go stale)
  *   request(layer, experts)        certain experts (hash-routed layers, from token ids)
- *   per layer: begin(layer, experts) right after the router: pins the layer's experts
+ *   per layer: begin(layer, experts) right after the router: queued predictions for
+ *                                  this layer the router did not choose are dropped
+ *                                  (never read), the layer's experts are pinned
  *                                  (missing ones start loading at once), then
  *              predict(layer + 1, experts) the next layer's predicted experts
  *              next(...) until 0   experts in the order they are resident

@@ -1,7 +1,8 @@
 /* offload/slot_cache.c: slots come from a budget and never exceed it (peak
  * checked), pinned and loading slots are never evicted, a full cache refuses
  * instead of allocating, misuse is an error (not a crash), failed loads reach
- * waiters, wasted prefetch bytes are counted, the blocking get through a
+ * waiters, wasted prefetch bytes are counted, wanted (predicted) keys are
+ * evicted last and never by a prefetch, the blocking get through a
  * transfer, and 4 threads hammering 8 slots never see another key's bytes. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -195,6 +196,51 @@ static void failed_load_reaches_waiters(void **state) {
 }
 
 typedef struct { st_slot_cache *c; int slot; } completer;
+
+static bool present(st_slot_cache *c, uint64_t key) {
+    for (int s = 0; s < st_slot_cache_slots(c); s++) {
+        st_slot_state state;
+        uint64_t k;
+        assert_int_equal(st_slot_cache_slot_info(c, s, &state, &k, NULL), 0);
+        if (state != ST_SLOT_EMPTY && k == key) return true;
+    }
+    return false;
+}
+
+/* Wanted keys (predicted uses) are evicted after every other evictable key, by
+ * demand loads only; a prefetch refuses rather than evict one; a use clears the
+ * mark, and so does the key leaving its slot. */
+static void wanted_keys_evicted_last(void **state) {
+    (void)state;
+    st_slot_cache *c = make(3, 4096, NULL);
+    for (uint64_t k = 1; k <= 3; k++) assert_int_equal(st_slot_cache_release(c, load_pinned(c, k)), 0); /* LRU: 1 oldest */
+    assert_int_equal(st_slot_cache_want(c, 9, true), ST_SLOT_MISS); /* not cached: nothing */
+    assert_int_equal(st_slot_cache_want(c, 1, true), ST_SLOT_HIT);
+    assert_int_equal(st_slot_cache_want(c, 1, true), ST_SLOT_HIT); /* twice: still one mark */
+    assert_int_equal(st_slot_cache_want(c, 2, true), ST_SLOT_HIT);
+    st_slot_cache_stats st;
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.wanted, 2);
+    assert_int_equal(st_slot_cache_release(c, load_pinned(c, 4)), 0); /* LRU would take 1: takes 3 */
+    assert_true(present(c, 1) && present(c, 2) && !present(c, 3));
+    int s;
+    assert_int_equal(st_slot_cache_want(c, 4, true), ST_SLOT_HIT);
+    assert_int_equal(st_slot_cache_prefetch(c, 5, &s), ST_ERR_BUDGET); /* only wanted keys left */
+    assert_int_equal(st_slot_cache_release(c, load_pinned(c, 6)), 0);  /* a demand load takes the LRU one: 1 */
+    assert_false(present(c, 1));
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.wanted_evictions, 1);
+    assert_int_equal(st.wanted, 2); /* 2 and 4; 1 left with its slot */
+    assert_int_equal(st_slot_cache_acquire(c, 2, &s), ST_SLOT_HIT); /* the predicted use */
+    assert_int_equal(st_slot_cache_release(c, s), 0);
+    assert_int_equal(st_slot_cache_want(c, 4, false), ST_SLOT_HIT);
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.wanted, 0);
+    assert_int_equal(st_slot_cache_prefetch(c, 5, &s), ST_SLOT_LOAD); /* nothing protected now */
+    assert_int_equal(st_slot_cache_complete(c, s, 0, 4096), 0);
+    st_slot_cache_free(c);
+}
+
 static void *complete_later(void *p) {
     completer *k = p;
     struct timespec ts = {0, 20 * 1000 * 1000};
@@ -353,6 +399,7 @@ int main(void) {
         cmocka_unit_test(failed_load_reaches_waiters),
         cmocka_unit_test(wait_wakes_on_other_thread),
         cmocka_unit_test(wasted_prefetch_bytes),
+        cmocka_unit_test(wanted_keys_evicted_last),
         cmocka_unit_test(get_through_transfer),
         cmocka_unit_test(threads_hammer),
     };
