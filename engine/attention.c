@@ -333,10 +333,26 @@ static void attn_tokens(void *ctx, int ith, int nth) {
     }
 }
 
+/* Queues the reads of the pages of sel[0..n) that already exist (an entry the
+ * token itself completes is appended later, into the fast tail page). */
+static int prefetch_existing(st_comp_state *cs, const int32_t *sel, int64_t n) {
+    int32_t have[64];
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (sel[i] < cs->n_entries) have[k++] = sel[i];
+        if (k == (int64_t)ST_ARRAY_LEN(have) || (i + 1 == n && k)) {
+            int rc = st_kv_pages_prefetch(cs->pages, cs->stream, have, k);
+            if (rc) return rc;
+            k = 0;
+        }
+    }
+    return 0;
+}
+
 /* One token at a time, heads over the threads (decode, or paged CSA entries:
  * a stream holds one token's pins at a time). */
 static int attn_sequential(st_pool *pool, chunk_attn *c) {
-    const int64_t qh = (int64_t)c->w->n_heads * c->w->head_dim, hd = c->w->head_dim;
+    const int64_t qh = (int64_t)c->w->n_heads * c->w->head_dim;
     st_comp_state *cs = &c->s->comp;
     for (int64_t t = 0; t < c->T; t++) {
         int64_t nc = token_cands(c, t, c->cand);
@@ -345,8 +361,10 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
             int rc = st_kv_pages_get(cs->pages, cs->stream, sel, c->n_sel[t], c->paged);
             if (rc) return rc;
             for (int64_t i = 0; i < c->n_sel[t]; i++) c->cand[nc++] = c->paged[i];
+            /* the next token's reads go out now and overlap this token's attention */
+            if (t + 1 < c->T && (rc = st_kv_pages_prefetch(cs->pages, cs->stream, sel + c->w->idx.topk, c->n_sel[t + 1])))
+                return rc;
         }
-        (void)hd;
         attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = c->cand, .n_cand = nc, .o = c->o + t * qh,
                         .scratch = c->scratch};
         st_pool_run(pool, attn_heads, &job);
@@ -460,24 +478,27 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
         if ((rc = st_matmul(pool, &ix->comp.wgate, xn, T, b.isc, ST_ACT_F32))) goto done;
     }
 
-    /* compressors in token order (a token may complete a block it then sees) */
-    for (int64_t t = 0; t < T; t++) {
-        const int64_t p = pos0 + t;
-        if (has_comp && (rc = comp_feed(&w->comp, &s->comp, b.ckv + t * coff * hd, b.csc + t * coff * hd, p,
-                                        w->inv_freq, rd, w->eps, num)))
-            goto done;
-        b.n_main[t] = has_comp ? s->comp.n_entries : 0;
-        if (csa) {
-            const int64_t id = w->idx.head_dim;
-            if ((rc = comp_feed(&w->idx.comp, &s->icomp, b.ikv + t * icoff * id, b.isc + t * icoff * id, p,
+    /* compressors in token order (a token may complete a block it then sees);
+     * the indexer's first, so that with paged entries the reads of the first
+     * token's top-k are queued before the main compressor runs */
+    if (csa) {
+        const int64_t id = w->idx.head_dim;
+        for (int64_t t = 0; t < T; t++) {
+            if ((rc = comp_feed(&w->idx.comp, &s->icomp, b.ikv + t * icoff * id, b.isc + t * icoff * id, pos0 + t,
                                 w->inv_freq, rd, w->eps, num)))
                 goto done;
             b.n_idx[t] = s->icomp.n_entries;
             b.n_sel[t] = ST_MIN((int64_t)w->idx.topk, b.n_idx[t]);
         }
-    }
-    if (csa)
         index_select_chunk(pool, &w->idx, s->icomp.entries, b.iq, b.iw, b.n_idx, T, b.iscores, b.sel);
+        if (s->comp.pages && (rc = prefetch_existing(&s->comp, b.sel, b.n_sel[0]))) goto done;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        if (has_comp && (rc = comp_feed(&w->comp, &s->comp, b.ckv + t * coff * hd, b.csc + t * coff * hd, pos0 + t,
+                                        w->inv_freq, rd, w->eps, num)))
+            goto done;
+        b.n_main[t] = has_comp ? s->comp.n_entries : 0;
+    }
     chunk_attn ca = {.w = w, .s = s, .q = b.q, .kv = b.kv, .n_main = b.n_main, .sel = b.sel, .n_sel = b.n_sel,
                      .pos0 = pos0, .T = T, .max_cand = max_cand, .o = b.o, .cand = b.cand, .scratch = b.scratch,
                      .paged = b.paged, .num = num};

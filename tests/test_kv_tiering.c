@@ -59,6 +59,11 @@ static void tiered_equals_resident(void **state) {
     assert_true(st.spilled_dram > 0);
     assert_true(st.spilled_nvme > 0);
     assert_true(st.fetched_dram + st.fetched_nvme > 0); /* top-k did read spilled pages back */
+    /* reads were queued ahead (right after the top-k, and for the next token during this one's attention) */
+    assert_true(st.prefetched > 0);
+    print_message("kv pages: %llu fetched (%llu prefetched), %llu hits, stall %.3f ms\n",
+                  (unsigned long long)(st.fetched_dram + st.fetched_nvme), (unsigned long long)st.prefetched,
+                  (unsigned long long)st.hits, st.stall_ns / 1e6);
     assert_true(st.bytes_fast <= (uint64_t)n_csa * 6 * 4096);
     assert_int_equal(st.pages_fast + st.pages_dram + st.pages_nvme, n_csa * ((N_TOK / 4 + 20) / 21));
 
