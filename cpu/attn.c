@@ -25,6 +25,29 @@ void st_attn_heads(const float *q, int64_t nh, const float *const *rows, int64_t
     else st_attn_wsum_generic(scratch, nh, rows, n, d, o);
 }
 
+void st_attn_scores(const float *q, int64_t nh, const float *const *rows, int64_t n, int64_t d, float scale, float *s) {
+    if (nh <= 0 || n <= 0) return;
+    const st_isa isa = st_cpu_isa();
+    if (isa == ST_ISA_AVX512) st_attn_scores_avx512(q, nh, rows, n, d, scale, s);
+    else if (isa == ST_ISA_AVX2) st_attn_scores_avx2(q, nh, rows, n, d, scale, s);
+    else st_attn_scores_generic(q, nh, rows, n, d, scale, s);
+}
+
+void st_attn_softmax(float *s, int64_t n, float sink) {
+    if (n <= 0) return;
+    if (st_cpu_isa() == ST_ISA_AVX512) st_attn_softmax_avx512(s, n, sink);
+    else st_attn_softmax_generic(s, n, sink);
+}
+
+void st_attn_wsum(const float *p, int64_t nh, const float *const *rows, int64_t n, int64_t d, float *o) {
+    if (nh <= 0) return;
+    if (n <= 0) { memset(o, 0, (size_t)(nh * d) * sizeof(float)); return; }
+    const st_isa isa = st_cpu_isa();
+    if (isa == ST_ISA_AVX512) st_attn_wsum_avx512(p, nh, rows, n, d, o);
+    else if (isa == ST_ISA_AVX2) st_attn_wsum_avx2(p, nh, rows, n, d, o);
+    else st_attn_wsum_generic(p, nh, rows, n, d, o);
+}
+
 void st_attn_head(const float *q, const float *const *rows, int64_t n, int64_t d, float scale, float sink,
                   float *scratch, float *o) {
     st_attn_heads(q, 1, rows, n, d, scale, &sink, scratch, o);

@@ -14,6 +14,17 @@
  * scratch (nh * n) floats. n == 0 gives o_h = 0. */
 void st_attn_heads(const float *q, int64_t nh, const float *const *rows, int64_t n, int64_t d, float scale,
                    const float *sink, float *scratch, float *o);
+/* The three stages of st_attn_heads, for callers that split one token's work
+ * over threads. st_attn_heads == scores, softmax of each head, wsum; and it
+ * stays bit-identical when scores run on row ranges that start at multiples
+ * of 4 and wsum on column ranges (rows shifted, d' = width) that start at
+ * multiples of 16 with widths that are multiples of 16 (tested).
+ * s (nh, n) = scale * q . rows[c]; s[0..n) -> softmax with sink;
+ * o (nh, d) = sum_c p (nh, n)[h][c] * rows[c]. */
+void st_attn_scores(const float *q, int64_t nh, const float *const *rows, int64_t n, int64_t d, float scale, float *s);
+void st_attn_softmax(float *s, int64_t n, float sink);
+void st_attn_wsum(const float *p, int64_t nh, const float *const *rows, int64_t n, int64_t d, float *o);
+
 /* One head: st_attn_heads with nh = 1. */
 void st_attn_head(const float *q, const float *const *rows, int64_t n, int64_t d, float scale, float sink,
                   float *scratch, float *o);

@@ -287,6 +287,9 @@ typedef struct chunk_attn {
     const float **cand;      /* (nth, max_cand) */
     float *scratch;          /* (nth, max_cand * n_heads) */
     const void **paged;      /* (topk) */
+    float *split_tmp;        /* (nth, split_len) for split_attn; NULL: never split */
+    const float **split_shift;/* (nth, max_cand) */
+    int64_t split_len;
     st_numerics num;
     int rc;
 } chunk_attn;
@@ -333,6 +336,47 @@ static void attn_tokens(void *ctx, int ith, int nth) {
     }
 }
 
+/* One token's attention over many candidates with few heads (the heads alone
+ * would leave threads idle): scores on row ranges, softmax per head, weighted
+ * sums on 16-column ranges, one stage per pool run; bit-identical to
+ * st_attn_heads (cpu/attn.h). */
+typedef struct split_attn {
+    const attn_job *j;
+    float *tmp;           /* (nth, tmp_len) */
+    const float **shift;  /* (nth, n_cand) */
+    int64_t tmp_len;
+} split_attn;
+
+static void split_scores(void *ctx, int ith, int nth) {
+    split_attn *sa = ctx;
+    const attn_job *j = sa->j;
+    const int64_t n = j->n_cand, H = j->w->n_heads, hd = j->w->head_dim;
+    const int64_t r0 = (n * ith / nth) / 4 * 4, r1 = ith + 1 == nth ? n : (n * (ith + 1) / nth) / 4 * 4;
+    if (r1 <= r0) return;
+    float *tmp = sa->tmp + ith * sa->tmp_len;
+    st_attn_scores(j->q, H, j->cand + r0, r1 - r0, hd, 1.0f / sqrtf((float)hd), tmp);
+    for (int64_t h = 0; h < H; h++) memcpy(j->scratch + h * n + r0, tmp + h * (r1 - r0), (size_t)(r1 - r0) * sizeof(float));
+}
+
+static void split_softmax(void *ctx, int ith, int nth) {
+    split_attn *sa = ctx;
+    const attn_job *j = sa->j;
+    for (int64_t h = ith; h < j->w->n_heads; h += nth) st_attn_softmax(j->scratch + h * j->n_cand, j->n_cand, j->w->sink[h]);
+}
+
+static void split_wsum(void *ctx, int ith, int nth) {
+    split_attn *sa = ctx;
+    const attn_job *j = sa->j;
+    const int64_t n = j->n_cand, H = j->w->n_heads, hd = j->w->head_dim;
+    const int64_t k0 = (hd / 16 * ith / nth) * 16, k1 = (hd / 16 * (ith + 1) / nth) * 16;
+    if (k1 <= k0) return;
+    float *tmp = sa->tmp + ith * sa->tmp_len;
+    const float **shift = sa->shift + ith * n;
+    for (int64_t c = 0; c < n; c++) shift[c] = j->cand[c] + k0;
+    st_attn_wsum(j->scratch, H, shift, n, k1 - k0, tmp);
+    for (int64_t h = 0; h < H; h++) memcpy(j->o + h * hd + k0, tmp + h * (k1 - k0), (size_t)(k1 - k0) * sizeof(float));
+}
+
 /* Queues the reads of the pages of sel[0..n) that already exist (an entry the
  * token itself completes is appended later, into the fast tail page). */
 static int prefetch_existing(st_comp_state *cs, const int32_t *sel, int64_t n) {
@@ -367,7 +411,15 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
         }
         attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = c->cand, .n_cand = nc, .o = c->o + t * qh,
                         .scratch = c->scratch};
-        st_pool_run(pool, attn_heads, &job);
+        const int nth = st_pool_size(pool);
+        if (c->split_tmp && nc >= 1024 && c->w->n_heads < 4 * nth) {
+            split_attn sa = {.j = &job, .tmp = c->split_tmp, .shift = c->split_shift, .tmp_len = c->split_len};
+            st_pool_run(pool, split_scores, &sa);
+            st_pool_run(pool, split_softmax, &sa);
+            st_pool_run(pool, split_wsum, &sa);
+        } else {
+            st_pool_run(pool, attn_heads, &job);
+        }
         if (cs->pages) st_kv_pages_release(cs->pages, cs->stream);
         token_finish(c, t);
     }
@@ -380,6 +432,8 @@ typedef struct attn_bufs {
     float *xq, *qa, *qaq, *q, *kv, *ckv, *csc, *iq, *iw, *ikv, *isc, *o, *og, *oa, *res, *scratch, *iscores;
     int32_t *sel;       /* (T, topk) */
     int64_t *n_main, *n_idx, *n_sel; /* (T) each */
+    float *split_tmp;
+    const float **split_shift;
     const float **cand;
     const void **paged; /* (topk) entry pointers from kv_pages */
 } attn_bufs;
@@ -388,6 +442,7 @@ static void bufs_free(attn_bufs *b) {
     free(b->xq); free(b->qa); free(b->qaq); free(b->q); free(b->kv); free(b->ckv); free(b->csc); free(b->iq); free(b->iw);
     free(b->ikv); free(b->isc); free(b->o); free(b->og); free(b->oa); free(b->res); free(b->scratch); free(b->iscores);
     free(b->sel); free(b->cand); free(b->paged); free(b->n_main); free(b->n_idx); free(b->n_sel);
+    free(b->split_tmp); free(b->split_shift);
 }
 
 #define ALLOC(p, n) ((p) = malloc((size_t)(n) * sizeof(*(p))), (p) != NULL)
@@ -411,6 +466,10 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
         !ALLOC(b.scratch, max_cand * H * nth) || !ALLOC(b.cand, max_cand * nth) || !ALLOC(b.n_main, T))
         goto oom;
     if (has_comp && (!ALLOC(b.ckv, T * coff * hd) || !ALLOC(b.csc, T * coff * hd))) goto oom;
+    /* one token split over the threads (decode over many entries) */
+    const int64_t split_len = H * (ST_MAX(max_cand / nth + 8, hd));
+    const bool can_split = nth > 1 && hd % 16 == 0 && max_cand >= 1024 && T < 2 * nth;
+    if (can_split && (!ALLOC(b.split_tmp, nth * split_len) || !ALLOC(b.split_shift, nth * max_cand))) goto oom;
     if (csa) {
         const int64_t ih = w->idx.n_heads, id = w->idx.head_dim;
         if (!ALLOC(b.iq, T * ih * id) || !ALLOC(b.iw, T * ih) || !ALLOC(b.ikv, T * icoff * id) ||
@@ -501,7 +560,8 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     }
     chunk_attn ca = {.w = w, .s = s, .q = b.q, .kv = b.kv, .n_main = b.n_main, .sel = b.sel, .n_sel = b.n_sel,
                      .pos0 = pos0, .T = T, .max_cand = max_cand, .o = b.o, .cand = b.cand, .scratch = b.scratch,
-                     .paged = b.paged, .num = num};
+                     .paged = b.paged, .split_tmp = b.split_tmp, .split_shift = b.split_shift,
+                     .split_len = split_len, .num = num};
     if ((csa && s->comp.pages) || T < 2 * nth) {
         if ((rc = attn_sequential(pool, &ca))) goto done;
     } else {

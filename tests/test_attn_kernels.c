@@ -278,6 +278,61 @@ static void attend_matches_reference_on_every_isa(void **state) {
 }
 
 /* Indexer score of one token: I(s) = sum_h w_h relu(q_h . k_s), in double. */
+/* One token's attention split as the decode path splits it over threads
+ * (scores on row ranges starting at multiples of 4, softmax per head, weighted
+ * sums on 16-column ranges) is bit-identical to st_attn_heads on every ISA. */
+static void attend_split_equals_whole(void **state) {
+    (void)state;
+    rng_seed(14);
+    enum { NH = 4, MAXN = 300 };
+    const int64_t ds[] = {64, 128, 32};
+    const int64_t ns[] = {1, 5, 37, 300};
+    const st_isa saved = st_cpu_isa();
+    for (size_t di = 0; di < ST_ARRAY_LEN(ds); di++) {
+        const int64_t d = ds[di];
+        float *rows = malloc((size_t)(MAXN * d) * sizeof(float)), *q = malloc((size_t)(NH * d) * sizeof(float));
+        float *o = malloc((size_t)(NH * d) * sizeof(float)), *o2 = malloc((size_t)(NH * d) * sizeof(float));
+        float *s = malloc((size_t)(NH * MAXN) * sizeof(float)), *s2 = malloc((size_t)(NH * MAXN) * sizeof(float));
+        float *tmp = malloc((size_t)(NH * MAXN) * sizeof(float));
+        const float **cand = malloc(MAXN * sizeof(float *)), **shift = malloc(MAXN * sizeof(float *));
+        const float sinks[NH] = {0.5f, -3.0f, 2.0f, 0.0f};
+        fill(rows, MAXN * d, 1.0f);
+        fill(q, NH * d, 0.3f);
+        for (int64_t c = 0; c < MAXN; c++) cand[c] = rows + ((c * 379) % MAXN) * d;
+        const float scale = 1.0f / sqrtf((float)d);
+        for (size_t ii = 0; ii < ST_ARRAY_LEN(isas); ii++) {
+            if (st_cpu_set_isa(isas[ii])) continue;
+            for (size_t ni = 0; ni < ST_ARRAY_LEN(ns); ni++) {
+                const int64_t n = ns[ni];
+                st_attn_heads(q, NH, cand, n, d, scale, sinks, s, o);
+                for (int parts = 1; parts <= 3; parts++) {
+                    for (int i = 0; i < parts; i++) {
+                        const int64_t r0 = (n * i / parts) / 4 * 4, r1 = i + 1 == parts ? n : (n * (i + 1) / parts) / 4 * 4;
+                        if (r1 <= r0) continue;
+                        st_attn_scores(q, NH, cand + r0, r1 - r0, d, scale, tmp);
+                        for (int h = 0; h < NH; h++)
+                            memcpy(s2 + h * n + r0, tmp + h * (r1 - r0), (size_t)(r1 - r0) * sizeof(float));
+                    }
+                    for (int h = 0; h < NH; h++) st_attn_softmax(s2 + h * n, n, sinks[h]);
+                    for (int i = 0; i < parts; i++) {
+                        const int64_t k0 = (d / 16 * i / parts) * 16, k1 = (d / 16 * (i + 1) / parts) * 16;
+                        if (k1 <= k0) continue;
+                        for (int64_t c = 0; c < n; c++) shift[c] = cand[c] + k0;
+                        st_attn_wsum(s2, NH, shift, n, k1 - k0, tmp);
+                        for (int h = 0; h < NH; h++)
+                            memcpy(o2 + h * d + k0, tmp + h * (k1 - k0), (size_t)(k1 - k0) * sizeof(float));
+                    }
+                    if (memcmp(o, o2, (size_t)(NH * d) * sizeof(float)))
+                        fail_msg("%s d=%lld n=%lld in %d parts: differs from st_attn_heads", st_isa_name(isas[ii]),
+                                 (long long)d, (long long)n, parts);
+                }
+            }
+        }
+        free(rows); free(q); free(o); free(o2); free(s); free(s2); free(tmp); free(cand); free(shift);
+    }
+    st_cpu_set_isa(saved);
+}
+
 static void index_scores_shape(int64_t H, int64_t d, int64_t n);
 static void index_scores_match_reference_on_every_isa(void **state) {
     (void)state;
@@ -360,6 +415,7 @@ int main(void) {
         cmocka_unit_test(attend_matches_reference_on_every_isa),
         cmocka_unit_test(index_scores_match_reference_on_every_isa),
         cmocka_unit_test(index_scores_independent_of_offset),
+        cmocka_unit_test(attend_split_equals_whole),
     };
     return cmocka_run_group_tests_name("attn_kernels", tests, NULL, NULL);
 }
