@@ -232,8 +232,9 @@ static inline __m512 reduce16(const __m512 *v) {
 
 /* Few heads (H divides 16, d a multiple of 16): 16/H keys per step, each
  * (key, head) dot product a 16-lane vector, the 16 reduced at once. */
-static void index_scores_few_heads(const float *q, const float *w, const float *k, int64_t H, int64_t d, int64_t n,
-                                   float *out) {
+static inline __attribute__((always_inline)) void index_scores_few_heads(const float *q, const float *w,
+                                                                        const float *k, int64_t H, int64_t d,
+                                                                        int64_t n, float *out) {
     const int64_t KS = 16 / H; /* keys per step */
     const __m512 zero = _mm512_setzero_ps();
     _Alignas(64) float lanes[16];
@@ -261,7 +262,13 @@ static void index_scores_few_heads(const float *q, const float *w, const float *
 void st_index_scores_avx512(const float *q, const float *w, const float *k, int64_t H, int64_t d, int64_t n, float *out) {
     enum { NH = 64, MAXD = 256 };
     if (H <= 16 && 16 % H == 0 && d % 16 == 0 && d > 0) {
-        index_scores_few_heads(q, w, k, H, d, n, out);
+        /* constant shapes unroll and keep the 16 vectors in registers */
+        if (H == 4 && d == 32) index_scores_few_heads(q, w, k, 4, 32, n, out);
+        else if (H == 8 && d == 128) index_scores_few_heads(q, w, k, 8, 128, n, out);
+        else if (H == 4 && d == 64) index_scores_few_heads(q, w, k, 4, 64, n, out);
+        else if (H == 8 && d == 64) index_scores_few_heads(q, w, k, 8, 64, n, out);
+        else if (H == 16 && d == 128) index_scores_few_heads(q, w, k, 16, 128, n, out);
+        else index_scores_few_heads(q, w, k, H, d, n, out);
         return;
     }
     if (H != NH || d > MAXD) {
