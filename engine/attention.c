@@ -438,14 +438,55 @@ typedef struct attn_bufs {
     const void **paged; /* (topk) entry pointers from kv_pages */
 } attn_bufs;
 
-static void bufs_free(attn_bufs *b) {
-    free(b->xq); free(b->qa); free(b->qaq); free(b->q); free(b->kv); free(b->ckv); free(b->csc); free(b->iq); free(b->iw);
-    free(b->ikv); free(b->isc); free(b->o); free(b->og); free(b->oa); free(b->res); free(b->scratch); free(b->iscores);
-    free(b->sel); free(b->cand); free(b->paged); free(b->n_main); free(b->n_idx); free(b->n_sel);
-    free(b->split_tmp); free(b->split_shift);
+/* Work buffers come from a per-thread arena of blocks that decode calls
+ * (a few tokens) keep and reuse, so a decoded token allocates nothing once
+ * the arena has grown to the context; prefill chunks give theirs back (their
+ * size is the chunk's, and the malloc is shared by the chunk's tokens). */
+typedef struct ws_block {
+    struct ws_block *next;
+    size_t cap, used;
+    _Alignas(64) unsigned char data[];
+} ws_block;
+
+static _Thread_local ws_block *ws_blocks;
+
+static void *ws_alloc(size_t bytes) {
+    bytes = (bytes + 63) & ~(size_t)63;
+    for (ws_block *b = ws_blocks; b; b = b->next)
+        if (b->cap - b->used >= bytes) {
+            void *p = b->data + b->used;
+            b->used += bytes;
+            return p;
+        }
+    size_t cap = bytes > ((size_t)1 << 20) ? bytes : (size_t)1 << 20;
+    ws_block *b = malloc(sizeof *b + cap);
+    if (!b) return NULL;
+    b->cap = cap;
+    b->used = bytes;
+    b->next = ws_blocks;
+    ws_blocks = b;
+    return b->data;
 }
 
-#define ALLOC(p, n) ((p) = malloc((size_t)(n) * sizeof(*(p))), (p) != NULL)
+/* End of a call: blocks are kept for the next decode step (T small), freed after a prefill chunk. */
+static void ws_release(int64_t T) {
+    size_t total = 0;
+    int n = 0;
+    for (ws_block *b = ws_blocks; b; b = b->next) { total += b->used; n++; }
+    if (T <= 4 && n <= 1) {
+        if (ws_blocks) ws_blocks->used = 0;
+        return;
+    }
+    while (ws_blocks) {
+        ws_block *next = ws_blocks->next;
+        free(ws_blocks);
+        ws_blocks = next;
+    }
+    /* decode that outgrew its block: one block for all, with room to grow (a context grows every step) */
+    if (T <= 4 && ws_alloc(total + total / 4)) ws_blocks->used = 0;
+}
+
+#define ALLOC(p, n) ((p) = ws_alloc((size_t)(n) * sizeof(*(p))), (p) != NULL)
 
 int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const float *xn, int64_t T, int64_t pos0,
                     st_numerics num, float *out) {
@@ -586,6 +627,6 @@ oom:
     rc = st_error(ST_ERR_NOMEM, "attention: out of memory for a chunk of %lld tokens", (long long)T);
 done:
     if (s->comp.pages) st_kv_pages_release(s->comp.pages, s->comp.stream);
-    bufs_free(&b);
+    ws_release(T);
     return rc;
 }
