@@ -6,11 +6,13 @@
  * interrupted conversion leaves no complete-looking pack; logits on a pack
  * equal logits on its source bit for bit; a pack striped over several
  * directories gives the same logits resident and streaming, and a truncated or
- * missing stripe file is refused by name; the commands as a user runs them. */
+ * missing stripe file is refused by name; bench io reads a pack's own expert
+ * extents; the commands as a user runs them. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <cJSON.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 #include <xxhash.h>
 
 #include "base/base.h"
+#include "bench/io_target.h"
 #include "engine/config.h"
 #include "engine/model.h"
 #include "engine/model_stream.h"
@@ -498,6 +501,14 @@ static float *stripe_logits(const char *path, const st_model_opts *extra, size_t
     return lg;
 }
 
+static int run_cmd(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    return pclose(p);
+}
+
 static void striped_pack_bit_identical(void **s) {
     (void)s;
     char plain[256], striped[256], d1[256], d2[256], f1[300], f2[300];
@@ -613,6 +624,65 @@ static void striped_pack_bit_identical(void **s) {
     assert_false(exists(tmpf));
 }
 
+/* `strata bench io PACK` reads exactly the pack's routed-expert extents (over
+ * all its data files) and fio covers the same region. */
+static void bench_io_reads_the_packs_own_extents(void **s) {
+    (void)s;
+    char plain[256], striped[256];
+    pack_path(plain, sizeof plain, "st_plain");
+    pack_path(striped, sizeof striped, "st_striped"); /* made by striped_pack_bit_identical */
+    const char *paths[] = {plain, striped};
+    for (int k = 0; k < 2; k++) {
+        st_pack *p;
+        assert_int_equal(st_pack_open(paths[k], &p), 0);
+        io_target t;
+        assert_int_equal(io_target_open(paths[k], 0, false, &t), 0);
+        assert_int_equal(t.kind, IO_TARGET_PACK);
+        assert_int_equal(t.n_files, st_pack_file_count(p));
+        int experts = 0;
+        uint64_t lo = UINT64_MAX, hi = 0;
+        for (int i = 0; i < st_pack_extent_count(p); i++) {
+            const st_pack_extent *e = st_pack_extent_at(p, i);
+            if (e->kind != ST_PACK_EXPERT) continue;
+            bool listed = false;
+            for (int j = 0; j < t.n_extents; j++) listed |= t.ext_file[j] == e->file && t.ext_offset[j] == e->offset;
+            assert_true(listed);
+            assert_int_equal(e->length, t.block);
+            experts++;
+            lo = ST_MIN(lo, e->offset);
+            hi = ST_MAX(hi, e->offset + e->length);
+        }
+        assert_int_equal(t.n_extents, experts);
+        for (int f = 0; f < t.n_files; f++) assert_string_equal(t.paths[f], st_pack_file_path(p, f));
+        if (t.n_files == 1) { /* fio: random offsets over exactly the experts' span */
+            assert_int_equal(t.fio_offset, lo);
+            assert_int_equal(t.fio_size, hi - lo);
+        }
+        int file;
+        uint64_t off;
+        io_target_pick(&t, 12345, &file, &off);
+        assert_true(file >= 0 && file < t.n_files && off % 4096 == 0);
+        io_target_free(&t);
+        st_pack_close(p);
+    }
+    io_target t;
+    assert_int_equal(io_target_open(plain, 1 << 20, true, &t), ST_ERR_INVALID); /* the pack sets the block */
+    assert_non_null(strstr(st_last_error(), "--block"));
+    /* the command: strata only (fio may be absent in CI), a few reads per depth */
+    static char out[1 << 16];
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s bench io %s --no-fio --depths 1,4 --seconds 0.2 --rounds 1 --json 2>&1", bin, striped);
+    assert_int_equal(run_cmd(cmd, out, sizeof out), 0);
+    cJSON *root = cJSON_Parse(out);
+    assert_non_null(root);
+    assert_string_equal(cJSON_GetObjectItem(root, "kind")->valuestring, "pack");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(root, "files")), 3);
+    const cJSON *r = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "results"), 1);
+    assert_int_equal(cJSON_GetObjectItem(r, "depth")->valueint, 4);
+    assert_true(cJSON_GetObjectItem(r, "strata_gbs")->valuedouble > 0);
+    cJSON_Delete(root);
+}
+
 /* ---- the commands ---- */
 
 static int run(const char *cmd, char *out, size_t cap) {
@@ -699,6 +769,7 @@ int main(void) {
         cmocka_unit_test(interrupted_conversion_leaves_no_pack),
         cmocka_unit_test(logits_on_pack_equal_source),
         cmocka_unit_test(striped_pack_bit_identical),
+        cmocka_unit_test(bench_io_reads_the_packs_own_extents),
         cmocka_unit_test(commands_as_a_user_runs_them),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
