@@ -222,6 +222,7 @@ static void attn_heads(void *ctx, int ith, int nth) {
  * score does not depend on the tile (kernel contract, tested), so this is the
  * per-token computation. */
 enum { INDEX_GROUP = 8, INDEX_TILE = 512 };
+enum { KV_PREFETCH_AHEAD = 1 }; /* tokens read ahead: more would hold fast frames the next get needs (in-flight pages cannot be dropped) */
 
 typedef struct index_job {
     const st_indexer_w *ix;
@@ -405,9 +406,11 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
             int rc = st_kv_pages_get(cs->pages, cs->stream, sel, c->n_sel[t], c->paged);
             if (rc) return rc;
             for (int64_t i = 0; i < c->n_sel[t]; i++) c->cand[nc++] = c->paged[i];
-            /* the next token's reads go out now and overlap this token's attention */
-            if (t + 1 < c->T && (rc = st_kv_pages_prefetch(cs->pages, cs->stream, sel + c->w->idx.topk, c->n_sel[t + 1])))
-                return rc;
+            /* the next tokens' reads go out now and overlap this token's attention (prefetch is
+             * advisory: pages it cannot place without touching pinned ones are left for their get) */
+            for (int64_t u = t + 1; u < ST_MIN(c->T, t + 1 + KV_PREFETCH_AHEAD); u++)
+                if ((rc = st_kv_pages_prefetch(cs->pages, cs->stream, c->sel + u * c->w->idx.topk, c->n_sel[u])))
+                    return rc;
         }
         attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = c->cand, .n_cand = nc, .o = c->o + t * qh,
                         .scratch = c->scratch};
