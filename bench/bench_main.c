@@ -11,7 +11,7 @@ static const st_command suites[] = {
     {"tokenizer", "tokenizer encode/decode MB/s on a file vs Hugging Face tokenizers (python3) on the same file", bench_tokenizer},
     {"io", "NVMe reads: random expert-sized O_DIRECT reads through the io_uring engine at depths 1..64 vs fio on the same file", bench_io},
     {"policies", "cache policies: replay an expert trace (or --synthetic) against LRU/LFU/LFRU/hot set at several budgets vs Belady", bench_policies},
-    {"e2e", "forward pass: decode tokens/s vs the DRAM roofline (weight bytes per token), prefill tokens/s", bench_e2e},
+    {"e2e", "expert streaming vs all-DRAM / prefetch off / mmap in a memory cgroup, against the cost model; --roofline: decode vs DRAM bandwidth, prefill", bench_e2e},
     {"fidelity", "official vs reference numerics: mean KL and top-1 agreement on seeded token sequences", bench_fidelity},
     {"batch", "batched decode: total tokens/s at batch 1, 8, 32 with streamed experts vs the disk bound (unique experts per step)", bench_batch},
     {"longctx", "decode tokens/s after 4K..1M-token contexts vs the KV+weight bytes bound at measured DRAM bandwidth", bench_longctx},
