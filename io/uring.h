@@ -25,6 +25,13 @@
  * and found lengths (ST_ERR_FORMAT: the file is truncated); the destination
  * is never silently zero-filled. I/O errors are ST_ERR_IO with the errno.
  *
+ * Read pool: from 2 MiB on it is 2 MiB-aligned and madvise(MADV_HUGEPAGE)'d,
+ * so an O_DIRECT read's pages are physically contiguous in 2 MiB runs and the
+ * block layer builds few large requests (on this machine's virtio disk,
+ * max_segments 254: ~2.7 MiB requests instead of ~0.9 MiB with 4 KiB pages,
+ * measured ~1.5-2x the throughput of fio's 4 KiB-page buffers on 13 MB
+ * reads). STRATA_IO_NO_HUGEPAGE=1 turns this off (A/B measurements).
+ *
  * Where io_uring is unavailable (old kernel, sysctl, seccomp: io/uring_probe.h)
  * the same API runs on synchronous pread with one warning.
  *
