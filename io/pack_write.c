@@ -10,19 +10,11 @@
  * dropped from the page cache so a 9 GB conversion does not fill memory with
  * dirty pages.
  *
- * Striping (opts.stripe_dirs): data file 0 stays in the pack directory, data
- * file k >= 1 is "<stripe dir k>/<pack name>.data-k.bin" (absolute path in
- * the manifest). Those are written as "<that>.tmp.<pid>" and renamed to their
- * final names (and their directories fsync'd) just before the pack directory
- * itself, so a kill leaves only *.tmp.* names and no manifest under the final
- * name. Layout: groups in file 0, routed experts round-robin over every file,
- * so the experts of one step are spread over all devices. */
+ * Layout: groups in file 0, routed experts round-robin over every data file
+ * (--split N, or --stripe over directories on other devices: see
+ * io/pack_files.c), so the experts of one step are spread over all devices. */
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
-#include <glob.h>
-#include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -34,159 +26,11 @@
 #include "base/base.h"
 #include "io/pack.h"
 #include "io/pack_internal.h"
+#include "io/pack_write_internal.h"
 
 #define FLUSH_WINDOW (64ull << 20)
 
-typedef struct wt_extent {
-    char *name;
-    st_pack_extent_kind kind;
-    int layer, expert, file;
-    int first, n;
-    uint64_t offset, length;
-    XXH3_state_t *hash;
-} wt_extent;
-
-typedef struct wt_tensor {
-    char *name;
-    st_sft_dtype dtype;
-    int ndim;
-    int64_t shape[ST_PACK_MAX_DIMS];
-    int extent;
-    uint64_t offset, nbytes, xxh3;
-} wt_tensor;
-
-typedef struct wt_file {
-    int fd;
-    char *path;       /* written here (inside the temporary directory, or "<final>.tmp.<pid>") */
-    char *final;      /* stripe files: the name it gets at finish (NULL: inside the pack directory) */
-    char *record;     /* the name in the manifest: "data-K.bin" or the absolute final path */
-    bool renamed;     /* final exists now (undo on a failed finish) */
-    uint64_t size;    /* planned */
-    uint64_t pos;     /* written */
-    uint64_t flushed; /* bytes handed to writeback and dropped from the cache */
-} wt_file;
-
-struct st_pack_writer {
-    char *dir, *tmp;
-    st_pack_writer_opts opts;
-    wt_extent *ext;
-    int n_ext, cap_ext;
-    wt_tensor *t;
-    int n_t, cap_t;
-    wt_file *files;
-    int n_files;
-    bool frozen;
-    int cur;               /* tensor receiving the next byte */
-    uint64_t cur_done;     /* its bytes written */
-    XXH3_state_t *thash;   /* current tensor's hash */
-    uint64_t data_written; /* tensor bytes written (for the fault hooks) */
-    uint64_t data_bytes;
-};
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(path);
-}
-
-static void rm_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static int fsync_path(const char *path, bool dir) {
-    int fd = open(path, (dir ? O_DIRECTORY : 0) | O_RDONLY);
-    if (fd < 0) return st_error(ST_ERR_IO, "%s: open for fsync: %s", path, strerror(errno));
-    int rc = fsync(fd) && errno != EINVAL ? st_error(ST_ERR_IO, "%s: fsync: %s", path, strerror(errno)) : 0;
-    close(fd);
-    return rc;
-}
-
-static char *parent_of(const char *path) {
-    char *p = strdup(path);
-    if (!p) return NULL;
-    size_t l = strlen(p);
-    while (l > 1 && p[l - 1] == '/') p[--l] = 0;
-    char *s = strrchr(p, '/');
-    if (!s) strcpy(p, ".");
-    else if (s == p) p[1] = 0;
-    else *s = 0;
-    return p;
-}
-
-/* "<dir>.tmp.<pid>" directories (and stripe files) of processes that no longer
- * run: leftovers of killed conversions. Removed, with a warning (a running
- * pid's is left alone). */
-static void remove_stale_tmp(const char *dir) {
-    char pat[4200];
-    if (snprintf(pat, sizeof pat, "%s.tmp.*", dir) >= (int)sizeof pat) return;
-    glob_t g;
-    if (glob(pat, GLOB_NOSORT | GLOB_NOESCAPE, NULL, &g)) return;
-    const size_t pl = strlen(pat) - 1;
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-        const char *suffix = g.gl_pathv[i] + pl;
-        char *end;
-        long pid = strtol(suffix, &end, 10);
-        struct stat sb;
-        if (!*suffix || *end || pid <= 0 || pid == (long)getpid() || lstat(g.gl_pathv[i], &sb) ||
-            !(S_ISDIR(sb.st_mode) || S_ISREG(sb.st_mode)))
-            continue;
-        if (kill((pid_t)pid, 0) && errno == ESRCH) {
-            ST_WARN("%s: removing the leftover of an interrupted conversion (process %ld is gone)", g.gl_pathv[i], pid);
-            rm_tree(g.gl_pathv[i]);
-        }
-    }
-    globfree(&g);
-}
-
-static char *dup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *dup_printf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (!s) return NULL;
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return s;
-}
-
-/* Paths of data file i: inside the temporary directory, or (stripes) in its
- * stripe directory, checked to be a directory and free of another file. */
-static int name_file(st_pack_writer *w, int i) {
-    wt_file *F = &w->files[i];
-    char nm[32];
-    snprintf(nm, sizeof nm, PK_DATA_NAME_FMT, i);
-    if (i == 0 || !w->opts.n_stripe_dirs) {
-        F->path = dup_printf("%s/%s", w->tmp, nm);
-        F->record = strdup(nm);
-        return F->path && F->record ? 0 : st_error(ST_ERR_NOMEM, "pack writer: out of memory");
-    }
-    const char *sd = w->opts.stripe_dirs[i - 1];
-    char real[PATH_MAX];
-    struct stat sb;
-    if (!sd || !realpath(sd, real) || stat(real, &sb))
-        return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_IO, "stripe directory %s: %s", sd ? sd : "(null)",
-                        strerror(errno));
-    if (!S_ISDIR(sb.st_mode)) return st_error(ST_ERR_INVALID, "stripe directory %s: not a directory", sd);
-    char *base = strdup(w->dir);
-    if (!base) return st_error(ST_ERR_NOMEM, "pack writer: out of memory");
-    size_t l = strlen(base);
-    while (l > 1 && base[l - 1] == '/') base[--l] = 0;
-    const char *slash = strrchr(base, '/');
-    F->final = dup_printf("%s/%s.%s", strcmp(real, "/") ? real : "", slash ? slash + 1 : base, nm);
-    free(base);
-    F->path = F->final ? dup_printf("%s.tmp.%ld", F->final, (long)getpid()) : NULL;
-    F->record = F->final ? strdup(F->final) : NULL;
-    if (!F->final || !F->path || !F->record) return st_error(ST_ERR_NOMEM, "pack writer: out of memory");
-    remove_stale_tmp(F->final);
-    for (int k = 1; k < i; k++)
-        if (!strcmp(w->files[k].final, F->final))
-            return st_error(ST_ERR_INVALID, "stripe directory %s given twice", sd);
-    if (!lstat(F->final, &sb) && !w->opts.force)
-        return st_error(ST_ERR_INVALID, "%s: already exists (a data file of another pack of this name? remove it, or --force to replace it)",
-                        F->final);
-    unlink(F->path); /* a leftover of an earlier process with our pid */
-    return 0;
-}
+/* the writer's state (struct st_pack_writer) is in io/pack_write_internal.h */
 
 int st_pack_writer_new(const char *dir, const st_pack_writer_opts *opts, st_pack_writer **out) {
     *out = NULL;
@@ -214,8 +58,8 @@ int st_pack_writer_new(const char *dir, const st_pack_writer_opts *opts, st_pack
         return st_error(ST_ERR_NOMEM, "pack writer: out of memory");
     }
     snprintf(w->tmp, tl, "%s.tmp.%ld", dir, (long)getpid());
-    rm_tree(w->tmp); /* a leftover of an earlier process with our pid */
-    remove_stale_tmp(dir);
+    pkw_rm_tree(w->tmp); /* a leftover of an earlier process with our pid */
+    pkw_remove_stale_tmp(dir);
     if (mkdir(w->tmp, 0755)) {
         int rc = st_error(ST_ERR_IO, "%s: cannot create: %s", w->tmp, strerror(errno));
         free(w->tmp);
@@ -231,7 +75,7 @@ int st_pack_writer_new(const char *dir, const st_pack_writer_opts *opts, st_pack
     }
     for (int i = 0; i < w->n_files; i++) w->files[i].fd = -1;
     int rc = 0;
-    for (int i = 0; i < w->n_files && !rc; i++) rc = name_file(w, i);
+    for (int i = 0; i < w->n_files && !rc; i++) rc = pkw_name_file(w, i);
     if (rc) {
         st_pack_writer_abort(w);
         return rc;
@@ -589,64 +433,8 @@ int st_pack_writer_finish(st_pack_writer *w) {
         else if (fsync(w->files[k].fd)) rc = st_error(ST_ERR_IO, "%s: data file %d: fsync: %s", w->files[k].path, k, strerror(errno));
     }
     if (!rc) rc = write_manifest(w);
-    if (!rc) rc = fsync_path(w->tmp, true);
-    char *old = NULL, **old_external = NULL;
-    int n_old_external = 0;
-    if (!rc) {
-        struct stat sb;
-        if (!stat(w->dir, &sb)) { /* --force: move the old one aside, then remove it (and its stripe files) */
-            st_pack *op;
-            if (!st_pack_open(w->dir, &op)) {
-                const size_t dl = strlen(w->dir);
-                old_external = calloc((size_t)st_pack_file_count(op), sizeof *old_external);
-                for (int f = 0; old_external && f < st_pack_file_count(op); f++) {
-                    const char *fp = st_pack_file_path(op, f);
-                    if (strncmp(fp, w->dir, dl) || fp[dl] != '/') old_external[n_old_external++] = strdup(fp);
-                }
-                st_pack_close(op);
-            }
-            old = dup_printf("%s.old.%ld", w->dir, (long)getpid());
-            if (!old) rc = st_error(ST_ERR_NOMEM, "pack writer: out of memory");
-            else if (rename(w->dir, old)) {
-                rc = st_error(ST_ERR_IO, "%s: cannot move aside: %s", w->dir, strerror(errno));
-                free(old);
-                old = NULL;
-            }
-        }
-    }
-    /* stripe files take their final names first: until the directory rename
-     * below there is no manifest under the final name, so nothing looks complete */
-    for (int k = 0; k < w->n_files && !rc; k++) {
-        wt_file *F = &w->files[k];
-        if (!F->final) continue;
-        if (rename(F->path, F->final)) rc = st_error(ST_ERR_IO, "%s: rename to %s: %s", F->path, F->final, strerror(errno));
-        else {
-            F->renamed = true;
-            char *parent = parent_of(F->final);
-            rc = parent ? fsync_path(parent, true) : st_error(ST_ERR_NOMEM, "pack writer: out of memory");
-            free(parent);
-        }
-    }
-    if (!rc && rename(w->tmp, w->dir)) rc = st_error(ST_ERR_IO, "%s: rename to %s: %s", w->tmp, w->dir, strerror(errno));
-    if (!rc) {
-        char *parent = parent_of(w->dir);
-        if (parent) rc = fsync_path(parent, true);
-        free(parent);
-        if (old) rm_tree(old);
-        for (int i = 0; i < n_old_external; i++) {
-            bool reused = false;
-            for (int k = 0; k < w->n_files && old_external[i]; k++) reused |= w->files[k].final && !strcmp(w->files[k].final, old_external[i]);
-            if (old_external[i] && !reused) unlink(old_external[i]);
-        }
-        free(w->tmp);
-        w->tmp = NULL; /* nothing left to remove */
-        for (int k = 0; k < w->n_files; k++) w->files[k].renamed = false; /* they belong to the pack now */
-    } else if (old && rename(old, w->dir)) {
-        ST_WARN("%s: could not restore the previous pack from %s: %s", w->dir, old, strerror(errno));
-    }
-    for (int i = 0; i < n_old_external; i++) free(old_external[i]);
-    free(old_external);
-    free(old);
+    if (!rc) rc = pkw_fsync_path(w->tmp, true);
+    if (!rc) rc = pkw_publish(w);
     st_pack_writer_abort(w);
     return rc;
 }
@@ -661,7 +449,7 @@ void st_pack_writer_abort(st_pack_writer *w) {
         free(F->final);
         free(F->record);
     }
-    if (w->tmp) rm_tree(w->tmp);
+    if (w->tmp) pkw_rm_tree(w->tmp);
     for (int i = 0; i < w->n_ext; i++) {
         free(w->ext[i].name);
         XXH3_freeState(w->ext[i].hash);
