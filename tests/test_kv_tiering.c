@@ -260,12 +260,49 @@ static void prefill_peak_memory_bounded_by_chunk(void **state) {
     assert_int_equal(system(args), 0);
 }
 
+/* bench longctx: one row per context with the entries the context implies
+ * (N / ratio, plus what the warm-up and decoded tokens added), with and
+ * without KV tiering; bad contexts refused. */
+static void bench_longctx_rows(void **state) {
+    (void)state;
+    char cmd[512];
+    int st;
+    for (int tiered = 0; tiered < 2; tiered++) {
+        snprintf(cmd, sizeof cmd, "%s bench longctx --model " FIX " --threads 2 --contexts 1K,8K --decode 2 %s", bin(),
+                 tiered ? "--kv-budget 384K" : "");
+        char *out = capture(cmd, &st);
+        assert_int_equal(st, 0);
+        assert_non_null(strstr(out, "bound"));
+        long long ctx, csa, idx, hca;
+        double toks, ratio;
+        const char *r = strstr(out, "\n     1024 ");
+        assert_non_null(r);
+        assert_int_equal(sscanf(r, "%lld %lf %lf %lld %lld %lld", &ctx, &toks, &ratio, &csa, &idx, &hca), 6);
+        assert_true(toks > 0 && ratio == 1.0);
+        /* tiny_a: CSA ratio 4, HCA ratio 7; 4 tokens decoded after the fill */
+        assert_int_equal(csa, (1024 + 4) / 4);
+        assert_int_equal(idx, csa);
+        assert_int_equal(hca, 1024 / 7 + (1024 % 7 + 4) / 7);
+        r = strstr(out, "\n     8192 ");
+        assert_non_null(r);
+        assert_int_equal(sscanf(r, "%lld %lf %lf %lld", &ctx, &toks, &ratio, &csa), 4);
+        assert_int_equal(csa, (8192 + 4) / 4);
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd, "%s bench longctx --model " FIX " --contexts 4K,abc 2>&1", bin());
+    char *out = capture(cmd, &st);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    assert_non_null(strstr(out, "abc"));
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(tiered_equals_resident),
         cmocka_unit_test(budget_too_small_fails_cleanly),
         cmocka_unit_test(cli_flags_identical_logits),
         cmocka_unit_test(prefill_peak_memory_bounded_by_chunk),
+        cmocka_unit_test(bench_longctx_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
