@@ -559,8 +559,9 @@ int bench_e2e_offload(int argc, char **argv) {
         const double nvme_s = b->off.ok ? b->off.read / steps_off / (nv.gbs * 1e9) : 0;
         const double floor_s = ST_MAX(0, nvme_s - compute_s);
         printf("  stall per token: %.1f ms on demand, %.1f ms with prefetch; physical floor max(0, NVMe %.1f ms - "
-               "compute %.1f ms) = %.1f ms -> halving the on-demand stall is %s on this disk\n", stall_off * 1e3,
-               stall_on * 1e3, nvme_s * 1e3, compute_s * 1e3, floor_s * 1e3,
+               "compute %.1f ms) = %.1f ms\n    (NVMe: the %.1f MB the on-demand run read per token at %.2f GB/s; compute: "
+               "a token of (a)) -> halving the on-demand stall is %s on this disk\n", stall_off * 1e3, stall_on * 1e3,
+               nvme_s * 1e3, compute_s * 1e3, floor_s * 1e3, b->off.ok ? b->off.read / steps_off / 1e6 : 0, nv.gbs,
                floor_s <= 0.5 * stall_off ? "reachable" : "NOT reachable");
         const bool g1 = b->off.ok && b->on.ok && stall_on <= 0.5 * stall_off;
         const double ratio = b->on.ok ? b->on.decode_tok_s / pl.tok_s : 0;
