@@ -400,7 +400,6 @@ static void print_row(const char *name, const run_result *r, double predicted, d
                r->read > 0 ? 100 * r->wasted / r->read : 0);
     else
         printf(" %7s %7s %6s %6s %7s %7s %7s", "-", "-", "-", "-", "-", "-", "-");
-    (void)steps;
     printf("   peak %s", mib(r->cg_peak ? r->cg_peak : r->peak_rss, (char[32]){0}, 32));
     printf(", disk %s, cached at start %s, %.0f s\n", mib(r->disk_bytes, (char[32]){0}, 32),
            mib(r->resident_at_start, (char[32]){0}, 32), r->wall_s);
@@ -469,8 +468,10 @@ int bench_e2e_offload(int argc, char **argv) {
     printf("NVMe read: %.2f GB/s (the checkpoint's expert extents, one %s read per expert, io_uring depth %d, %s, "
            "%llu reads in %.1f s)\n", nv.gbs, st_fmt_size(nv.block, b1, sizeof b1), NVME_DEPTH,
            nv.direct ? "O_DIRECT" : "BUFFERED: the page cache, not the disk", (unsigned long long)nv.reads, nv.seconds);
-    char ids[4096];
-    random_ids(mi.cfg.vocab_size, a.n_prompt, ids, sizeof ids);
+    const size_t ids_cap = (size_t)a.n_prompt * 12 + 16;
+    char *ids = malloc(ids_cap);
+    if (!ids) { model_info_close(&mi); return cli_fail("bench e2e", st_error(ST_ERR_NOMEM, "out of memory")); }
+    random_ids(mi.cfg.vocab_size, a.n_prompt, ids, ids_cap);
     printf("runs: strata run --ids <%d seeded ids> -n %d --json%s (greedy: every run routes the same experts), "
            "best of %d\n\n", a.n_prompt, a.n_decode, a.threads ? " --threads N" : "", a.reps);
     fflush(stdout);
@@ -478,7 +479,7 @@ int bench_e2e_offload(int argc, char **argv) {
     /* (a) all in DRAM, warm, in an unlimited cgroup measuring its own memory */
     uint64_t pre = 0;
     double tp = st_time_s();
-    if ((rc = bench_cache_preread(mi.paths, mi.n_files, &pre))) { model_info_close(&mi); return cli_fail("bench e2e", rc); }
+    if ((rc = bench_cache_preread(mi.paths, mi.n_files, &pre))) { free(ids); model_info_close(&mi); return cli_fail("bench e2e", rc); }
     tp = st_time_s() - tp;
     run_result all = {0};
     bench_memcg probe;
@@ -496,7 +497,7 @@ int bench_e2e_offload(int argc, char **argv) {
     const uint64_t headroom = a.headroom ? a.headroom : 64ull << 20;
 
     st_plan pl_all;
-    if ((rc = predict(&mi, UINT64_MAX, dram, nv.gbs * 1e9, &pl_all))) { model_info_close(&mi); return cli_fail("bench e2e", rc); }
+    if ((rc = predict(&mi, UINT64_MAX, dram, nv.gbs * 1e9, &pl_all))) { free(ids); model_info_close(&mi); return cli_fail("bench e2e", rc); }
     budget_runs br[MAX_BUDGETS];
     memset(br, 0, sizeof br);
     for (int i = 0; i < a.n_budgets; i++) {
@@ -591,6 +592,7 @@ int bench_e2e_offload(int argc, char **argv) {
            "(%.0f s; load average %.2f at the start, %.2f at the end: other work on the machine slows every run)\n",
            goal_stall ? "PASS" : "FAIL", goal_model ? "PASS" : "FAIL", any_mmap ? goal_mmap ? "PASS" : "FAIL" : "SKIP",
            st_time_s() - t_start, load0, load_average());
+    free(ids);
     model_info_close(&mi);
     return 0;
 }
