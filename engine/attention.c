@@ -517,7 +517,7 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     if (csa) {
         const int64_t ih = w->idx.n_heads, id = w->idx.head_dim;
         if (!ALLOC(b.iq, T * ih * id) || !ALLOC(b.iw, T * ih) || !ALLOC(b.ikv, T * icoff * id) ||
-            !ALLOC(b.isc, T * icoff * id) || !ALLOC(b.iscores, INDEX_GROUP * max_ivis) ||
+            !ALLOC(b.isc, T * icoff * id) || !ALLOC(b.iscores, ST_MIN(T, (int64_t)INDEX_GROUP) * max_ivis) ||
             !ALLOC(b.sel, T * w->idx.topk) || !ALLOC(b.n_idx, T) || !ALLOC(b.n_sel, T))
             goto oom;
         if (s->comp.pages && !ALLOC(b.paged, w->idx.topk)) goto oom;
