@@ -251,8 +251,9 @@ static void prefill_peak_memory_bounded_by_chunk(void **state) {
     print_message("peak RSS: %d tokens %ld KiB, %d tokens %ld KiB (KV +%ld KiB), chunk 4096: %ld KiB\n", N1, r1, N2,
                   r2, kv_growth, rc);
     assert_true(kv2 > kv1);
-    /* growth beyond the KV arrays (which grow by doubling: up to 2x) and the ids: under 1 MiB */
-    assert_true(r2 - r1 <= 2 * kv_growth + ids_kib + 1024);
+    /* growth beyond the KV and the ids: under 1.5 MiB (one F32 row of the model width per prompt
+     * token, 64 floats here, would add 2.3 MiB) */
+    assert_true(r2 - r1 <= kv_growth + ids_kib + 1536);
     /* the chunk's activations are what a bigger chunk adds */
     assert_true(rc > r2 + 256);
     free(ids);
