@@ -416,21 +416,18 @@ static void random_ids(int vocab, int n, char *out, size_t cap) {
 
 typedef struct budget_runs { run_result off, on, mmap; uint64_t cache, cg_limit; bool mmap_skipped; char skip[240]; } budget_runs;
 
-/* The best of a->reps cold runs (the checkpoint's pages dropped before each;
- * cg_limit > 0: each in a fresh memory cgroup of that limit). 0, or the cgroup's
- * error (nothing was run). */
+/* One cold run (the checkpoint's pages dropped first; cg_limit > 0: in a fresh
+ * memory cgroup of that limit), kept in *best when it is the first or faster.
+ * 0, or the cgroup's error (nothing was run). */
 static int run_cold(const off_args *a, const model_info *mi, const char *ids, uint64_t cache, bool prefetch_off,
-                    uint64_t cg_limit, run_result *best) {
-    memset(best, 0, sizeof *best);
-    for (int rep = 0; rep < a->reps; rep++) {
-        bench_memcg cg;
-        int rc = cg_limit ? bench_memcg_create("mmap", cg_limit, &cg) : 0;
-        if (rc) return rc;
-        run_result r = {.resident_at_start = bench_cache_drop(mi->paths, mi->n_files)};
-        run_child(a, ids, cache, prefetch_off, cg_limit ? &cg : NULL, &r);
-        if (cg_limit) bench_memcg_remove(&cg);
-        if (!rep || (r.ok && (!best->ok || r.decode_tok_s > best->decode_tok_s))) *best = r;
-    }
+                    uint64_t cg_limit, bool first, run_result *best) {
+    bench_memcg cg;
+    int rc = cg_limit ? bench_memcg_create("mmap", cg_limit, &cg) : 0;
+    if (rc) return rc;
+    run_result r = {.resident_at_start = bench_cache_drop(mi->paths, mi->n_files)};
+    run_child(a, ids, cache, prefetch_off, cg_limit ? &cg : NULL, &r);
+    if (cg_limit) bench_memcg_remove(&cg);
+    if (first || (r.ok && (!best->ok || r.decode_tok_s > best->decode_tok_s))) *best = r;
     return 0;
 }
 
@@ -504,14 +501,16 @@ int bench_e2e_offload(int argc, char **argv) {
         budget_runs *b = &br[i];
         b->cache = mi.routed / 100 * (uint64_t)a.budgets[i];
         fprintf(stderr, "e2e: budget %d%%: prefetch off, prefetch on%s...\n", a.budgets[i], a.no_mmap ? "" : ", mmap");
-        run_cold(&a, &mi, ids, b->cache, true, 0, &b->off);
-        run_cold(&a, &mi, ids, b->cache, false, 0, &b->on);
         b->cg_limit = mi.dense + b->cache + headroom;
-        if (a.no_mmap) { b->mmap_skipped = true; snprintf(b->skip, sizeof b->skip, "--no-mmap"); continue; }
-        if (run_cold(&a, &mi, ids, 0, false, b->cg_limit, &b->mmap)) {
-            b->mmap_skipped = true;
-            snprintf(b->skip, sizeof b->skip, "%s", st_last_error());
-            st_error_clear();
+        if (a.no_mmap) b->mmap_skipped = true, snprintf(b->skip, sizeof b->skip, "--no-mmap");
+        for (int rep = 0; rep < a.reps; rep++) { /* repetitions interleaved: a slow spell hits every configuration */
+            run_cold(&a, &mi, ids, b->cache, true, 0, !rep, &b->off);
+            run_cold(&a, &mi, ids, b->cache, false, 0, !rep, &b->on);
+            if (!b->mmap_skipped && run_cold(&a, &mi, ids, 0, false, b->cg_limit, !rep, &b->mmap)) {
+                b->mmap_skipped = true;
+                snprintf(b->skip, sizeof b->skip, "%s", st_last_error());
+                st_error_clear();
+            }
         }
     }
 
