@@ -24,7 +24,7 @@ int cmd_convert(int argc, char **argv) {
                "  --split N    spread the routed experts over N data files in PACK (round-robin)\n"
                "  --stripe DIR1[,DIR2...]\n"
                "               stripe over devices: data-0.bin (non-expert tensors and a share of the experts)\n"
-               "               stays in PACK, DIRk/<PACK name>.data-k.bin holds another share; routed experts\n"
+               "               stays in PACK, DIRk/<PACK name>.<id>.data-k.bin holds another share; routed experts\n"
                "               go round-robin over all files, so one step's expert reads hit every device.\n"
                "               The manifest records each file's absolute path (keep them in place).\n"
                "  --force      replace an existing PACK\n"
@@ -137,8 +137,10 @@ int cmd_inspect(int argc, char **argv) {
     if (rc) return cli_fail("inspect", rc);
     const st_pack_header *h = st_pack_get_header(p);
     char a[32], b[32];
-    printf("pack %s: format %u, %d data file%s, %s of data, %u-byte extents\n", path, h->version, st_pack_file_count(p),
+    printf("pack %s: format %u, %d data file%s, %s of data, %u-byte extents", path, h->version, st_pack_file_count(p),
            st_pack_file_count(p) == 1 ? "" : "s", st_fmt_size(h->data_bytes, a, sizeof a), h->alignment);
+    if (h->pack_id) printf(", id %016llx", (unsigned long long)h->pack_id);
+    printf("\n");
     st_config cfg;
     if (!st_config_load(path, &cfg)) {
         char d[512];

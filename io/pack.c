@@ -102,7 +102,7 @@ static int check_header(st_pack *p, uint64_t file_size) {
     return 0;
 }
 
-static int open_files(st_pack *p, const pk_file_rec *fr, const char *strings) {
+static int open_files(st_pack *p, const pk_file_rec *fr, const char *strings, bool names_only) {
     p->files = calloc(p->h.n_files, sizeof *p->files);
     if (!p->files) return st_error(ST_ERR_NOMEM, "pack: out of memory");
     for (uint32_t i = 0; i < p->h.n_files; i++) p->files[i].fd = -1;
@@ -122,6 +122,7 @@ static int open_files(st_pack *p, const pk_file_rec *fr, const char *strings) {
         if (!(f->path = malloc(l))) return st_error(ST_ERR_NOMEM, "pack: out of memory");
         if (external) snprintf(f->path, l, "%s", nm);
         else snprintf(f->path, l, "%s/%s", p->dir, nm);
+        if (names_only) continue;
         f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
         if (f->fd < 0)
             return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_IO, "%s: %s (data file %u of the pack %s)", f->path,
@@ -135,7 +136,7 @@ static int open_files(st_pack *p, const pk_file_rec *fr, const char *strings) {
         f->size = fr[i].size;
         total += f->size;
     }
-    if (total != p->h.data_bytes)
+    if (!names_only && total != p->h.data_bytes)
         return st_error(ST_ERR_FORMAT, "%s: data_bytes: header says %llu, the files sum to %llu", p->mpath,
                         (unsigned long long)p->h.data_bytes, (unsigned long long)total);
     return 0;
@@ -276,7 +277,7 @@ static int load_tensors(st_pack *p, const pk_tensor_rec *tr, const char *strings
     return 0;
 }
 
-int st_pack_open(const char *dir, st_pack **out) {
+static int pack_open(const char *dir, bool names_only, st_pack **out) {
     *out = NULL;
     st_pack *p = calloc(1, sizeof *p);
     if (!p) return st_error(ST_ERR_NOMEM, "pack: out of memory");
@@ -326,9 +327,9 @@ int st_pack_open(const char *dir, st_pack **out) {
             const char *strings = base + fb + eb + tb;
             if (p->h.strings_bytes == 0 || strings[p->h.strings_bytes - 1] != 0)
                 rc = st_error(ST_ERR_FORMAT, "%s: string area is empty or not NUL-terminated", p->mpath);
-            if (!rc) rc = open_files(p, fr, strings);
-            if (!rc) rc = load_extents(p, er, strings);
-            if (!rc) rc = load_tensors(p, tr, strings);
+            if (!rc) rc = open_files(p, fr, strings, names_only);
+            if (!rc && !names_only) rc = load_extents(p, er, strings);
+            if (!rc && !names_only) rc = load_tensors(p, tr, strings);
         }
         free(fr);
         free(er);
@@ -341,6 +342,9 @@ int st_pack_open(const char *dir, st_pack **out) {
     *out = p;
     return 0;
 }
+
+int st_pack_open(const char *dir, st_pack **out) { return pack_open(dir, false, out); }
+int pk_open_names(const char *dir, st_pack **out) { return pack_open(dir, true, out); }
 
 void st_pack_close(st_pack *p) {
     if (!p) return;

@@ -7,7 +7,9 @@
  *   PACK/data-K.bin      data files (one, or N with --split N)
  *   PACK/config.json, tokenizer files: copied from the source
  * A pack striped over devices (--stripe DIR1,DIR2,...) keeps data-0.bin in
- * PACK and has data file k >= 1 at DIRk/<name of PACK>.data-k.bin; the
+ * PACK and has data file k >= 1 at DIRk/<name of PACK>.<ID>.data-k.bin (ID:
+ * the low 32 bits of the header's pack_id in hex, so two packs of the same
+ * name striped into one directory never share or overwrite a file); the
  * manifest's file record then holds that absolute path (plain names are
  * relative to PACK). Groups are in file 0, routed experts round-robin over
  * all files (expert extent i in file i mod n_files).
@@ -63,7 +65,8 @@ typedef struct st_pack_header {
     uint32_t n_files, n_extents, n_tensors;
     uint64_t strings_bytes;
     uint64_t data_bytes;      /* sum of the data files' sizes */
-    uint64_t reserved[4];
+    uint64_t pack_id;         /* random, set at conversion (0: older packs); stripe file names carry it */
+    uint64_t reserved[3];
     uint64_t body_xxh3;       /* XXH3-64 of bytes [header_bytes, manifest_bytes) */
     uint64_t header_xxh3;     /* XXH3-64 of the header up to this field */
 } st_pack_header;
@@ -147,7 +150,7 @@ typedef struct st_pack_writer st_pack_writer;
 typedef struct st_pack_writer_opts {
     int n_files;           /* data files in the pack directory (>= 1; 0 means 1) */
     /* striping over devices: data file 0 in the pack directory plus one data
-     * file "<stripe_dirs[k]>/<pack name>.data-<k+1>.bin" per directory (n_files
+     * file "<stripe_dirs[k]>/<pack name>.<id>.data-<k+1>.bin" per directory (n_files
      * must then be 0 or 1); an existing file there is refused unless force */
     const char *const *stripe_dirs;
     int n_stripe_dirs;

@@ -6,7 +6,7 @@
  * final names (fsyncing their directories) and then the pack directory, whose
  * manifest is the only thing that makes a pack: a kill at any point leaves
  * nothing that opens as a pack. Striping: data file 0 stays in the pack
- * directory, data file k >= 1 is "<stripe dir k>/<pack name>.data-k.bin" and
+ * directory, data file k >= 1 is "<stripe dir k>/<pack name>.<id>.data-k.bin" and
  * the manifest records that absolute path. --force moves the old pack aside,
  * publishes, then removes the old directory and the old pack's stripe files
  * that the new one did not reuse. */
@@ -63,9 +63,10 @@ void pkw_remove_stale_tmp(const char *dir) {
     if (snprintf(pat, sizeof pat, "%s.tmp.*", dir) >= (int)sizeof pat) return;
     glob_t g;
     if (glob(pat, GLOB_NOSORT | GLOB_NOESCAPE, NULL, &g)) return;
-    const size_t pl = strlen(pat) - 1;
     for (size_t i = 0; i < g.gl_pathc; i++) {
-        const char *suffix = g.gl_pathv[i] + pl;
+        const char *suffix = g.gl_pathv[i];
+        for (const char *t; (t = strstr(suffix, ".tmp."));) suffix = t + 5; /* after the last ".tmp." */
+        if (suffix == g.gl_pathv[i]) continue;
         char *end;
         long pid = strtol(suffix, &end, 10);
         struct stat sb;
@@ -116,12 +117,16 @@ int pkw_name_file(st_pack_writer *w, int i) {
     size_t l = strlen(base);
     while (l > 1 && base[l - 1] == '/') base[--l] = 0;
     const char *slash = strrchr(base, '/');
-    F->final = pkw_dup_printf("%s/%s.%s", strcmp(real, "/") ? real : "", slash ? slash + 1 : base, nm);
+    F->final = pkw_dup_printf("%s/%s.%08x.%s", strcmp(real, "/") ? real : "", slash ? slash + 1 : base,
+                              (unsigned)(w->pack_id & 0xffffffffu), nm);
+    /* leftovers of killed conversions of this pack name (any id) in this directory */
+    char *stale = pkw_dup_printf("%s/%s.*.%s", strcmp(real, "/") ? real : "", slash ? slash + 1 : base, nm);
     free(base);
+    if (stale) pkw_remove_stale_tmp(stale);
+    free(stale);
     F->path = F->final ? pkw_dup_printf("%s.tmp.%ld", F->final, (long)getpid()) : NULL;
     F->record = F->final ? strdup(F->final) : NULL;
     if (!F->final || !F->path || !F->record) return st_error(ST_ERR_NOMEM, "pack writer: out of memory");
-    pkw_remove_stale_tmp(F->final);
     for (int k = 1; k < i; k++)
         if (!strcmp(w->files[k].final, F->final))
             return st_error(ST_ERR_INVALID, "stripe directory %s given twice", sd);
@@ -140,7 +145,7 @@ int pkw_publish(st_pack_writer *w) {
         struct stat sb;
         if (!stat(w->dir, &sb)) { /* --force: move the old one aside, then remove it (and its stripe files) */
             st_pack *op;
-            if (!st_pack_open(w->dir, &op)) {
+            if (!pk_open_names(w->dir, &op)) {
                 const size_t dl = strlen(w->dir);
                 old_external = calloc((size_t)st_pack_file_count(op), sizeof *old_external);
                 for (int f = 0; old_external && f < st_pack_file_count(op); f++) {

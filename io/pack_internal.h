@@ -35,6 +35,12 @@ _Static_assert(sizeof(pk_tensor_rec) == 104, "pack tensor record layout");
 /* Bytes of the header covered by header_xxh3. */
 #define PK_HEADER_HASHED offsetof(st_pack_header, header_xxh3)
 
+/* The manifest of `dir`, checked, with its data files' paths but nothing
+ * opened or checked against them (st_pack_file_count / st_pack_file_path only):
+ * the writer's --force uses it to find an old, possibly broken, pack's stripe
+ * files. Close with st_pack_close. */
+int pk_open_names(const char *dir, st_pack **out);
+
 /* "data-K.bin" */
 #define PK_DATA_NAME_FMT "data-%d.bin"
 

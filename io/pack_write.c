@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -74,6 +75,9 @@ int st_pack_writer_new(const char *dir, const st_pack_writer_opts *opts, st_pack
         return st_error(ST_ERR_NOMEM, "pack writer: out of memory");
     }
     for (int i = 0; i < w->n_files; i++) w->files[i].fd = -1;
+    if (getrandom(&w->pack_id, sizeof w->pack_id, 0) != (ssize_t)sizeof w->pack_id)
+        w->pack_id = st_time_ns() ^ ((uint64_t)getpid() << 32);
+    w->pack_id |= 1; /* never 0 (older packs) */
     int rc = 0;
     for (int i = 0; i < w->n_files && !rc; i++) rc = pkw_name_file(w, i);
     if (rc) {
@@ -378,7 +382,7 @@ static int write_manifest(st_pack_writer *w) {
     if (!rc && oom) rc = st_error(ST_ERR_NOMEM, "pack writer: out of memory");
     st_pack_header h = {.version = ST_PACK_VERSION, .header_bytes = sizeof h, .alignment = ST_PACK_ALIGN,
                         .n_files = (uint32_t)w->n_files, .n_extents = (uint32_t)w->n_ext, .n_tensors = (uint32_t)w->n_t,
-                        .strings_bytes = slen, .data_bytes = w->data_bytes};
+                        .strings_bytes = slen, .data_bytes = w->data_bytes, .pack_id = w->pack_id};
     memcpy(h.magic, ST_PACK_MAGIC, 8);
     h.manifest_bytes = sizeof h + fb + eb + tb + slen;
     char path[4200];

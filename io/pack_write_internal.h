@@ -54,6 +54,7 @@ struct st_pack_writer {
     XXH3_state_t *thash;   /* current tensor's hash */
     uint64_t data_written; /* tensor bytes written (for the fault hooks) */
     uint64_t data_bytes;
+    uint64_t pack_id;      /* random, non-zero: header pack_id and stripe file names */
 };
 
 void pkw_rm_tree(const char *path);

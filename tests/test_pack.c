@@ -14,6 +14,7 @@
 #include <cmocka.h>
 #include <cJSON.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -501,6 +502,13 @@ static float *stripe_logits(const char *path, const st_model_opts *extra, size_t
     return lg;
 }
 
+static int count_glob(const char *pattern) {
+    glob_t g;
+    int n = glob(pattern, 0, NULL, &g) ? 0 : (int)g.gl_pathc;
+    if (n) globfree(&g);
+    return n;
+}
+
 static int run_cmd(const char *cmd, char *out, size_t cap) {
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
@@ -522,16 +530,23 @@ static void striped_pack_bit_identical(void **s) {
     const char *dirs[] = {d1, d2};
     st_convert_opts o = {.quiet = true, .stripe_dirs = dirs, .n_stripe_dirs = 2};
     if (st_pack_convert(synth_dir, striped, &o, NULL)) fail_msg("striped convert: %s", st_last_error());
-    snprintf(f1, sizeof f1, "%s/st_striped.data-1.bin", d1);
-    snprintf(f2, sizeof f2, "%s/st_striped.data-2.bin", d2);
 
-    /* three files: groups in the pack directory, experts round-robin over all three */
+    /* three files: groups in the pack directory, experts round-robin over all
+     * three; stripe files named <pack>.<id>.data-K.bin, recorded absolute */
     st_pack *p;
     assert_int_equal(st_pack_open(striped, &p), 0);
     assert_int_equal(st_pack_file_count(p), 3);
-    assert_non_null(strstr(st_pack_file_path(p, 1), "nvme1/st_striped.data-1.bin"));
-    assert_true(st_pack_file_path(p, 1)[0] == '/'); /* recorded absolute */
-    assert_non_null(strstr(st_pack_file_path(p, 2), "nvme2/st_striped.data-2.bin"));
+    const uint64_t id = st_pack_get_header(p)->pack_id;
+    assert_true(id != 0);
+    char want1[300], want2[300];
+    snprintf(want1, sizeof want1, "nvme1/st_striped.%08x.data-1.bin", (unsigned)(id & 0xffffffffu));
+    snprintf(want2, sizeof want2, "nvme2/st_striped.%08x.data-2.bin", (unsigned)(id & 0xffffffffu));
+    assert_non_null(strstr(st_pack_file_path(p, 1), want1));
+    assert_non_null(strstr(st_pack_file_path(p, 2), want2));
+    assert_true(st_pack_file_path(p, 1)[0] == '/');
+    snprintf(f1, sizeof f1, "%s", st_pack_file_path(p, 1));
+    snprintf(f2, sizeof f2, "%s", st_pack_file_path(p, 2));
+    assert_true(exists(f1) && exists(f2));
     int experts_in[3] = {0}, k = 0;
     for (int i = 0; i < st_pack_extent_count(p); i++) {
         const st_pack_extent *e = st_pack_extent_at(p, i);
@@ -562,15 +577,17 @@ static void striped_pack_bit_identical(void **s) {
     free(res);
     free(str);
 
-    /* an existing stripe file is not overwritten without --force */
-    char other[256];
+    /* a pack of the same name elsewhere, striped into the same directories,
+     * gets its own files (the id in the name): both packs stay intact */
+    char other[256], od[256], pat[300];
     pack_path(other, sizeof other, "other/st_striped");
-    char od[256];
     pack_path(od, sizeof od, "other");
     assert_int_equal(mkdir(od, 0755), 0);
-    assert_int_equal(st_pack_convert(synth_dir, other, &o, NULL), ST_ERR_INVALID);
-    assert_non_null(strstr(st_last_error(), f1));
-    assert_false(exists(other));
+    assert_int_equal(st_pack_convert(synth_dir, other, &o, NULL), 0);
+    snprintf(pat, sizeof pat, "%s/st_striped.*.data-1.bin", d1);
+    assert_int_equal(count_glob(pat), 2);
+    assert_int_equal(open_status(other), 0);
+    assert_int_equal(open_status(striped), 0);
 
     /* a truncated or missing stripe file: refused, naming that file */
     struct stat sb;
@@ -591,11 +608,14 @@ static void striped_pack_bit_identical(void **s) {
     assert_int_equal(open_status(striped), ST_ERR_NOT_FOUND);
     assert_non_null(strstr(st_last_error(), f1));
 
-    /* --force replaces it; a kill mid-way leaves only temporary names, a
-     * failure leaves nothing */
+    /* --force replaces it and removes the old pack's remaining stripe file;
+     * a kill mid-way leaves only temporary names, a failure leaves nothing */
     o.force = true;
     assert_int_equal(st_pack_convert(synth_dir, striped, &o, NULL), 0);
     assert_int_equal(open_status(striped), 0);
+    assert_false(exists(f2));
+    snprintf(pat, sizeof pat, "%s/st_striped.*.data-2.bin", d2);
+    assert_int_equal(count_glob(pat), 2); /* the new pack's and the other pack's */
     char killed[256], tmpf[400];
     pack_path(killed, sizeof killed, "st_killed");
     pid_t pid = fork();
@@ -610,18 +630,18 @@ static void striped_pack_bit_identical(void **s) {
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     assert_false(exists(killed));
-    snprintf(f1, sizeof f1, "%s/st_killed.data-1.bin", d1);
-    assert_false(exists(f1));
-    snprintf(tmpf, sizeof tmpf, "%s.tmp.%d", f1, (int)pid);
-    assert_true(exists(tmpf));
+    snprintf(pat, sizeof pat, "%s/st_killed.*.data-1.bin", d1);
+    assert_int_equal(count_glob(pat), 0);
+    snprintf(tmpf, sizeof tmpf, "%s/st_killed.*.data-1.bin.tmp.%d", d1, (int)pid);
+    assert_int_equal(count_glob(tmpf), 1);
     st_convert_opts fo = o;
     fo.fault_fail_at = 60000;
     assert_int_equal(st_pack_convert(synth_dir, killed, &fo, NULL), ST_ERR_IO);
     assert_false(exists(killed));
-    assert_false(exists(f1));
-    assert_false(exists(tmpf)); /* the dead process's leftover was removed too */
-    snprintf(tmpf, sizeof tmpf, "%s.tmp.%d", f1, (int)getpid());
-    assert_false(exists(tmpf));
+    assert_int_equal(count_glob(pat), 0);
+    assert_int_equal(count_glob(tmpf), 0); /* the dead process's leftover was removed too */
+    snprintf(tmpf, sizeof tmpf, "%s/st_killed.*", d1);
+    assert_int_equal(count_glob(tmpf), 0);
 }
 
 /* `strata bench io PACK` reads exactly the pack's routed-expert extents (over
@@ -755,7 +775,7 @@ static void commands_as_a_user_runs_them(void **s) {
     assert_int_equal(run(cmd, out, sizeof out), 0);
     snprintf(cmd, sizeof cmd, "%s inspect %s --verify --quiet 2>&1", bin, spk);
     assert_int_equal(run(cmd, out, sizeof out), 0);
-    assert_non_null(strstr(out, "cli_striped.data-1.bin"));
+    assert_non_null(strstr(out, ".data-1.bin"));
     assert_non_null(strstr(out, "[stripe]"));
     assert_non_null(strstr(out, "in 2 data files match"));
 }
