@@ -585,6 +585,13 @@ int bench_e2e_offload(int argc, char **argv) {
             printf("  [SKIP] streaming beats mmap + page cache: %s\n", b->skip);
         }
     }
+    uint64_t warm_max = 0; /* pages a cold run found cached: another process maps the checkpoint */
+    for (int i = 0; i < a.n_budgets; i++)
+        warm_max = ST_MAX(warm_max, ST_MAX(br[i].off.resident_at_start, ST_MAX(br[i].on.resident_at_start, br[i].mmap.resident_at_start)));
+    if (warm_max > (64ull << 20))
+        printf("\nnote: up to %s of the checkpoint stayed in the page cache after the drop (another process maps it):\n"
+               "      those runs did not start cold, and the mmap run's pages beyond its cgroup were free to it\n",
+               mib(warm_max, b1, sizeof b1));
     printf("\ngoals over budgets");
     for (int i = 0; i < a.n_budgets; i++) printf("%s%d%%", i ? "," : " ", a.budgets[i]);
     printf(": [%s] prefetch halves the stall  [%s] >= 0.8 x cost model  [%s] streaming beats mmap\n"
