@@ -222,7 +222,10 @@ static void run_fio(const io_target *t, const st_io_stats *st, double seconds, i
     /* several files: one job, fio spreads the reads over them round-robin and
      * splits --size evenly, so each file's [offset, offset + fio_size) is read */
     snprintf(r->fio_cmd, sizeof r->fio_cmd,
-             "fio --name=strata-bench-io --filename='%s' --ioengine=io_uring --direct=1 --rw=randread --bs=%llu "
+             /* --readonly/--allow_file_create=0: a read job whose region passes a file's end makes
+              * fio lay the file out anew (it rewrote a checkpoint shard once); never on our files */
+             "fio --readonly --name=strata-bench-io --filename='%s' --allow_file_create=0 --ioengine=io_uring "
+             "--direct=1 --rw=randread --bs=%llu "
              "--iodepth=%d --offset=%llu --size=%llu --norandommap --randrepeat=0 --time_based --runtime=%dms%s%s "
              "--output-format=json",
              names, (unsigned long long)t->block, r->depth, (unsigned long long)t->fio_offset,
