@@ -22,6 +22,8 @@ typedef struct slot {
     bool prefetched;   /* loaded ahead of use ... */
     bool used;         /* ... and used since (wasted-bytes accounting) */
     bool wanted;       /* predicted for an upcoming use: evicted only when nothing else can be */
+    bool transient;    /* outside the kept subset (st_slot_cache_set_keep): evicted first */
+    uint32_t uses;     /* demand uses since it entered its slot */
 } slot;
 
 struct st_slot_cache {
@@ -38,6 +40,8 @@ struct st_slot_cache {
     int *free_list;        /* (n) slots that are EMPTY with no pins */
     int n_free;
     int n_wanted;          /* slots with wanted set */
+    int keep;              /* kept-subset target (0: off) */
+    int n_kept;            /* occupied slots (LOADING / RESIDENT) that are not transient */
     st_keymap index;       /* key -> slot, for every LOADING / RESIDENT slot */
     st_policy *policy;
     uint64_t tick;         /* logical clock: +1 per acquire / lookup / prefetch */
@@ -53,6 +57,10 @@ static bool evictable(void *ctx, int s) {
 
 static bool evictable_unwanted(void *ctx, int s) { return evictable(ctx, s) && !((st_slot_cache *)ctx)->slots[s].wanted; }
 
+static bool evictable_unwanted_transient(void *ctx, int s) {
+    return evictable_unwanted(ctx, s) && ((st_slot_cache *)ctx)->slots[s].transient;
+}
+
 /* Locked. Empties a slot that holds a key; it becomes free when unpinned. */
 static void drop_key(st_slot_cache *c, int s) {
     slot *sl = &c->slots[s];
@@ -62,6 +70,8 @@ static void drop_key(st_slot_cache *c, int s) {
         c->st.wasted_bytes += sl->bytes;
     }
     if (sl->wanted) { sl->wanted = false; c->n_wanted--; }
+    if (!sl->transient) c->n_kept--;
+    sl->transient = false;
     bool had = st_keymap_del(&c->index, sl->key);
     ST_ASSERT(had);
     c->policy->ops->remove(c->policy, s);
@@ -75,12 +85,21 @@ static int take_slot(st_slot_cache *c, uint64_t key, bool prefetched) {
     if (c->n_free > 0) {
         s = c->free_list[--c->n_free];
     } else {
-        /* the policy's choice among keys nobody predicted; a predicted one only for a demand
-         * load when nothing else is left (a prefetch never evicts a predicted key) */
-        s = c->policy->ops->victim(c->policy, c->n_wanted ? evictable_unwanted : evictable, c);
+        /* the policy's choice among keys nobody predicted (transient ones first when a kept
+         * subset is held; a prefetch never evicts a kept key then); a predicted one only for a
+         * demand load when nothing else is left (a prefetch never evicts a predicted key) */
+        /* (a subset above its target, e.g. right after the target was set, shrinks first, by the
+         * policy's order) */
+        s = -1;
+        bool protect = c->keep > 0 && c->n_kept <= c->keep;
+        if (protect) s = c->policy->ops->victim(c->policy, evictable_unwanted_transient, c);
+        if (s < 0 && !(prefetched && protect))
+            s = c->policy->ops->victim(c->policy, c->n_wanted ? evictable_unwanted : evictable, c);
         if (s < 0 && c->n_wanted && !prefetched) s = c->policy->ops->victim(c->policy, evictable, c);
         if (s < 0) return -1;
         if (c->slots[s].wanted) c->st.wanted_evictions++;
+        if (c->slots[s].transient) c->st.transient_evictions++;
+        else if (c->keep > 0) c->st.kept_evictions++;
         ST_ASSERT(s < c->n && evictable(c, s));
         drop_key(c, s);
         c->st.evictions++;
@@ -89,7 +108,10 @@ static int take_slot(st_slot_cache *c, uint64_t key, bool prefetched) {
     }
     slot *sl = &c->slots[s];
     ST_ASSERT(sl->state == ST_SLOT_EMPTY && sl->refs == 0);
-    *sl = (slot){.key = key, .state = ST_SLOT_LOADING, .prefetched = prefetched};
+    /* joins the kept subset while it has room (every key does when keep is off) */
+    bool transient = c->keep > 0 && c->n_kept >= c->keep;
+    *sl = (slot){.key = key, .state = ST_SLOT_LOADING, .prefetched = prefetched, .transient = transient};
+    if (!transient) c->n_kept++;
     /* The index was sized for n keys at creation: this never allocates. */
     int rc = st_keymap_put(&c->index, key, s);
     ST_ASSERT(rc == 0);
@@ -109,6 +131,11 @@ static int use_existing(st_slot_cache *c, int s) {
     sl->refs++;
     sl->used = true;
     if (sl->wanted) { sl->wanted = false; c->n_wanted--; } /* the prediction came true */
+    if (sl->uses++ > 0 && sl->transient && c->n_kept < c->keep) { /* used again: worth keeping */
+        sl->transient = false;
+        c->n_kept++;
+        c->st.promotions++;
+    }
     c->st.accesses++;
     c->policy->ops->access(c->policy, s, sl->key, c->tick);
     if (sl->state == ST_SLOT_RESIDENT) { c->st.hits++; return ST_SLOT_HIT; }
@@ -135,6 +162,7 @@ int st_slot_cache_acquire(st_slot_cache *c, uint64_t key, int *slot_out) {
         slot *sl = &c->slots[s];
         sl->refs = 1;
         sl->used = true;
+        sl->uses = 1;
         c->st.accesses++;
         c->st.misses++;
         c->policy->ops->access(c->policy, s, key, c->tick);
@@ -270,6 +298,17 @@ int st_slot_cache_evict(st_slot_cache *c, uint64_t key) {
     return 0;
 }
 
+void st_slot_cache_set_keep(st_slot_cache *c, int keep) {
+    pthread_mutex_lock(&c->mu);
+    c->keep = keep <= 0 ? 0 : ST_MIN(keep, c->n - 1);
+    if (!c->keep) { /* off: every key is ordinary again */
+        for (int i = 0; i < c->n; i++) c->slots[i].transient = false;
+        c->n_kept = 0;
+        for (int i = 0; i < c->n; i++) c->n_kept += c->slots[i].state != ST_SLOT_EMPTY;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
 int st_slot_cache_want(st_slot_cache *c, uint64_t key, bool wanted) {
     pthread_mutex_lock(&c->mu);
     const int64_t *found = st_keymap_find(&c->index, key);
@@ -309,6 +348,8 @@ void st_slot_cache_get_stats(st_slot_cache *c, st_slot_cache_stats *out) {
     *out = c->st;
     out->resident = out->loading = out->pinned = 0;
     out->wanted = c->n_wanted;
+    out->kept = c->n_kept;
+    out->keep = c->keep;
     for (int i = 0; i < c->n; i++) {
         out->resident += c->slots[i].state == ST_SLOT_RESIDENT;
         out->loading += c->slots[i].state == ST_SLOT_LOADING;

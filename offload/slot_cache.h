@@ -118,8 +118,12 @@ typedef struct st_slot_cache_stats {
     uint64_t wasted_loads;   /* prefetched, then evicted / failed / cancelled before any demand use */
     uint64_t wasted_bytes;   /* their bytes */
     uint64_t wanted_evictions; /* evictions of a wanted key (nothing else was evictable) */
+    uint64_t transient_evictions; /* evictions of a transient key (st_slot_cache_set_keep) */
+    uint64_t kept_evictions; /* evictions of a kept key while a keep target was set */
+    uint64_t promotions;     /* transient keys that a repeated use moved into the kept subset */
     int resident, loading, pinned; /* slots in each situation now */
     int wanted;              /* slots marked wanted now */
+    int kept, keep;          /* keys in the kept subset now; the target (0: off) */
 } st_slot_cache_stats;
 
 /* Bytes between consecutive slots: slot_bytes rounded up to 4096. */
@@ -169,6 +173,22 @@ int st_slot_cache_evict(st_slot_cache *c, uint64_t key);
  * lookup) and the key leaving its slot clear the mark. Returns ST_SLOT_HIT /
  * ST_SLOT_PENDING (cached, marked) or ST_SLOT_MISS (not cached: nothing done). */
 int st_slot_cache_want(st_slot_cache *c, uint64_t key, bool wanted);
+
+/* Scan resistance, for when one round of uses (e.g. a decode step of a large
+ * batch) names more keys than there are slots and LRU would evict every key
+ * before its next round. keep > 0: a key entering a slot joins the KEPT subset
+ * while it has fewer than `keep` members, otherwise it is TRANSIENT; a
+ * transient key used again (a demand use after its first) is promoted when
+ * the subset has room. Eviction then takes, in order: unwanted transient keys,
+ * unwanted kept keys (demand loads only: a prefetch never evicts a kept key),
+ * wanted keys (demand only, as above). So the kept subset stays resident round
+ * after round and keeps hitting while the rest streams through the other
+ * slots. keep <= 0 (the default): off, every key is ranked by the policy alone
+ * (keys are never transient). Changing keep never evicts anything; a subset
+ * larger than a new target (every key is kept while keep is off) shrinks
+ * first: while it is above the target, eviction is the policy's plain order
+ * (unwanted keys first). keep is clamped to slots - 1. */
+void st_slot_cache_set_keep(st_slot_cache *c, int keep);
 
 /* The slot's buffer (NULL with no_memory); stable for the cache's life. */
 void *st_slot_cache_buffer(const st_slot_cache *c, int slot);

@@ -2,7 +2,9 @@
  * checked), pinned and loading slots are never evicted, a full cache refuses
  * instead of allocating, misuse is an error (not a crash), failed loads reach
  * waiters, wasted prefetch bytes are counted, wanted (predicted) keys are
- * evicted last and never by a prefetch, the blocking get through a
+ * evicted last and never by a prefetch, a kept subset (scan resistance)
+ * survives rounds that name more keys than there are slots while LRU alone
+ * keeps nothing, the blocking get through a
  * transfer, and 4 threads hammering 8 slots never see another key's bytes. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -241,6 +243,103 @@ static void wanted_keys_evicted_last(void **state) {
     st_slot_cache_free(c);
 }
 
+/* One round uses keys base..base+n-1 once each, in order (acquire, load when
+ * absent, release): hits counted. */
+static int round_of_uses(st_slot_cache *c, uint64_t base, int n) {
+    int hits = 0;
+    for (int i = 0; i < n; i++) {
+        int s, r = st_slot_cache_acquire(c, base + (uint64_t)i, &s);
+        assert_true(r == ST_SLOT_HIT || r == ST_SLOT_LOAD);
+        if (r == ST_SLOT_LOAD) assert_int_equal(st_slot_cache_complete(c, s, 0, 4096), 0);
+        hits += r == ST_SLOT_HIT;
+        assert_int_equal(st_slot_cache_release(c, s), 0);
+    }
+    return hits;
+}
+
+/* 8 slots, rounds of the same 12 keys (a decode step of a large batch needing
+ * more experts than the cache holds): LRU evicts each key before its next
+ * round (0 hits), a kept subset of 5 hits on its 5 every round while the
+ * other 7 keys stream through the 3 transient slots. Kept keys are evicted
+ * after transient ones, never by a prefetch, and wanted marks still come
+ * last; keep 0 makes every key ordinary again. */
+static void kept_subset_survives_overflowing_rounds(void **state) {
+    (void)state;
+    st_slot_cache *c = make(8, 4096, NULL);
+    round_of_uses(c, 100, 12);
+    for (int r = 0; r < 3; r++) assert_int_equal(round_of_uses(c, 100, 12), 0); /* LRU: a cyclic scan never hits */
+    st_slot_cache_set_keep(c, 5);
+    st_slot_cache_stats st;
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.keep, 5);
+    assert_int_equal(st.kept, 8); /* setting a target evicts nothing: the subset shrinks by evictions */
+    /* above its target the subset shrinks in LRU order (104, 105, 106 go); 107..111 stay */
+    round_of_uses(c, 100, 12);
+    for (int r = 0; r < 4; r++) assert_int_equal(round_of_uses(c, 100, 12), 5);
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.kept, 5);
+    assert_true(st.transient_evictions >= 4 * 7);
+    for (uint64_t k = 107; k < 112; k++) assert_true(present(c, k)); /* the kept subset */
+    assert_true(present(c, 104) && present(c, 105) && present(c, 106)); /* the transient slots: the last 3 streamed */
+    /* a prefetch takes the LRU transient slot (104), never a kept one; with every transient key wanted it refuses */
+    int s;
+    assert_int_equal(st_slot_cache_prefetch(c, 500, &s), ST_SLOT_LOAD);
+    assert_int_equal(st_slot_cache_complete(c, s, 0, 4096), 0);
+    assert_false(present(c, 104));
+    for (uint64_t k = 107; k < 112; k++) assert_true(present(c, k));
+    const uint64_t transient[3] = {105, 106, 500};
+    for (int i = 0; i < 3; i++) assert_int_equal(st_slot_cache_want(c, transient[i], true), ST_SLOT_HIT);
+    assert_int_equal(st_slot_cache_prefetch(c, 501, &s), ST_ERR_BUDGET);
+    /* a demand load takes the LRU unwanted kept key (107) before any wanted transient one */
+    uint64_t before = st.kept_evictions;
+    assert_int_equal(st_slot_cache_release(c, load_pinned(c, 502)), 0);
+    assert_false(present(c, 107));
+    for (int i = 0; i < 3; i++) assert_true(present(c, transient[i]));
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.kept_evictions, before + 1);
+    assert_int_equal(st.wanted_evictions, 0);
+    /* keep 0: plain LRU among unwanted keys again, nothing transient */
+    st_slot_cache_set_keep(c, 0);
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.keep, 0);
+    assert_int_equal(st.kept, 8);
+    for (int i = 0; i < 8; i++) {
+        st_slot_state ss;
+        uint64_t k;
+        assert_int_equal(st_slot_cache_slot_info(c, i, &ss, &k, NULL), 0);
+        st_slot_cache_want(c, k, false);
+    }
+    assert_int_equal(st_slot_cache_prefetch(c, 503, &s), ST_SLOT_LOAD); /* the LRU key, transient before: 105 */
+    assert_int_equal(st_slot_cache_complete(c, s, 0, 4096), 0);
+    assert_false(present(c, 105));
+    st_slot_cache_free(c);
+}
+
+/* A transient key used again while the subset has room is promoted into it. */
+static void transient_key_used_again_is_promoted(void **state) {
+    (void)state;
+    st_slot_cache *c = make(4, 4096, NULL);
+    st_slot_cache_set_keep(c, 2);
+    assert_int_equal(round_of_uses(c, 1, 4), 0); /* 1, 2 kept; 3, 4 transient */
+    st_slot_cache_stats st;
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.kept, 2);
+    assert_int_equal(st_slot_cache_evict(c, 1), 0); /* room in the subset */
+    assert_int_equal(round_of_uses(c, 4, 1), 1);    /* 4 used again: promoted */
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.kept, 2);
+    assert_int_equal(st.promotions, 1);
+    assert_int_equal(round_of_uses(c, 3, 1), 1);    /* 3 used again, subset full: stays transient */
+    st_slot_cache_get_stats(c, &st);
+    assert_int_equal(st.promotions, 1);
+    /* two new keys: 10 takes the free slot (transient: the subset is full), 11 evicts the LRU
+     * transient key, 3, and never the kept 2 although it was used longer ago */
+    assert_int_equal(round_of_uses(c, 10, 2), 0);
+    assert_false(present(c, 3));
+    assert_true(present(c, 2) && present(c, 4) && present(c, 10) && present(c, 11));
+    st_slot_cache_free(c);
+}
+
 static void *complete_later(void *p) {
     completer *k = p;
     struct timespec ts = {0, 20 * 1000 * 1000};
@@ -400,6 +499,8 @@ int main(void) {
         cmocka_unit_test(wait_wakes_on_other_thread),
         cmocka_unit_test(wasted_prefetch_bytes),
         cmocka_unit_test(wanted_keys_evicted_last),
+        cmocka_unit_test(kept_subset_survives_overflowing_rounds),
+        cmocka_unit_test(transient_key_used_again_is_promoted),
         cmocka_unit_test(get_through_transfer),
         cmocka_unit_test(threads_hammer),
     };
