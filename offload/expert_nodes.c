@@ -273,6 +273,8 @@ void st_expert_nodes_get_stats(const st_expert_nodes *s, st_stream_stats *out) {
         out->span_bytes = ST_MAX(out->span_bytes, x.span_bytes);
         out->reads += x.reads;
         out->bytes_read += x.bytes_read;
+        out->wanted_evictions += x.wanted_evictions;
+        out->kept_evictions += x.kept_evictions;
         out->files += x.files;
         out->direct_files += x.direct_files;
     }

@@ -24,7 +24,13 @@
  *              end()               releases the pins, closes the layer's numbers
  * When a layer needs more experts than fit at once, they are served in groups
  * of at most (slots - 1, 64) in ascending id; later groups are requested with
- * the current deadline so they stream while the first ones compute.
+ * the current deadline so they stream while the first ones compute. begin
+ * marks the layer's cached experts wanted (st_slot_cache_want: evicted last),
+ * so the loads of its first groups do not evict what its later groups use.
+ * When a step needs more experts than there are slots (a large batch), half
+ * the slots hold a kept subset (st_slot_cache_set_keep) that survives from
+ * step to step, and the layer's groups (half the other slots each) stream
+ * through the rest.
  *
  * Threads: one owner thread (the engine's), like st_prefetch.
  */
@@ -80,6 +86,8 @@ typedef struct st_stream_stats {
     uint64_t expert_bytes;        /* bytes of one expert's tensors (the largest) */
     uint64_t span_bytes;          /* bytes read per expert (aligned spans, the largest) */
     uint64_t reads, bytes_read;   /* completed span reads */
+    uint64_t wanted_evictions;    /* slot cache: evictions of a wanted (predicted / needed) expert */
+    uint64_t kept_evictions;      /* slot cache: evictions from the kept subset (st_slot_cache_set_keep) */
     const char *io_backend;       /* "io_uring" or "pread" */
     int direct_files, files;
 } st_stream_stats;
