@@ -528,6 +528,9 @@ int cmd_run(int argc, char **argv) {
             cJSON_AddNumberToObject(ox, "bytes_read", (double)ss.bytes_read);
             cJSON_AddNumberToObject(ox, "predictions", (double)ss.pf.predictions);
             cJSON_AddNumberToObject(ox, "predictions_used", (double)ss.pf.predictions_used);
+            cJSON_AddNumberToObject(ox, "superseded", (double)ss.pf.superseded);
+            cJSON_AddNumberToObject(ox, "unneeded_in_flight", (double)ss.pf.unneeded_in_flight);
+            cJSON_AddNumberToObject(ox, "wanted_evictions", (double)ss.wanted_evictions);
             if (streamed) { /* the same counters over the decode loop only (the totals include the prefill) */
                 cJSON *dx = cJSON_AddObjectToObject(ox, "decode");
                 cJSON_AddNumberToObject(dx, "seconds", t2 - t1);
@@ -541,6 +544,10 @@ int cmd_run(int argc, char **argv) {
                 cJSON_AddNumberToObject(dx, "predictions", (double)(ss.pf.predictions - ss_prefill.pf.predictions));
                 cJSON_AddNumberToObject(dx, "predictions_used",
                                         (double)(ss.pf.predictions_used - ss_prefill.pf.predictions_used));
+                cJSON_AddNumberToObject(dx, "superseded", (double)(ss.pf.superseded - ss_prefill.pf.superseded));
+                cJSON_AddNumberToObject(dx, "unneeded_in_flight",
+                                        (double)(ss.pf.unneeded_in_flight - ss_prefill.pf.unneeded_in_flight));
+                cJSON_AddNumberToObject(dx, "wanted_evictions", (double)(ss.wanted_evictions - ss_prefill.wanted_evictions));
             }
         }
         char *txt = cJSON_PrintUnformatted(js);
