@@ -196,7 +196,11 @@ static void prefetch_statistics(void **state) {
     assert_int_equal(p->needs, p->hits + p->late + p->misses);
     assert_true(p->predictions_used <= p->predictions);
     assert_true(p->predictions > 0 && p->predictions_used > 0);
-    assert_true(p->hits > 0);
+    /* hit or late is the disk's timing (a read in flight at need is late); a prediction in use was
+     * queued, in flight or resident at need, so some need was served ahead of demand either way */
+    assert_true(p->hits + p->late > 0);
+    print_message("needs %llu: hits %llu, late %llu, misses %llu\n", (unsigned long long)p->needs,
+                  (unsigned long long)p->hits, (unsigned long long)p->late, (unsigned long long)p->misses);
     assert_true(ss.budget_peak <= ss.cache_bytes + 4096);
     const int n_layers = m->n_layers, n_hash = 1; /* tiny: the first layer routes by hash */
     assert_true(m->layers[0].moe.hash && !m->layers[1].moe.hash);
@@ -368,7 +372,8 @@ static void stream_serves_the_file_bytes(void **state) {
     st_expert_stream_step(s);
     int want0[] = {0, 2};
     assert_int_equal(st_expert_stream_request(s, 0, want0, 2), 0);
-    for (int i = 0; i < 5000; i++) {
+    /* until both reads are done: a busy shared disk can take seconds, more than the ~1 s of 5000 x 200 us polls */
+    for (const double t_end = st_time_s() + 60; st_time_s() < t_end;) {
         assert_int_equal(st_expert_stream_pump(s), 0);
         st_expert_stream_get_stats(s, &ss);
         if (!ss.pf.in_flight && !ss.pf.queued) break;
