@@ -44,10 +44,11 @@ static int run_hf(const char *tokenizer_json, const char *file, int repeat, doub
     FILE *sf = fdopen(fd, "w");
     fputs(HF_SCRIPT, sf);
     fclose(sf);
-    char cmd[8192];
+    char cmd[8192], err[sizeof script + 8]; /* python's stderr, named after the script: runs at once don't share it */
+    snprintf(err, sizeof err, "%s.err", script);
     snprintf(cmd, sizeof cmd,
-             "TOKENIZERS_PARALLELISM=false RAYON_NUM_THREADS=1 python3 '%s' '%s' '%s' %d 2>/tmp/strata_bench_tok_err.txt",
-             script, tokenizer_json, file, repeat);
+             "TOKENIZERS_PARALLELISM=false RAYON_NUM_THREADS=1 python3 '%s' '%s' '%s' %d 2>'%s'",
+             script, tokenizer_json, file, repeat, err);
     FILE *p = popen(cmd, "r");
     int ok = 0;
     if (p) {
@@ -57,10 +58,10 @@ static int run_hf(const char *tokenizer_json, const char *file, int repeat, doub
     }
     unlink(script);
     if (!ok) {
-        snprintf(why, why_len, "python3 with the `tokenizers` package did not run (see /tmp/strata_bench_tok_err.txt)");
+        snprintf(why, why_len, "python3 with the `tokenizers` package did not run (see %s)", err);
         return -1;
     }
-    unlink("/tmp/strata_bench_tok_err.txt");
+    unlink(err);
     return 0;
 }
 
