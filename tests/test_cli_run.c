@@ -13,56 +13,33 @@
 
 #include "base/base.h"
 #include "engine/synth.h"
+#include "util.h"
 
 static char model_dir[64];
 static const char *bin;
 
-static int run_cmd(const char *cmd, char **out) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += got;
-        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = 0;
-    int st = pclose(p);
-    *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int setup(void **state) {
     (void)state;
-    bin = getenv("STRATA_BIN");
-    if (!bin) bin = "build/strata";
-    snprintf(model_dir, sizeof model_dir, "/tmp/strata-run-XXXXXX");
-    if (!mkdtemp(model_dir)) return -1;
+    bin = tu_strata_bin();
+    if (tu_tmpdir(model_dir, sizeof model_dir, "/tmp/strata-run-XXXXXX")) return -1;
     /* tiny's shapes with the real vocabulary so the V4 tokenizer fits */
     st_synth_preset p = *st_synth_find("tiny");
     p.vocab = 129280;
     p.with_tokenizer = true;
     char dir[128];
     snprintf(dir, sizeof dir, "%s/m", model_dir);
-    if (st_synth_write(&p, dir, 5, "tests/data/tokenizer", true)) {
-        fprintf(stderr, "synth: %s\n", st_last_error());
-        return -1;
-    }
-    return 0;
+    return tu_synth(&p, dir, 5, "tests/data/tokenizer") ? -1 : 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", model_dir);
-    return system(cmd);
+    return tu_rmtree(model_dir);
 }
 
 static cJSON *run_json(const char *args) {
     char cmd[1024], *out;
     snprintf(cmd, sizeof cmd, "%s run --model %s/m %s --json --threads 1", bin, model_dir, args);
-    assert_int_equal(run_cmd(cmd, &out), 0);
+    assert_int_equal(tu_run(cmd, &out), 0);
     cJSON *j = cJSON_Parse(out);
     if (!j) fail_msg("not JSON: %s", out);
     free(out);
@@ -95,9 +72,9 @@ static void prompt_from_stdin_equals_argument(void **state) {
     (void)state;
     char cmd[1024], *a, *b;
     snprintf(cmd, sizeof cmd, "printf 'Tell me a story' | %s run --model %s/m --prompt - -n 4 --json --threads 1", bin, model_dir);
-    assert_int_equal(run_cmd(cmd, &a), 0);
+    assert_int_equal(tu_run(cmd, &a), 0);
     snprintf(cmd, sizeof cmd, "%s run --model %s/m --prompt 'Tell me a story' -n 4 --json --threads 1", bin, model_dir);
-    assert_int_equal(run_cmd(cmd, &b), 0);
+    assert_int_equal(tu_run(cmd, &b), 0);
     cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b);
     assert_true(cJSON_Compare(cJSON_GetObjectItem(ja, "generated"), cJSON_GetObjectItem(jb, "generated"), 1));
     cJSON_Delete(ja);
@@ -110,29 +87,29 @@ static void human_output_and_errors(void **state) {
     (void)state;
     char cmd[1024], *out;
     snprintf(cmd, sizeof cmd, "%s run --model %s/m --prompt 'Hi' -n 3 --threads 1", bin, model_dir);
-    assert_int_equal(run_cmd(cmd, &out), 0);
+    assert_int_equal(tu_run(cmd, &out), 0);
     assert_non_null(strstr(out, "tok/s"));
     free(out);
     snprintf(cmd, sizeof cmd, "%s run --model %s/m 2>&1", bin, model_dir);
-    assert_int_equal(run_cmd(cmd, &out), 2);
+    assert_int_equal(tu_run(cmd, &out), 2);
     assert_non_null(strstr(out, "--prompt"));
     free(out);
     snprintf(cmd, sizeof cmd, "%s run --model /nonexistent --prompt x 2>&1", bin);
-    assert_int_equal(run_cmd(cmd, &out), 1);
+    assert_int_equal(tu_run(cmd, &out), 1);
     assert_non_null(strstr(out, "/nonexistent"));
     free(out);
     snprintf(cmd, sizeof cmd, "%s logits --model %s/m --ids 1,2,banana 2>&1", bin, model_dir);
-    assert_int_equal(run_cmd(cmd, &out), 1);
+    assert_int_equal(tu_run(cmd, &out), 1);
     assert_non_null(strstr(out, "--ids"));
     free(out);
     snprintf(cmd, sizeof cmd, "%s logits --model %s/m --ids 1,2,999999 2>&1", bin, model_dir);
-    assert_int_equal(run_cmd(cmd, &out), 1);
+    assert_int_equal(tu_run(cmd, &out), 1);
     assert_non_null(strstr(out, "vocabulary"));
     free(out);
     const char *cmds[] = {"run", "logits", "synth"};
     for (size_t i = 0; i < 3; i++) {
         snprintf(cmd, sizeof cmd, "%s %s --help", bin, cmds[i]);
-        assert_int_equal(run_cmd(cmd, &out), 0);
+        assert_int_equal(tu_run(cmd, &out), 0);
         assert_non_null(strstr(out, "usage"));
         free(out);
     }
@@ -142,7 +119,7 @@ static void logits_json_shape(void **state) {
     (void)state;
     char cmd[1024], *out;
     snprintf(cmd, sizeof cmd, "%s logits --model %s/m --ids 5,6,7 --json --threads 1", bin, model_dir);
-    assert_int_equal(run_cmd(cmd, &out), 0);
+    assert_int_equal(tu_run(cmd, &out), 0);
     cJSON *j = cJSON_Parse(out);
     assert_non_null(j);
     assert_int_equal((int)cJSON_GetObjectItem(j, "n_vocab")->valuedouble, 129280);
@@ -160,7 +137,7 @@ static void chat_session(void **state) {
     snprintf(cmd, sizeof cmd,
              "printf 'Hello\\n/stats\\nAnd then?\\n/stats\\n/think max\\n/reset\\n/stats\\n/nope\\n' | "
              "%s chat --model %s/m -n 4 --seed 3 --threads 1", bin, model_dir);
-    assert_int_equal(run_cmd(cmd, &out), 0);
+    assert_int_equal(tu_run(cmd, &out), 0);
     long pf1, ctx1, pf2, ctx2;
     char *st1 = strstr(out, "[prefill "), *st2 = st1 ? strstr(st1 + 1, "[prefill ") : NULL;
     assert_non_null(st1);
