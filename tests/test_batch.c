@@ -18,29 +18,26 @@
 
 #include "base/base.h"
 #include "engine/synth.h"
+#include "util.h"
 
 static char dir[64];
 static const char *bin;
 
 static int setup(void **state) {
     (void)state;
-    bin = getenv("STRATA_BIN");
-    if (!bin) bin = "build/strata";
-    snprintf(dir, sizeof dir, "/tmp/strata-batch-XXXXXX");
-    if (!mkdtemp(dir)) return -1;
+    bin = tu_strata_bin();
+    if (tu_tmpdir(dir, sizeof dir, "/tmp/strata-batch-XXXXXX")) return -1;
     st_synth_preset p = *st_synth_find("tiny");
     p.vocab = 129280;
     p.with_tokenizer = true;
     char m[128];
     snprintf(m, sizeof m, "%s/m", dir);
-    return st_synth_write(&p, m, 9, "tests/data/tokenizer", true);
+    return tu_synth(&p, m, 9, "tests/data/tokenizer");
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd);
+    return tu_rmtree(dir);
 }
 
 static void write_input(const char *path, int n) {
