@@ -20,27 +20,21 @@
 #include "base/base.h"
 #include "bench/memcg.h"
 #include "engine/synth.h"
+#include "util.h"
 
 static char dir[64];
 
 static int setup(void **state) {
     (void)state;
-    snprintf(dir, sizeof dir, "/tmp/strata-bench-e2e-XXXXXX");
-    if (!mkdtemp(dir)) return -1;
+    if (tu_tmpdir(dir, sizeof dir, "/tmp/strata-bench-e2e-XXXXXX")) return -1;
     char m[128];
     snprintf(m, sizeof m, "%s/m", dir);
-    if (st_synth_write(st_synth_find("tiny"), m, 3, NULL, true)) {
-        fprintf(stderr, "synth: %s\n", st_last_error());
-        return -1;
-    }
-    return 0;
+    return tu_synth(st_synth_find("tiny"), m, 3, NULL) ? -1 : 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd);
+    return tu_rmtree(dir);
 }
 
 /* A child that joins g and touches `mib` MiB of anonymous memory; its wait status. */
@@ -113,21 +107,6 @@ static void page_cache_drop_and_preread(void **state) {
     assert_non_null(strstr(st_last_error(), "/nonexistent/strata"));
 }
 
-static int run_cmd(const char *cmd, char **out) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, len = 0, got;
-    char *buf = malloc(cap);
-    while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += got;
-        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = 0;
-    int st = pclose(p);
-    *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int count(const char *s, const char *needle) {
     int n = 0;
     for (const char *p = s; (p = strstr(p, needle)); p += strlen(needle)) n++;
@@ -147,7 +126,7 @@ static void bench_runs_every_configuration(void **state) {
     char cmd[512], *out = NULL;
     snprintf(cmd, sizeof cmd, "%s bench e2e --model %s/m -n 6 --prompt 4 --budgets 25,50 --nvme-seconds 0.2 2>&1",
              bin ? bin : "build/strata", dir);
-    int rc = run_cmd(cmd, &out);
+    int rc = tu_run(cmd, &out);
     if (rc) fprintf(stderr, "%s\n", out);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "DRAM read: "));
@@ -174,7 +153,7 @@ static void bench_runs_every_configuration(void **state) {
     free(out);
     /* usage errors */
     snprintf(cmd, sizeof cmd, "%s bench e2e --model %s/m --budgets 0,120 2>&1", bin ? bin : "build/strata", dir);
-    assert_int_equal(run_cmd(cmd, &out), 2);
+    assert_int_equal(tu_run(cmd, &out), 2);
     assert_non_null(strstr(out, "--budgets"));
     free(out);
 }
