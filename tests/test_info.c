@@ -19,6 +19,7 @@
 #include "base/base.h"
 #include "io/uring_probe.h"
 #include "kernels/gpu.h"
+#include "util.h"
 
 static char strata_bin[PATH_MAX];
 
@@ -40,24 +41,7 @@ static void find_strata(void) {
 static int run_strata(const char *args, char **out) {
     char cmd[PATH_MAX + 256];
     snprintf(cmd, sizeof cmd, "'%s' %s 2>/dev/null", strata_bin, args);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    size_t got;
-    while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += got;
-        if (cap - len < 4096) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    buf[len] = 0;
-    int status = pclose(p);
-    *out = buf;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return tu_run(cmd, out);
 }
 
 static const cJSON *item(const cJSON *o, const char *key) {
