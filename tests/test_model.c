@@ -18,6 +18,7 @@
 #include "engine/fidelity.h"
 #include "engine/model.h"
 #include "engine/synth.h"
+#include "util.h"
 
 #define FIXTURES "tests/data/fixtures"
 
@@ -71,11 +72,8 @@ static void fixture_free(fixture *f) {
 }
 
 static st_model *load(const char *dir, st_numerics num, int64_t chunk) {
-    st_model_opts o = {.numerics = num, .threads = 2, .chunk = chunk, .quiet = true};
-    st_model *m = NULL;
-    int rc = st_model_load(dir, &o, &m);
-    if (rc) fail_msg("loading %s: %s", dir, st_last_error());
-    return m;
+    st_model_opts o = {.numerics = num, .chunk = chunk};
+    return tu_load(dir, &o, 2);
 }
 
 static float *run_all(st_model *m, const int32_t *ids, int64_t T) {
@@ -202,12 +200,6 @@ static char *tmpdir(void) {
     return d;
 }
 
-static void rm_rf(const char *d) {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
-    assert_int_equal(system(cmd), 0);
-}
-
 static int files_equal(const char *a, const char *b) {
     char *x, *y;
     size_t lx, ly;
@@ -247,7 +239,7 @@ static void synth_is_deterministic_and_runs(void **state) {
     assert_true(mx - mn > 1.0 && mx - mn < 100.0); /* sane, not flat, not exploding */
     free(lg);
     st_model_free(m);
-    rm_rf(d);
+    assert_int_equal(tu_rmtree(d), 0);
     free(d);
 }
 
@@ -270,7 +262,7 @@ static void broken_checkpoints_are_refused(void **state) {
     assert_true(strlen(st_last_error()) > 10);
     /* no config at all */
     assert_int_not_equal(st_model_load("/nonexistent/strata", &o, &m), 0);
-    rm_rf(d);
+    assert_int_equal(tu_rmtree(d), 0);
     free(d);
 }
 
