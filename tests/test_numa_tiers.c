@@ -27,6 +27,7 @@
 #include "engine/model_stream.h"
 #include "engine/synth.h"
 #include "offload/expert_nodes.h"
+#include "util.h"
 
 #define TWO_NODES "pack:2 [numa(memory=8GB)] core:1 pu:1"
 #define TWO_NODES_2C "pack:2 [numa(memory=8GB)] core:2 pu:1"
@@ -35,21 +36,14 @@ static char tmp[128], tiny[200];
 
 static int setup(void **state) {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/var/tmp/strata-numa-XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    if (tu_tmpdir(tmp, sizeof tmp, "/var/tmp/strata-numa-XXXXXX")) return -1;
     snprintf(tiny, sizeof tiny, "%s/tiny", tmp);
-    if (st_synth_write(st_synth_find("tiny"), tiny, 11, NULL, true)) {
-        fprintf(stderr, "setup: %s\n", st_last_error());
-        return -1;
-    }
-    return 0;
+    return tu_synth(st_synth_find("tiny"), tiny, 11, NULL) ? -1 : 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    return system(cmd);
+    return tu_rmtree(tmp);
 }
 
 /* ---- pool teams -------------------------------------------------------------------------- */
@@ -241,14 +235,7 @@ static void team_observer(void *ctx, int team, int thread) {
     pthread_mutex_unlock(&rec.mu);
 }
 
-static st_model *load(const st_model_opts *extra, int threads) {
-    st_model_opts o = extra ? *extra : (st_model_opts){0};
-    o.threads = threads;
-    o.quiet = true;
-    st_model *m;
-    if (st_model_load(tiny, &o, &m)) fail_msg("load %s: %s", tiny, st_last_error());
-    return m;
-}
+static st_model *load(const st_model_opts *extra, int threads) { return tu_load(tiny, extra, threads); }
 
 static float *run(st_model *m, int n, int decode) {
     int32_t ids[64];
