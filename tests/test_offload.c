@@ -27,6 +27,7 @@
 #include "engine/tensor_names.h"
 #include "offload/plan.h"
 #include "offload/trace.h"
+#include "util.h"
 
 static char tmp[128], tiny[200], tiny_pack[200], mini[200];
 static const char *bin;
@@ -34,11 +35,9 @@ static bool asan;
 
 static int setup(void **state) {
     (void)state;
-    bin = getenv("STRATA_BIN");
-    if (!bin) bin = "build/strata";
+    bin = tu_strata_bin();
     asan = getenv("STRATA_ASAN") != NULL;
-    snprintf(tmp, sizeof tmp, "/var/tmp/strata-offload-XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    if (tu_tmpdir(tmp, sizeof tmp, "/var/tmp/strata-offload-XXXXXX")) return -1;
     snprintf(tiny, sizeof tiny, "%s/tiny", tmp);
     snprintf(tiny_pack, sizeof tiny_pack, "%s/tiny.pack", tmp);
     snprintf(mini, sizeof mini, "%s/mini", tmp);
@@ -52,20 +51,10 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    return system(cmd);
+    return tu_rmtree(tmp);
 }
 
-static st_model *load(const char *path, const st_model_opts *extra) {
-    st_model_opts o = extra ? *extra : (st_model_opts){0};
-    o.threads = 2;
-    o.quiet = true;
-    st_model *m;
-    int rc = st_model_load(path, &o, &m);
-    if (rc) fail_msg("load %s: %s", path, st_last_error());
-    return m;
-}
+static st_model *load(const char *path, const st_model_opts *extra) { return tu_load(path, extra, 2); }
 
 /* Prefill of n tokens (all positions) then `decode` single tokens; every logit
  * of every step into one array. */
@@ -231,16 +220,12 @@ static void prefetch_statistics(void **state) {
     free(r);
 
     /* the bench replays the file */
-    char cmd[600], out[4096];
+    char cmd[600], *out;
     /* leaks of the bench itself are its suite's business (test_trace), not this replay's */
     snprintf(cmd, sizeof cmd, "ASAN_OPTIONS=detect_leaks=0 %s bench policies --trace %s 2>&1", bin, trace);
-    FILE *pp = popen(cmd, "r");
-    assert_non_null(pp);
-    size_t got = fread(out, 1, sizeof out - 1, pp);
-    out[got] = 0;
-    int st = pclose(pp);
-    if (!WIFEXITED(st) || WEXITSTATUS(st)) fail_msg("%s: %s", cmd, out);
+    if (tu_run(cmd, &out)) fail_msg("%s: %s", cmd, out);
     assert_non_null(strstr(out, "lru"));
+    free(out);
 }
 
 static void prefetch_off_counts_no_predictions(void **state) {
