@@ -35,6 +35,7 @@
 #include "io/pack.h"
 #include "io/pack_internal.h"
 #include "io/uring.h"
+#include "util.h"
 
 #define FIX "tests/data/fixtures"
 
@@ -60,23 +61,15 @@ static bool exists(const char *p) {
 
 static int setup(void **state) {
     (void)state;
-    bin = getenv("STRATA_BIN");
-    if (!bin) bin = "build/strata";
-    snprintf(tmp, sizeof tmp, "/tmp/strata-pack-XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    bin = tu_strata_bin();
+    if (tu_tmpdir(tmp, sizeof tmp, "/tmp/strata-pack-XXXXXX")) return -1;
     snprintf(synth_dir, sizeof synth_dir, "%s/synth_tiny", tmp);
-    if (st_synth_write(st_synth_find("tiny"), synth_dir, 3, NULL, true)) {
-        fprintf(stderr, "synth: %s\n", st_last_error());
-        return -1;
-    }
-    return 0;
+    return tu_synth(st_synth_find("tiny"), synth_dir, 3, NULL) ? -1 : 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    return system(cmd) ? -1 : 0;
+    return tu_rmtree(tmp);
 }
 
 /* Every canonical tensor of the source (specs, scales, MTP) is in the pack
@@ -509,12 +502,13 @@ static int count_glob(const char *pattern) {
     return n;
 }
 
-static int run_cmd(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    return pclose(p);
+/* tu_run into the caller's buffer (some checks compare two commands' outputs); the exit code */
+static int run(const char *cmd, char *out, size_t cap) {
+    char *all;
+    int code = tu_run(cmd, &all);
+    snprintf(out, cap, "%s", all);
+    free(all);
+    return code;
 }
 
 static void striped_pack_bit_identical(void **s) {
@@ -692,7 +686,7 @@ static void bench_io_reads_the_packs_own_extents(void **s) {
     static char out[1 << 16];
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "%s bench io %s --no-fio --depths 1,4 --seconds 0.2 --rounds 1 --json 2>&1", bin, striped);
-    assert_int_equal(run_cmd(cmd, out, sizeof out), 0);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
     cJSON *root = cJSON_Parse(out);
     assert_non_null(root);
     assert_string_equal(cJSON_GetObjectItem(root, "kind")->valuestring, "pack");
@@ -704,14 +698,6 @@ static void bench_io_reads_the_packs_own_extents(void **s) {
 }
 
 /* ---- the commands ---- */
-
-static int run(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    return pclose(p);
-}
 
 static void commands_as_a_user_runs_them(void **s) {
     (void)s;
@@ -725,10 +711,10 @@ static void commands_as_a_user_runs_them(void **s) {
     assert_int_equal(run(cmd, out, sizeof out), 0);
     assert_non_null(strstr(out, "--verify"));
     snprintf(cmd, sizeof cmd, "%s convert --model %s 2>&1", bin, synth_dir);
-    assert_int_equal(WEXITSTATUS(run(cmd, out, sizeof out)), 2);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
     assert_non_null(strstr(out, "--out"));
     snprintf(cmd, sizeof cmd, "%s inspect 2>&1", bin);
-    assert_int_equal(WEXITSTATUS(run(cmd, out, sizeof out)), 2);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
     /* killed mid-way through the environment hook: no pack */
     snprintf(cmd, sizeof cmd, "STRATA_PACK_FAULT=kill@30000 %s convert --model %s --out %s 2>&1", bin, synth_dir, pk);
     assert_int_not_equal(run(cmd, out, sizeof out), 0);
@@ -757,7 +743,7 @@ static void commands_as_a_user_runs_them(void **s) {
     flip_byte(st_pack_file_path(p, t->file), t->offset + 3);
     st_pack_close(p);
     snprintf(cmd, sizeof cmd, "%s inspect %s --verify 2>&1", bin, pk);
-    assert_int_equal(WEXITSTATUS(run(cmd, out, sizeof out)), 1);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
     assert_non_null(strstr(out, "layers.0.attn.wq_b.weight"));
     /* striped over two directories from the command line; inspect lists and verifies every file */
     char sd[256], spk[256];
@@ -765,7 +751,7 @@ static void commands_as_a_user_runs_them(void **s) {
     pack_path(spk, sizeof spk, "cli_striped");
     assert_int_equal(mkdir(sd, 0755), 0);
     snprintf(cmd, sizeof cmd, "%s convert --model %s --out %s --split 2 --stripe %s 2>&1", bin, synth_dir, spk, sd);
-    assert_int_equal(WEXITSTATUS(run(cmd, out, sizeof out)), 2);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
     assert_non_null(strstr(out, "one or the other"));
     snprintf(cmd, sizeof cmd, "%s convert --model %s --out %s --stripe %s,%s/missing 2>&1", bin, synth_dir, spk, sd, sd);
     assert_int_not_equal(run(cmd, out, sizeof out), 0);
