@@ -16,6 +16,7 @@
 #include "base/base.h"
 #include "engine/model.h"
 #include "engine/model_stream.h"
+#include "util.h"
 
 #define MODEL "tests/data/fixtures/v4_tiny_a/official"
 #define NSEQ 5
@@ -28,11 +29,7 @@ static int32_t token_of(int seq, int k, int64_t vocab) { return (int32_t)((seq *
 static st_model *load(st_numerics num, const st_model_opts *extra) {
     st_model_opts o = extra ? *extra : (st_model_opts){0};
     o.numerics = num;
-    o.threads = 2;
-    o.quiet = true;
-    st_model *m;
-    if (st_model_load(MODEL, &o, &m)) fail_msg("load: %s", st_last_error());
-    return m;
+    return tu_load(MODEL, &o, 2);
 }
 
 static void prefill(st_model *m, st_seq **s, int i) {

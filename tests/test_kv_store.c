@@ -13,13 +13,14 @@
 
 #include "base/base.h"
 #include "engine/kv_store.h"
+#include "util.h"
 
 #define FIX "tests/data/fixtures/v4_tiny_a/official"
 
 static void reuse_equals_recompute(void **state) {
     (void)state;
-    char dir[] = "/tmp/strata-kv-XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char dir[64];
+    assert_int_equal(tu_tmpdir(dir, sizeof dir, "/tmp/strata-kv-XXXXXX"), 0);
     st_model_opts o = {.numerics = ST_NUMERICS_OFFICIAL, .threads = 1, .quiet = true};
     st_model *m;
     assert_int_equal(st_model_load(FIX, &o, &m), 0);
@@ -74,9 +75,7 @@ static void reuse_equals_recompute(void **state) {
     assert_int_equal(truncate(path, 100), 0);
     assert_int_equal(st_kv_load_prefix(s, ids, 30, id, dir, b, &got), 0);
     assert_int_equal(got, 0);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tu_rmtree(dir), 0);
     free(a); free(b); free(c);
     st_seq_free(s);
     st_model_free(m);

@@ -12,6 +12,7 @@
 
 #include "engine/config.h"
 #include "engine/kv_plan.h"
+#include "util.h"
 
 #define GIB 1073741824.0
 
@@ -51,15 +52,9 @@ static void flash_and_pro_at_1m(void **state) {
 
 static void plan_json_from_the_binary(void **state) {
     (void)state;
-    const char *bin = getenv("STRATA_BIN");
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "%s plan --model tests/data/config/flash_official.json --ctx 1M --json", bin ? bin : "build/strata");
-    FILE *f = popen(cmd, "r");
-    assert_non_null(f);
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    assert_int_equal(pclose(f), 0);
+    char cmd[512], *buf;
+    snprintf(cmd, sizeof cmd, "%s plan --model tests/data/config/flash_official.json --ctx 1M --json", tu_strata_bin());
+    assert_int_equal(tu_run(cmd, &buf), 0);
     cJSON *j = cJSON_Parse(buf), *kv = cJSON_GetObjectItem(j, "kv");
     assert_non_null(kv);
     double total = cJSON_GetObjectItem(kv, "total_bytes")->valuedouble;
@@ -67,6 +62,7 @@ static void plan_json_from_the_binary(void **state) {
     assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(kv, "by_kind"), "csa"));
     assert_true(cJSON_GetObjectItem(kv, "v32_mla_bytes")->valuedouble > total * 10);
     cJSON_Delete(j);
+    free(buf);
 }
 
 int main(void) {
