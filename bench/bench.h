@@ -18,5 +18,7 @@ double bench_dram_read_gbs(struct st_pool *pool, size_t bytes);
 /* One core's peak rates (2 ops per multiply-add) of zmm F32 FMA, int8 vpdpbusd
  * and BF16 vdpbf16ps; only on CPUs with the AVX-512 kernels (VNNI + BF16). */
 void bench_peak_avx512(double *fma_gflops, double *vnni_gops, double *bf16_gflops);
+/* 1-minute load average from /proc/loadavg, -1 if unreadable (loadavg.c). */
+double bench_load_average(void);
 
 #endif

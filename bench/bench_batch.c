@@ -289,16 +289,6 @@ static double reuse(const batch_result *r) {
     return r->unique_per_step > 0 ? 1 - r->loads_per_step / r->unique_per_step : 0;
 }
 
-static double load_average(void) {
-    double l = -1;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &l) != 1) l = -1;
-        fclose(f);
-    }
-    return l;
-}
-
 int bench_batch(int argc, char **argv) {
     if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) { usage(stdout); return 0; }
     batch_args a;
@@ -326,7 +316,7 @@ int bench_batch(int argc, char **argv) {
     }
     char **files = NULL;
     const int n_files = data_files(a.model, &files);
-    const double load0 = load_average();
+    const double load0 = bench_load_average();
     const double disk = disk_read_gbs(a.model, a.disk_mib / 2);
     char c1[32], c2[32], c3[32];
     if (!a.json) {
@@ -362,7 +352,7 @@ int bench_batch(int argc, char **argv) {
                100 * r->stall_frac, r->read_gbs, disk_tok, ceiling);
         fflush(stdout);
     }
-    const double disk2 = disk_read_gbs(a.model, a.disk_mib / 2), load1 = load_average();
+    const double disk2 = disk_read_gbs(a.model, a.disk_mib / 2), load1 = bench_load_average();
     if (a.json) {
         printf("{\"model\": \"%s\", \"layers\": %d, \"top_k\": %d, \"experts\": %d, \"routed_bytes\": %llu, "
                "\"cache_bytes\": %llu, \"slots\": %d, \"slot_bytes\": %llu, \"io_backend\": \"%s\", \"page_cache_dropped\": %s, "

@@ -431,14 +431,6 @@ static int run_cold(const off_args *a, const model_info *mi, const char *ids, ui
     return 0;
 }
 
-static double load_average(void) {
-    double l = -1;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f && fscanf(f, "%lf", &l) != 1) l = -1;
-    if (f) fclose(f);
-    return l;
-}
-
 int bench_e2e_offload(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) { usage(stdout); return 0; }
     off_args a;
@@ -447,7 +439,7 @@ int bench_e2e_offload(int argc, char **argv) {
     model_info mi;
     if ((rc = model_info_open(a.model, a.n_prompt + a.n_decode, &mi))) { model_info_close(&mi); return cli_fail("bench e2e", rc); }
     char b1[32], b2[32], b3[32];
-    const double t_start = st_time_s(), load0 = load_average();
+    const double t_start = st_time_s(), load0 = bench_load_average();
     /* limits */
     st_pool *pool = NULL;
     double dram = 0;
@@ -597,7 +589,7 @@ int bench_e2e_offload(int argc, char **argv) {
     printf(": [%s] prefetch halves the stall  [%s] >= 0.8 x cost model  [%s] streaming beats mmap\n"
            "(%.0f s; load average %.2f at the start, %.2f at the end: other work on the machine slows every run)\n",
            goal_stall ? "PASS" : "FAIL", goal_model ? "PASS" : "FAIL", any_mmap ? goal_mmap ? "PASS" : "FAIL" : "SKIP",
-           st_time_s() - t_start, load0, load_average());
+           st_time_s() - t_start, load0, bench_load_average());
     free(ids);
     model_info_close(&mi);
     return 0;
