@@ -95,8 +95,16 @@ static int node_streams(st_expert_nodes *s, const st_stream_desc *d, const st_st
         so.budget = s->budgets[i];
         so.mem_policy = ST_MEM_NODE;
         so.node = s->os_node[i];
-        if ((rc = st_expert_stream_new(d, &so, &s->streams[i])))
+        if ((rc = st_expert_stream_new(d, &so, &s->streams[i]))) {
+            char c[32], b[32];
+            if (rc == ST_ERR_BUDGET && !o->n_slots) /* refused, never over the budget: say what would fit */
+                return st_error_prefix(rc, "expert cache %s split over %d NUMA nodes: every node needs at least 2 expert "
+                                           "slots (raise the expert cache, or --numa off / --numa N for one node); "
+                                           "node %d's share %s (%d of %d threads): ",
+                                       st_fmt_size(cache, c, sizeof c), n, s->os_node[i], st_fmt_size(bytes[i], b, sizeof b),
+                                       count[i], total);
             return st_error_prefix(rc, "NUMA node %d (%d of %d threads): ", s->os_node[i], count[i], total);
+        }
     }
     return 0;
 }

@@ -381,6 +381,33 @@ static void numa_modes(void **state) {
     unsetenv("STRATA_TOPOLOGY");
 }
 
+/* Two nodes each need 2 expert slots: a cache too small for that is refused with
+ * a message saying so (never a cache over the budget); 4 slots' worth fits. */
+static void small_cache_over_two_nodes(void **state) {
+    (void)state;
+    st_model_opts o1 = {.expert_slots = 2, .numa = -1};
+    st_model *m = load(&o1, 1);
+    st_stream_stats ss;
+    assert_int_equal(st_model_offload_stats(m, &ss), 0);
+    const uint64_t slot = ss.cache_bytes / (uint64_t)ss.n_slots;
+    st_model_free(m);
+    setenv("STRATA_TOPOLOGY", TWO_NODES, 1);
+    for (int k = 1; k <= 3; k++) {
+        st_model_opts o = {.expert_cache = (uint64_t)k * slot, .threads = 2, .quiet = true};
+        assert_int_equal(st_model_load(tiny, &o, &m), ST_ERR_BUDGET);
+        assert_non_null(strstr(st_last_error(), "split over 2 NUMA nodes: every node needs at least 2 expert slots"));
+    }
+    st_model_opts o = {.expert_cache = 4 * slot};
+    m = load(&o, 2);
+    unsetenv("STRATA_TOPOLOGY");
+    const st_expert_nodes *en = st_model_expert_nodes(m);
+    assert_int_equal(st_expert_nodes_count(en), 2);
+    assert_int_equal(st_model_offload_stats(m, &ss), 0);
+    assert_int_equal(ss.n_slots, 4);
+    assert_true(ss.cache_bytes <= 4 * slot);
+    st_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(pool_teams_run_on_their_threads),
@@ -388,6 +415,7 @@ int main(void) {
         cmocka_unit_test(virtual_node_recorded_not_bound),
         cmocka_unit_test(two_nodes_bit_identical_streaming),
         cmocka_unit_test(numa_modes),
+        cmocka_unit_test(small_cache_over_two_nodes),
     };
     return cmocka_run_group_tests_name("numa_tiers", tests, setup, teardown);
 }
