@@ -28,5 +28,11 @@ int cmd_inspect(int argc, char **argv);
 bool cli_wants_help(int argc, char **argv);
 /* Print "strata: <cmd>: <message>" and st_last_error() for a failed status; returns 1. */
 int cli_fail(const char *cmd, int status);
+/* Strict integer option value: all of v is a decimal integer in lo..hi. On
+ * failure prints "strata <cmd>: <opt> must be an integer lo..hi, not 'v'"
+ * and returns false (the caller returns 2). */
+bool cli_int(const char *cmd, const char *opt, const char *v, long long lo, long long hi, long long *out);
+/* --kv-spill DIR: an existing, writable directory; else prints why and returns false. */
+bool cli_spill_dir(const char *cmd, const char *dir);
 
 #endif

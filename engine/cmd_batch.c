@@ -371,13 +371,14 @@ int cmd_batch(int argc, char **argv) {
     bool quiet = false;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long long x;
         if (!strcmp(o, "--quiet")) { quiet = true; continue; }
         if (!v) { fprintf(stderr, "strata batch: '%s' needs a value (strata batch --help)\n", o); return 2; }
         if (!strcmp(o, "--model")) model = v;
         else if (!strcmp(o, "--in")) in = v;
         else if (!strcmp(o, "--out")) outp = v;
-        else if (!strcmp(o, "-n")) b.default_max_tokens = atoi(v);
-        else if (!strcmp(o, "--threads")) opts.threads = atoi(v);
+        else if (!strcmp(o, "-n")) { if (!cli_int("batch", o, v, 1, INT32_MAX, &x)) return 2; b.default_max_tokens = (int)x; }
+        else if (!strcmp(o, "--threads")) { if (!cli_int("batch", o, v, 1, 4096, &x)) return 2; opts.threads = (int)x; }
         else if (!strcmp(o, "--max-batch")) {
             char *e;
             long n = strtol(v, &e, 10);
@@ -400,6 +401,10 @@ int cmd_batch(int argc, char **argv) {
     }
     if (!model || !in || !outp) { fprintf(stderr, "strata batch: --model, --in and --out are required\n"); return 2; }
     if (b.kv_spill && !b.kv_budget) { fprintf(stderr, "strata batch: --kv-spill needs --kv-budget\n"); return 2; }
+    if (b.kv_spill && !cli_spill_dir("batch", b.kv_spill)) return 2;
+    struct stat st;
+    if (!stat(in, &st) && S_ISDIR(st.st_mode)) { fprintf(stderr, "strata batch: --in %s: is a directory, expected a JSONL file\n", in); return 2; }
+    if (!stat(outp, &st) && S_ISDIR(st.st_mode)) { fprintf(stderr, "strata batch: --out %s: is a directory, expected a JSONL file\n", outp); return 2; }
     size_t in_len = 0;
     int rc;
     b.out_path = outp;

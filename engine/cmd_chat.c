@@ -160,6 +160,8 @@ int cmd_chat(int argc, char **argv) {
         printf("usage: strata chat --model DIR [--think off|on|max] [-n MAX] [--temp T] [--top-p P] [--seed S]\n"
                "                  [--numerics official|reference] [--threads N]\n"
                "                  [--kv-budget SIZE [--kv-spill DIR [--kv-dram SIZE]] [--kv-page SIZE]]\n\n"
+               "  -n MAX              tokens per answer at most (default 512)\n"
+               "  --temp T, --top-p P sampling (default 0.6 and 0.95); --seed S (default: the clock)\n"
                "  --kv-budget SIZE    KV tiering: fast memory for CSA compressed entries (the rest spills\n"
                "                      to DRAM, or to a file in --kv-spill DIR; --kv-dram SIZE keeps that\n"
                "                      much in DRAM first); --kv-page SIZE: page size (default 64K)\n\n"
@@ -177,22 +179,33 @@ int cmd_chat(int argc, char **argv) {
     uint64_t kv_budget = 0, kv_dram = 0, kv_page = 0;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long long x;
         if (!v) { fprintf(stderr, "strata chat: '%s' needs a value (strata chat --help)\n", o); return 2; }
         if (!strcmp(o, "--model")) model = v;
-        else if (!strcmp(o, "--think")) { if (st_think_mode_parse(v, &c.think)) return cli_fail("chat", ST_ERR_INVALID); }
-        else if (!strcmp(o, "-n")) c.max_tokens = atoi(v);
-        else if (!strcmp(o, "--temp")) sc.temperature = strtof(v, NULL);
-        else if (!strcmp(o, "--top-p")) sc.top_p = strtof(v, NULL);
-        else if (!strcmp(o, "--seed")) sc.seed = strtoull(v, NULL, 10);
-        else if (!strcmp(o, "--threads")) opts.threads = atoi(v);
-        else if (!strcmp(o, "--numerics")) opts.numerics = strcmp(v, "reference") ? ST_NUMERICS_OFFICIAL : ST_NUMERICS_REFERENCE;
-        else if (!strcmp(o, "--kv-spill")) kv_spill = v;
+        else if (!strcmp(o, "--think")) {
+            if (st_think_mode_parse(v, &c.think)) { fprintf(stderr, "strata chat: --think must be off, on or max, not '%s'\n", v); return 2; }
+        } else if (!strcmp(o, "-n")) { if (!cli_int("chat", o, v, 1, INT32_MAX, &x)) return 2; c.max_tokens = (int)x; }
+        else if (!strcmp(o, "--temp") || !strcmp(o, "--top-p")) {
+            char *end;
+            float f = strtof(v, &end);
+            if (!*v || *end || !(f >= 0) || f > 100 || (!strcmp(o, "--top-p") && (f <= 0 || f > 1))) {
+                fprintf(stderr, "strata chat: %s must be a number %s, not '%s'\n", o, !strcmp(o, "--top-p") ? "in (0, 1]" : "0..100", v);
+                return 2;
+            }
+            if (!strcmp(o, "--top-p")) sc.top_p = f;
+            else sc.temperature = f;
+        } else if (!strcmp(o, "--seed")) { if (!cli_int("chat", o, v, 0, INT64_MAX, &x)) return 2; sc.seed = (uint64_t)x; }
+        else if (!strcmp(o, "--threads")) { if (!cli_int("chat", o, v, 1, 4096, &x)) return 2; opts.threads = (int)x; }
+        else if (!strcmp(o, "--numerics")) {
+            if (!strcmp(v, "official")) opts.numerics = ST_NUMERICS_OFFICIAL;
+            else if (!strcmp(v, "reference")) opts.numerics = ST_NUMERICS_REFERENCE;
+            else { fprintf(stderr, "strata chat: --numerics must be official or reference, not '%s'\n", v); return 2; }
+        } else if (!strcmp(o, "--kv-spill")) kv_spill = v;
         else if (!strcmp(o, "--kv-budget") || !strcmp(o, "--kv-dram") || !strcmp(o, "--kv-page")) {
             uint64_t *dst = !strcmp(o, "--kv-budget") ? &kv_budget : !strcmp(o, "--kv-dram") ? &kv_dram : &kv_page;
-            if (st_parse_size(v, 0, o, dst) || !*dst || (dst == &kv_page && *dst % 4096)) {
-                fprintf(stderr, "strata chat: %s %s: %s\n", o, v,
-                        !*dst ? "must be more than 0" : dst == &kv_page && *dst % 4096 ? "must be a multiple of 4 KiB"
-                                                                                       : st_last_error());
+            if (st_parse_size(v, 0, o, dst)) { fprintf(stderr, "strata chat: %s\n", st_last_error()); return 2; }
+            if (!*dst || (dst == &kv_page && *dst % 4096)) {
+                fprintf(stderr, "strata chat: %s %s: %s\n", o, v, !*dst ? "must be more than 0" : "must be a multiple of 4 KiB");
                 return 2;
             }
         } else { fprintf(stderr, "strata chat: unknown option '%s' (strata chat --help)\n", o); return 2; }
@@ -201,6 +214,7 @@ int cmd_chat(int argc, char **argv) {
     if (!model) { fprintf(stderr, "strata chat: --model DIR is required\n"); return 2; }
     if ((kv_spill || kv_page) && !kv_budget) { fprintf(stderr, "strata chat: --kv-spill/--kv-page need --kv-budget\n"); return 2; }
     if (kv_dram && !kv_spill) { fprintf(stderr, "strata chat: --kv-dram needs --kv-spill\n"); return 2; }
+    if (kv_spill && !cli_spill_dir("chat", kv_spill)) return 2;
     int rc;
     if ((rc = st_tokenizer_load(model, &c.tok)) || (rc = st_model_load(model, &opts, &c.m)) ||
         (rc = st_seq_new(c.m, &c.s)) || (kv_budget && (rc = st_seq_kv_tiering(c.s, kv_budget, kv_dram, kv_spill, kv_page))) ||

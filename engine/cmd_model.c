@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include "base/base.h"
 #include "engine/cli.h"
@@ -54,6 +55,11 @@ static int parse_ids(const char *s, int32_t **ids, int64_t *n) {
 static int read_ids_file(const char *path, int32_t **ids, int64_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return st_error(ST_ERR_IO, "--ids-file %s: %s", path, strerror(errno));
+    struct stat st;
+    if (!fstat(fileno(f), &st) && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        return st_error(ST_ERR_IO, "--ids-file %s: is a directory, expected a file of token ids", path);
+    }
     char *buf = NULL;
     size_t len = 0, cap = 0;
     for (;;) {
@@ -66,9 +72,9 @@ static int read_ids_file(const char *path, int32_t **ids, int64_t *n) {
         len += got;
         if (got == 0) break;
     }
-    int err = ferror(f);
+    int err = ferror(f) ? (errno ? errno : EIO) : 0;
     fclose(f);
-    if (err) { free(buf); return st_error(ST_ERR_IO, "--ids-file %s: read error", path); }
+    if (err) { free(buf); return st_error(ST_ERR_IO, "--ids-file %s: read error: %s", path, strerror(err)); }
     buf[len] = 0;
     const size_t pl = strlen(path);
     const bool bin = pl > 4 && !strcmp(path + pl - 4, ".i32");
@@ -146,6 +152,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long long x;
 #define NEEDV()                                                                  \
     do {                                                                         \
         if (!v) { fprintf(stderr, "strata %s: %s needs a value\n", cmd, o); return 2; } \
@@ -160,18 +167,28 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (!strcmp(o, "--kv-save")) { NEEDV(); a->kv_save = v; }
         else if (!strcmp(o, "--json")) a->json = true;
         else if (!strcmp(o, "--quiet")) a->opts.quiet = true;
-        else if (!strcmp(o, "--threads")) { NEEDV(); a->opts.threads = atoi(v); }
-        else if (!strcmp(o, "--chunk")) { NEEDV(); a->opts.chunk = atoll(v); }
+        else if (!strcmp(o, "--threads")) { NEEDV(); if (!cli_int(cmd, o, v, 1, 4096, &x)) return 2; a->opts.threads = (int)x; }
+        else if (!strcmp(o, "--chunk")) { NEEDV(); if (!cli_int(cmd, o, v, 1, INT64_MAX, &x)) return 2; a->opts.chunk = x; }
         else if (!strcmp(o, "--numerics")) {
             NEEDV();
             if (!strcmp(v, "official")) a->opts.numerics = ST_NUMERICS_OFFICIAL;
             else if (!strcmp(v, "reference")) a->opts.numerics = ST_NUMERICS_REFERENCE;
             else { fprintf(stderr, "strata %s: --numerics must be official or reference, not '%s'\n", cmd, v); return 2; }
-        } else if (!strcmp(o, "-n")) { NEEDV(); a->n_predict = atoi(v); }
-        else if (!strcmp(o, "--seed")) { NEEDV(); a->samp.seed = strtoull(v, NULL, 10); }
-        else if (!strcmp(o, "--temp")) { NEEDV(); a->samp.temperature = strtof(v, NULL); }
-        else if (!strcmp(o, "--top-k")) { NEEDV(); a->samp.top_k = atoi(v); }
-        else if (!strcmp(o, "--top-p")) { NEEDV(); a->samp.top_p = strtof(v, NULL); }
+        } else if (!strcmp(o, "-n")) { NEEDV(); if (!cli_int(cmd, o, v, 0, INT32_MAX, &x)) return 2; a->n_predict = (int)x; }
+        else if (!strcmp(o, "--seed")) { NEEDV(); if (!cli_int(cmd, o, v, 0, INT64_MAX, &x)) return 2; a->samp.seed = (uint64_t)x; }
+        else if (!strcmp(o, "--top-k")) { NEEDV(); if (!cli_int(cmd, o, v, 0, INT32_MAX, &x)) return 2; a->samp.top_k = (int)x; }
+        else if (!strcmp(o, "--temp") || !strcmp(o, "--top-p")) {
+            NEEDV();
+            char *end;
+            float f = strtof(v, &end);
+            if (!*v || *end || !(f >= 0) || (!strcmp(o, "--top-p") && (f <= 0 || f > 1)) || f > 100) {
+                fprintf(stderr, "strata %s: %s must be a number %s, not '%s'\n", cmd, o,
+                        !strcmp(o, "--top-p") ? "in (0, 1]" : "0..100", v);
+                return 2;
+            }
+            if (!strcmp(o, "--top-p")) a->samp.top_p = f;
+            else a->samp.temperature = f;
+        }
         else if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--gpu-mem")) {
             NEEDV();
             uint64_t bytes;
@@ -199,22 +216,18 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
                 return 2;
             }
             a->opts.cache_policy = (int)k;
-        } else if (!strcmp(o, "--io-depth")) { NEEDV(); a->opts.io_depth = atoi(v); }
+        } else if (!strcmp(o, "--io-depth")) { NEEDV(); if (!cli_int(cmd, o, v, 1, 4096, &x)) return 2; a->opts.io_depth = (int)x; }
         else if (!strcmp(o, "--trace")) { NEEDV(); a->opts.trace_path = v; }
         else if (!strcmp(o, "--kv-budget")) {
             NEEDV();
-            if (st_parse_size(v, 0, o, &a->opts.kv_budget) || !a->opts.kv_budget) {
-                fprintf(stderr, "strata %s: --kv-budget: %s\n", cmd, a->opts.kv_budget ? st_last_error() : "must be more than 0");
-                return 2;
-            }
+            if (st_parse_size(v, 0, o, &a->opts.kv_budget)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return 2; }
+            if (!a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-budget %s: must be more than 0\n", cmd, v); return 2; }
         } else if (!strcmp(o, "--kv-spill")) { NEEDV(); a->opts.kv_spill = v; }
         else if (!strcmp(o, "--kv-page") || !strcmp(o, "--kv-dram")) {
             NEEDV();
             uint64_t *dst = !strcmp(o, "--kv-page") ? &a->kv_page : &a->kv_dram;
-            if (st_parse_size(v, 0, o, dst) || !*dst) {
-                fprintf(stderr, "strata %s: %s: %s\n", cmd, o, *dst ? st_last_error() : "must be more than 0");
-                return 2;
-            }
+            if (st_parse_size(v, 0, o, dst)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return 2; }
+            if (!*dst) { fprintf(stderr, "strata %s: %s %s: must be more than 0\n", cmd, o, v); return 2; }
             if (dst == &a->kv_page && *dst % 4096) {
                 fprintf(stderr, "strata %s: --kv-page %s: must be a multiple of 4 KiB\n", cmd, v);
                 return 2;
@@ -236,6 +249,13 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
     if (a->kv_page && !a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-page needs --kv-budget\n", cmd); return 2; }
     if (a->kv_dram && !a->opts.kv_spill) { fprintf(stderr, "strata %s: --kv-dram needs --kv-spill\n", cmd); return 2; }
     if (a->kv_save && a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-save is not supported with --kv-budget\n", cmd); return 2; }
+    if (a->opts.kv_spill && !cli_spill_dir(cmd, a->opts.kv_spill)) return 2;
+    if (a->ids) { /* a malformed --ids is a usage error, told before the model loads */
+        int32_t *ids;
+        int64_t n;
+        if (parse_ids(a->ids, &ids, &n)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return 2; }
+        free(ids);
+    }
     if (a->json) a->opts.quiet = true;
     return 0;
 }
@@ -267,7 +287,8 @@ static const char *common_help =
     "  --io-depth N         reads in flight (default 32)\n"
     "  --trace FILE         record per token and layer the experts chosen/predicted/hit (JSONL,\n"
     "                       replay with strata bench policies --trace FILE)\n"
-    "  --json               machine-readable output\n";
+    "  --json               machine-readable output\n"
+    "  --quiet              no progress bar\n";
 
 int cmd_logits(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {

@@ -77,6 +77,34 @@ static void run_batch_with(const char *in, const char *out, const char *extra) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* Usage errors exit 2 with one line naming the option: a directory as --in or
+ * --out, -n below 1, --max-batch 0, a size with an unknown unit, a missing
+ * --kv-spill directory; nothing is written. */
+static void usage_errors(void **state) {
+    (void)state;
+    static const struct { const char *args, *expect; } cases[] = {
+        {"--in %s --out %s/u.jsonl", "--in %s: is a directory, expected a JSONL file"},
+        {"--in %s/in1.jsonl --out %s", "--out %s: is a directory, expected a JSONL file"},
+        {"--in %s/in1.jsonl --out %s/u.jsonl -n -1", "-n must be an integer 1..2147483647, not '-1'"},
+        {"--in %s/in1.jsonl --out %s/u.jsonl --max-batch 0", "--max-batch must be 1..4096, not '0'"},
+        {"--in %s/in1.jsonl --out %s/u.jsonl --kv-budget 1E", "--kv-budget: '1E': unknown unit 'E'"},
+        {"--in %s/in1.jsonl --out %s/u.jsonl --kv-budget 1M --kv-spill /nonexistent-dir",
+         "--kv-spill /nonexistent-dir: expected a writable directory"},
+    };
+    for (size_t i = 0; i < ST_ARRAY_LEN(cases); i++) {
+        char args[512], expect[512], cmd[1024], u[160], *out;
+        snprintf(args, sizeof args, cases[i].args, dir, dir);
+        snprintf(expect, sizeof expect, cases[i].expect, dir);
+        snprintf(cmd, sizeof cmd, "%s batch --model %s/m --quiet %s 2>&1", bin, dir, args);
+        int rc = tu_run(cmd, &out);
+        if (rc != 2 || !strstr(out, expect) || strchr(out, '\n') != out + strlen(out) - 1)
+            fail_msg("%s: exit %d (expected 2), output '%s' (expected one line with '%s')", cmd, rc, out, expect);
+        free(out);
+        snprintf(u, sizeof u, "%s/u.jsonl", dir);
+        assert_int_equal(access(u, F_OK), -1);
+    }
+}
+
 static void run_batch(const char *in, const char *out) { run_batch_with(in, out, "--max-batch 4"); }
 
 static void errors_are_records(void **state) {
@@ -166,7 +194,7 @@ static void same_text_any_batch(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(errors_are_records), cmocka_unit_test(resume_after_kill9),
+    const struct CMUnitTest tests[] = {cmocka_unit_test(errors_are_records), cmocka_unit_test(usage_errors), cmocka_unit_test(resume_after_kill9),
                                        cmocka_unit_test(same_text_any_batch)};
     return cmocka_run_group_tests_name("batch", tests, setup, teardown);
 }

@@ -99,7 +99,7 @@ static void human_output_and_errors(void **state) {
     assert_non_null(strstr(out, "/nonexistent"));
     free(out);
     snprintf(cmd, sizeof cmd, "%s logits --model %s/m --ids 1,2,banana 2>&1", bin, model_dir);
-    assert_int_equal(tu_run(cmd, &out), 1);
+    assert_int_equal(tu_run(cmd, &out), 2);
     assert_non_null(strstr(out, "--ids"));
     free(out);
     snprintf(cmd, sizeof cmd, "%s logits --model %s/m --ids 1,2,999999 2>&1", bin, model_dir);
@@ -113,6 +113,38 @@ static void human_output_and_errors(void **state) {
         assert_non_null(strstr(out, "usage"));
         free(out);
     }
+}
+
+/* A bad option value is a usage error (exit 2) told in one line that names the
+ * option and what was expected; a directory given as --ids-file is named so. */
+static void option_value_errors(void **state) {
+    (void)state;
+    static const struct { const char *args, *expect; } cases[] = {
+        {"run --ids 1,2 --kv-budget 1E", "--kv-budget: '1E': unknown unit 'E'"},
+        {"run --ids 1,2 --kv-budget 0", "--kv-budget 0: must be more than 0"},
+        {"logits --ids 1,2 --kv-budget 1M --kv-page abc", "--kv-page: 'abc' is not a size"},
+        {"run --ids 1,2 -n abc", "-n must be an integer 0..2147483647, not 'abc'"},
+        {"run --ids 1,2 --threads -2", "--threads must be an integer 1..4096, not '-2'"},
+        {"run --ids 1,2 --top-p 2", "--top-p must be a number in (0, 1], not '2'"},
+        {"run --ids 1,2 --kv-budget 1M --kv-spill /nonexistent-dir", "--kv-spill /nonexistent-dir: expected a writable directory"},
+        {"chat --numerics fast", "--numerics must be official or reference, not 'fast'"},
+        {"chat --think maybe", "--think must be off, on or max, not 'maybe'"},
+        {"chat --kv-budget 2X", "--kv-budget: '2X': unknown unit 'X'"},
+    };
+    char cmd[1024], *out;
+    for (size_t i = 0; i < ST_ARRAY_LEN(cases); i++) {
+        const char *sp = strchr(cases[i].args, ' ');
+        snprintf(cmd, sizeof cmd, "%s %.*s --model %s/m%s 2>&1 </dev/null", bin, (int)(sp - cases[i].args), cases[i].args,
+                 model_dir, sp);
+        int rc = tu_run(cmd, &out);
+        if (rc != 2 || !strstr(out, cases[i].expect) || strchr(out, '\n') != out + strlen(out) - 1)
+            fail_msg("%s: exit %d (expected 2), output '%s' (expected one line with '%s')", cmd, rc, out, cases[i].expect);
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd, "%s run --model %s/m --ids-file %s 2>&1", bin, model_dir, model_dir);
+    assert_int_equal(tu_run(cmd, &out), 1);
+    assert_non_null(strstr(out, "is a directory, expected a file of token ids"));
+    free(out);
 }
 
 static void logits_json_shape(void **state) {
@@ -158,6 +190,7 @@ int main(void) {
         cmocka_unit_test(text_prompt_generates_text),
         cmocka_unit_test(prompt_from_stdin_equals_argument),
         cmocka_unit_test(human_output_and_errors),
+        cmocka_unit_test(option_value_errors),
         cmocka_unit_test(logits_json_shape),
         cmocka_unit_test(chat_session),
     };
