@@ -29,6 +29,7 @@
 #include "base/base.h"
 #include "bench/bench.h"
 #include "bench/memcg.h"
+#include "engine/cli.h"
 #include "engine/model.h"
 #include "engine/model_stream.h"
 
@@ -78,14 +79,16 @@ static int parse(int argc, char **argv, batch_args *a) {
         if (!strcmp(o, "--no-drop")) { a->no_drop = true; continue; }
         if (!v) { fprintf(stderr, "strata bench batch: unknown option or missing value '%s'\n", o); return 2; }
         i++;
+        const char *C = "bench batch";
+        long long x;
         if (!strcmp(o, "--model")) a->model = v;
         else if (!strcmp(o, "--cache-frac")) a->cache_frac = atof(v);
-        else if (!strcmp(o, "--decode")) a->decode = atoi(v);
-        else if (!strcmp(o, "--warmup")) a->warmup = atoi(v);
-        else if (!strcmp(o, "--warmup-max")) a->warmup_max = atoi(v);
-        else if (!strcmp(o, "--prompt")) a->prompt = atoi(v);
-        else if (!strcmp(o, "--threads")) a->opts.threads = atoi(v);
-        else if (!strcmp(o, "--seed")) a->seed = strtoull(v, NULL, 10);
+        else if (!strcmp(o, "--decode")) { if (!cli_int(C, o, v, 1, 1 << 20, &x)) return 2; a->decode = (int)x; }
+        else if (!strcmp(o, "--warmup")) { if (!cli_int(C, o, v, 0, 1 << 20, &x)) return 2; a->warmup = (int)x; }
+        else if (!strcmp(o, "--warmup-max")) { if (!cli_int(C, o, v, 0, 1 << 20, &x)) return 2; a->warmup_max = (int)x; }
+        else if (!strcmp(o, "--prompt")) { if (!cli_int(C, o, v, 1, 1 << 20, &x)) return 2; a->prompt = (int)x; }
+        else if (!strcmp(o, "--threads")) { if (!cli_int(C, o, v, 1, 4096, &x)) return 2; a->opts.threads = (int)x; }
+        else if (!strcmp(o, "--seed")) { if (!cli_int(C, o, v, 0, INT64_MAX, &x)) return 2; a->seed = (uint64_t)x; }
         else if (!strcmp(o, "--disk-mib")) a->disk_mib = atof(v);
         else if (!strcmp(o, "--numerics")) {
             if (!strcmp(v, "official")) a->opts.numerics = ST_NUMERICS_OFFICIAL;

@@ -60,12 +60,14 @@ static int parse(int argc, char **argv, e2e_args *a) {
         if (!strcmp(o, "--anon")) { a->anon = true; continue; }
         if (!has_v) { fprintf(stderr, "strata bench e2e: unknown option or missing value '%s'\n", o); return 2; }
         i++;
+        const char *C = "bench e2e --roofline";
+        long long x;
         if (!strcmp(o, "--model")) a->model = v;
-        else if (!strcmp(o, "--threads")) a->opts.threads = atoi(v);
-        else if (!strcmp(o, "--context")) a->context = atoll(v);
-        else if (!strcmp(o, "--decode")) a->decode = atoll(v);
-        else if (!strcmp(o, "--reps")) a->reps = atoi(v);
-        else if (!strcmp(o, "--prefill")) a->prefill = atoll(v);
+        else if (!strcmp(o, "--threads")) { if (!cli_int(C, o, v, 1, 4096, &x)) return 2; a->opts.threads = (int)x; }
+        else if (!strcmp(o, "--context")) { if (!cli_int(C, o, v, 1, INT32_MAX, &x)) return 2; a->context = x; }
+        else if (!strcmp(o, "--decode")) { if (!cli_int(C, o, v, 1, INT32_MAX, &x)) return 2; a->decode = x; }
+        else if (!strcmp(o, "--reps")) { if (!cli_int(C, o, v, 1, 1000, &x)) return 2; a->reps = (int)x; }
+        else if (!strcmp(o, "--prefill")) { if (!cli_int(C, o, v, 0, INT32_MAX, &x)) return 2; a->prefill = x; }
         else if (!strcmp(o, "--dram-gib")) a->dram_gib = atof(v);
         else if (!strcmp(o, "--numerics")) {
             if (!strcmp(v, "official")) a->opts.numerics = ST_NUMERICS_OFFICIAL;

@@ -169,21 +169,20 @@ int bench_longctx(int argc, char **argv) {
     lc_args a = {.decode = 16, .opts = {.quiet = true}};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long long x;
         if (!v) { fprintf(stderr, "strata bench longctx: %s needs a value\n", o); return 2; }
         if (!strcmp(o, "--model")) a.model = v;
         else if (!strcmp(o, "--contexts")) a.contexts = v;
-        else if (!strcmp(o, "--decode")) a.decode = atoi(v);
-        else if (!strcmp(o, "--threads")) a.opts.threads = atoi(v);
+        else if (!strcmp(o, "--decode")) { if (!cli_int("bench longctx", o, v, 1, INT32_MAX, &x)) return 2; a.decode = (int)x; }
+        else if (!strcmp(o, "--threads")) { if (!cli_int("bench longctx", o, v, 1, 4096, &x)) return 2; a.opts.threads = (int)x; }
         else if (!strcmp(o, "--kv-spill")) a.kv_spill = v;
         else if (!strcmp(o, "--numerics")) {
             if (!strcmp(v, "official")) a.opts.numerics = ST_NUMERICS_OFFICIAL;
             else if (!strcmp(v, "reference")) a.opts.numerics = ST_NUMERICS_REFERENCE;
             else { fprintf(stderr, "strata bench longctx: --numerics official|reference, not '%s'\n", v); return 2; }
         } else if (!strcmp(o, "--kv-budget")) {
-            if (st_parse_size(v, 0, o, &a.kv_budget) || !a.kv_budget) {
-                fprintf(stderr, "strata bench longctx: --kv-budget %s: %s\n", v, a.kv_budget ? st_last_error() : "must be more than 0");
-                return 2;
-            }
+            if (st_parse_size(v, 0, o, &a.kv_budget)) { fprintf(stderr, "strata bench longctx: %s\n", st_last_error()); return 2; }
+            if (!a.kv_budget) { fprintf(stderr, "strata bench longctx: --kv-budget %s: must be more than 0\n", v); return 2; }
         } else { fprintf(stderr, "strata bench longctx: unknown option '%s' (--help)\n", o); return 2; }
         i++;
     }

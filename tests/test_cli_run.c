@@ -141,6 +141,16 @@ static void option_value_errors(void **state) {
             fail_msg("%s: exit %d (expected 2), output '%s' (expected one line with '%s')", cmd, rc, out, cases[i].expect);
         free(out);
     }
+    const char *bench_cases[][2] = {{"longctx --kv-budget 1E", "--kv-budget: '1E': unknown unit 'E'"},
+                                    {"longctx --threads x", "--threads must be an integer 1..4096, not 'x'"},
+                                    {"batch --decode -1", "--decode must be an integer 1..1048576, not '-1'"}};
+    for (size_t i = 0; i < ST_ARRAY_LEN(bench_cases); i++) {
+        snprintf(cmd, sizeof cmd, "%s bench %s --model %s/m 2>&1 | head -1; exit $(( $(%s bench %s --model %s/m >/dev/null 2>&1; echo $?) ))",
+                 bin, bench_cases[i][0], model_dir, bin, bench_cases[i][0], model_dir);
+        int rc = tu_run(cmd, &out);
+        if (rc != 2 || !strstr(out, bench_cases[i][1])) fail_msg("bench %s: exit %d, '%s'", bench_cases[i][0], rc, out);
+        free(out);
+    }
     snprintf(cmd, sizeof cmd, "%s run --model %s/m --ids-file %s 2>&1", bin, model_dir, model_dir);
     assert_int_equal(tu_run(cmd, &out), 1);
     assert_non_null(strstr(out, "is a directory, expected a file of token ids"));
