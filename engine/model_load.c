@@ -8,6 +8,7 @@
 
 #include "base/base.h"
 #include "cpu/formats.h"
+#include "cpu/numa.h"
 #include "engine/config.h"
 #include "engine/model.h"
 #include "engine/model_bind.h"
@@ -302,6 +303,18 @@ static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
     return st_model_stream_attach(m, ld->ck, &ld->cfg, o, cache, &ld->stream);
 }
 
+/* --numa N names a node of this machine (or of STRATA_TOPOLOGY) even when nothing streams:
+ * a typo must not pass silently because the model happened to fit. */
+static int check_numa_node(int node) {
+    st_numa *numa = NULL;
+    int rc = st_numa_new_env(&numa);
+    if (rc) return rc;
+    bool found = false;
+    for (int i = 0; i < st_numa_node_count(numa); i++) found |= st_numa_node_at(numa, i)->os_index == node;
+    st_numa_free(numa);
+    return found ? 0 : st_error(ST_ERR_INVALID, "--numa %d: this machine has no NUMA node %d", node, node);
+}
+
 int st_model_load(const char *path, const st_model_opts *opts, st_model **out) {
     *out = NULL;
     st_model *m = calloc(1, sizeof *m);
@@ -345,13 +358,15 @@ int st_model_load(const char *path, const st_model_opts *opts, st_model **out) {
         goto fail;
     m->hc_head.base = base;
     m->hc_head.scale = scale;
+    if (opts && opts->numa > 0 && (rc = check_numa_node(opts->numa - 1))) goto fail;
     if ((rc = st_pool_new(opts ? opts->threads : 0, true, &m->pool))) goto fail;
     m->bytes_per_token = decode_bytes(m);
     if (opts && (rc = place_experts(m, ld, opts))) goto fail;
     *out = m;
     return 0;
 fail:
-    st_error_prefix(rc, "%s: ", path);
+    /* name the model once: the checkpoint reader's errors often start with the path already */
+    if (strncmp(st_last_error(), path, strlen(path)) != 0) st_error_prefix(rc, "%s: ", path);
     st_model_free(m);
     return rc;
 }

@@ -370,6 +370,10 @@ static void numa_modes(void **state) {
     oo.quiet = true;
     assert_int_equal(st_model_load(tiny, &oo, &m), ST_ERR_INVALID);
     assert_non_null(strstr(st_last_error(), "no NUMA node 4"));
+    /* the same when everything is resident (nothing streams): still refused, not ignored */
+    st_model_opts resident = {.numa = 5, .threads = 2, .quiet = true};
+    assert_int_equal(st_model_load(tiny, &resident, &m), ST_ERR_INVALID);
+    assert_non_null(strstr(st_last_error(), "no NUMA node 4"));
     /* a bad description names the variable */
     setenv("STRATA_TOPOLOGY", "pack:2 [numa(memory=zz)] bogus:3", 1);
     o.numa = 0;
