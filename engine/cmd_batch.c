@@ -407,6 +407,7 @@ int cmd_batch(int argc, char **argv) {
     if (!stat(outp, &st) && S_ISDIR(st.st_mode)) { fprintf(stderr, "strata batch: --out %s: is a directory, expected a JSONL file\n", outp); return 2; }
     size_t in_len = 0;
     int rc;
+    bool created = false;
     b.out_path = outp;
     if ((rc = st_read_file(in, (size_t)1 << 34, &b.input, &in_len)) || (rc = load_done(outp, &b.done))) goto out;
     b.cur = b.input;
@@ -415,6 +416,7 @@ int cmd_batch(int argc, char **argv) {
     long total = 0;
     for (size_t i = 0; i < in_len; i++) total += b.input[i] == '\n';
     if (in_len && b.input[in_len - 1] != '\n') total++;
+    created = access(outp, F_OK) != 0; /* a failed start removes the empty file it made */
     b.fd = open(outp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (b.fd < 0) { rc = st_error(ST_ERR_IO, "%s: %s", outp, strerror(errno)); goto out; }
     if ((rc = st_tokenizer_load(model, &b.tok)) || (rc = st_model_load(model, &opts, &b.m))) goto out;
@@ -429,7 +431,10 @@ int cmd_batch(int argc, char **argv) {
                 b.line, b.failed, (unsigned long long)b.tokens_out, el > 0 ? (double)b.tokens_out / el : 0, b.max_batch, outp);
     }
 out:
-    if (b.fd >= 0) close(b.fd);
+    if (b.fd >= 0) {
+        if (rc && created && !fstat(b.fd, &st) && st.st_size == 0) unlink(outp);
+        close(b.fd);
+    }
     free(b.input);
     for (size_t i = 0; i < b.done.n; i++) free(b.done.keys[i]);
     free(b.done.keys);

@@ -105,6 +105,30 @@ static void usage_errors(void **state) {
     }
 }
 
+/* A model that does not load: exit 1 naming it, and no empty results file left behind
+ * (an existing one, holding finished results, is kept). */
+static void failed_start_leaves_no_file(void **state) {
+    (void)state;
+    char in[160], u[160], cmd[1024], *out;
+    snprintf(in, sizeof in, "%s/in_fail.jsonl", dir);
+    snprintf(u, sizeof u, "%s/fail.jsonl", dir);
+    write_input(in, 2);
+    snprintf(cmd, sizeof cmd, "%s batch --model %s/no-such-model --quiet --in %s --out %s 2>&1", bin, dir, in, u);
+    int rc = tu_run(cmd, &out);
+    if (rc != 1 || !strstr(out, "no-such-model")) fail_msg("%s: exit %d (expected 1), output '%s'", cmd, rc, out);
+    free(out);
+    assert_int_equal(access(u, F_OK), -1);
+    FILE *f = fopen(u, "w");
+    assert_non_null(f);
+    fputs("{\"id\":\"kept\"}\n", f);
+    fclose(f);
+    rc = tu_run(cmd, &out);
+    free(out);
+    assert_int_equal(rc, 1);
+    assert_int_equal(access(u, F_OK), 0);
+    unlink(u);
+}
+
 static void run_batch(const char *in, const char *out) { run_batch_with(in, out, "--max-batch 4"); }
 
 static void errors_are_records(void **state) {
@@ -194,7 +218,8 @@ static void same_text_any_batch(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(errors_are_records), cmocka_unit_test(usage_errors), cmocka_unit_test(resume_after_kill9),
+    const struct CMUnitTest tests[] = {cmocka_unit_test(errors_are_records), cmocka_unit_test(usage_errors), cmocka_unit_test(failed_start_leaves_no_file),
+                                       cmocka_unit_test(resume_after_kill9),
                                        cmocka_unit_test(same_text_any_batch)};
     return cmocka_run_group_tests_name("batch", tests, setup, teardown);
 }
