@@ -123,6 +123,7 @@ typedef struct batch_run {
     int default_max_tokens;
     uint64_t kv_budget; /* per sequence; 0: no tiering */
     const char *kv_spill;
+    uint64_t kv_page, kv_dram; /* page size and DRAM limit before the spill file (0: defaults) */
     int fd;
     const char *out_path;
     done_set done;
@@ -330,7 +331,7 @@ static int run_all(batch_run *b) {
         slot *sl = &b->slots[i];
         if (!(sl->logits = malloc((size_t)V * sizeof(float)))) rc = st_error(ST_ERR_NOMEM, "batch: out of memory");
         if (!rc) rc = st_seq_new(b->m, &sl->s);
-        if (!rc && b->kv_budget) rc = st_seq_kv_tiering(sl->s, b->kv_budget, 0, b->kv_spill, 0);
+        if (!rc && b->kv_budget) rc = st_seq_kv_tiering(sl->s, b->kv_budget, b->kv_dram, b->kv_spill, b->kv_page);
     }
     for (;;) {
         for (int i = 0; !rc && i < MB; i++) rc = fill_slot(b, &b->slots[i]);
@@ -348,7 +349,8 @@ int cmd_batch(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
         printf("usage: strata batch --model DIR --in prompts.jsonl --out results.jsonl [-n MAX] [--max-batch B]\n"
                "                    [--threads N] [--numerics official|reference] [--dram-budget SIZE]\n"
-               "                    [--expert-cache SIZE] [--kv-budget SIZE [--kv-spill DIR]] [--quiet]\n\n"
+               "                    [--expert-cache SIZE] [--numa auto|off|N] [--kv-budget SIZE [--kv-page SIZE]\n"
+               "                    [--kv-spill DIR [--kv-dram SIZE]]] [--quiet]\n\n"
                "Each input line: {\"id\": ..., \"prompt\": \"...\" | \"messages\": [...], \"max_tokens\": N,\n"
                "                  \"temperature\": T, \"top_p\": P, \"seed\": S}\n"
                "Each output line: {\"id\", \"key\", \"text\", \"prompt_tokens\", \"completion_tokens\",\n"
@@ -361,8 +363,12 @@ int cmd_batch(int argc, char **argv) {
                "                     any B; results are written in the order they finish\n"
                "  --dram-budget SIZE DRAM the weights may hold; routed experts beyond it stream from disk\n"
                "  --expert-cache SIZE DRAM for the routed-expert cache itself (instead of --dram-budget)\n"
+               "  --numa auto|off|N  expert cache per NUMA node, computed on its threads (auto), no binding,\n"
+               "                     or everything on node N\n"
                "  --kv-budget SIZE   KV tiering, per sequence (B of them): CSA cache entries beyond SIZE\n"
-               "                     page out to DRAM, or with --kv-spill DIR to a file in DIR\n");
+               "                     page out to DRAM, or with --kv-spill DIR to a file in DIR\n"
+               "  --kv-page SIZE     KV page size (multiple of 4 KiB; default 64K)\n"
+               "  --kv-dram SIZE     with --kv-spill: DRAM for pages before they go to the file\n");
         return 0;
     }
     const char *model = NULL, *in = NULL, *outp = NULL;
@@ -396,11 +402,25 @@ int cmd_batch(int argc, char **argv) {
             else if (!bytes) { fprintf(stderr, "strata batch: --kv-budget: must be more than 0\n"); return 2; }
             else b.kv_budget = bytes;
         } else if (!strcmp(o, "--kv-spill")) b.kv_spill = v;
-        else { fprintf(stderr, "strata batch: unknown option '%s' (strata batch --help)\n", o); return 2; }
+        else if (!strcmp(o, "--kv-page") || !strcmp(o, "--kv-dram")) {
+            uint64_t *dst = !strcmp(o, "--kv-page") ? &b.kv_page : &b.kv_dram;
+            if (st_parse_size(v, 0, o, dst)) { fprintf(stderr, "strata batch: %s\n", st_last_error()); return 2; }
+            if (!*dst) { fprintf(stderr, "strata batch: %s %s: must be more than 0\n", o, v); return 2; }
+            if (dst == &b.kv_page && *dst % 4096) { fprintf(stderr, "strata batch: --kv-page %s: must be a multiple of 4 KiB\n", v); return 2; }
+        } else if (!strcmp(o, "--numa")) {
+            char *e;
+            long node = strtol(v, &e, 10);
+            if (!strcmp(v, "auto")) opts.numa = 0;
+            else if (!strcmp(v, "off")) opts.numa = -1;
+            else if (*v && !*e && node >= 0 && node < 1024) opts.numa = (int)node + 1;
+            else { fprintf(stderr, "strata batch: --numa must be auto, off or a node number, not '%s'\n", v); return 2; }
+        } else { fprintf(stderr, "strata batch: unknown option '%s' (strata batch --help)\n", o); return 2; }
         i++;
     }
     if (!model || !in || !outp) { fprintf(stderr, "strata batch: --model, --in and --out are required\n"); return 2; }
     if (b.kv_spill && !b.kv_budget) { fprintf(stderr, "strata batch: --kv-spill needs --kv-budget\n"); return 2; }
+    if (b.kv_page && !b.kv_budget) { fprintf(stderr, "strata batch: --kv-page needs --kv-budget\n"); return 2; }
+    if (b.kv_dram && !b.kv_spill) { fprintf(stderr, "strata batch: --kv-dram needs --kv-spill\n"); return 2; }
     if (b.kv_spill && !cli_spill_dir("batch", b.kv_spill)) return 2;
     struct stat st;
     if (!stat(in, &st) && S_ISDIR(st.st_mode)) { fprintf(stderr, "strata batch: --in %s: is a directory, expected a JSONL file\n", in); return 2; }
