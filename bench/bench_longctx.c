@@ -18,6 +18,7 @@
 #include "base/base.h"
 #include "bench/bench.h"
 #include "cpu/pool.h"
+#include "engine/attention.h"
 #include "engine/cli.h"
 #include "engine/model.h"
 #include "offload/kv_pages.h"
@@ -38,26 +39,31 @@ static float rnd(void) {
     return (float)((double)(rng_state >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
 }
 
-/* n entries of width d with random values, appended to a compressor state. */
-static int fill_comp(st_comp_state *cs, int64_t d, int64_t n, float *tmp, int64_t tmp_rows) {
-    if (cs->pages) {
-        for (int64_t i = 0; i < n; i += tmp_rows) {
-            const int64_t k = ST_MIN(tmp_rows, n - i);
-            for (int64_t j = 0; j < k * d; j++) tmp[j] = rnd();
-            int rc = st_kv_pages_append(cs->pages, cs->stream, tmp, k, NULL);
-            if (rc) return rc;
-        }
-    } else {
-        if (n > cs->cap) {
-            float *e = realloc(cs->entries, (size_t)(n + 16) * (size_t)d * sizeof(float));
-            if (!e) return st_error(ST_ERR_NOMEM, "bench longctx: out of memory for %lld entries", (long long)n);
-            cs->entries = e;
-            cs->cap = n + 16;
-        }
-        for (int64_t j = 0; j < n * d; j++) cs->entries[j] = rnd();
+/* n entries with random values, stored in the state's format (F32, or the
+ * official compact layout), appended to a compressor state. tmp: (d) floats. */
+static int fill_comp(st_comp_state *cs, const st_compressor_w *cw, int64_t n, float *tmp, int64_t tmp_rows) {
+    const size_t eb = cs->entry_bytes;
+    if (!cs->pages && n > cs->cap) {
+        void *e = realloc(cs->entries, (size_t)(n + 16) * eb);
+        if (!e) return st_error(ST_ERR_NOMEM, "bench longctx: out of memory for %lld entries", (long long)n);
+        cs->entries = e;
+        cs->cap = n + 16;
     }
-    cs->n_entries = n;
-    return 0;
+    unsigned char *buf = cs->pages ? malloc((size_t)tmp_rows * eb) : NULL;
+    if (cs->pages && !buf) return st_error(ST_ERR_NOMEM, "bench longctx: out of memory");
+    int rc = 0;
+    for (int64_t i = 0; !rc && i < n; i += tmp_rows) {
+        const int64_t k = ST_MIN(tmp_rows, n - i);
+        unsigned char *dst = buf ? buf : (unsigned char *)cs->entries + (size_t)i * eb;
+        for (int64_t r = 0; r < k; r++) {
+            for (int64_t j = 0; j < cw->d; j++) tmp[j] = rnd();
+            st_comp_entry_encode(cs, cw, tmp, dst + (size_t)r * eb);
+        }
+        if (buf) rc = st_kv_pages_append(cs->pages, cs->stream, buf, k, NULL);
+    }
+    free(buf);
+    if (!rc) cs->n_entries = n;
+    return rc;
 }
 
 /* The KV state of an N-token context (see the top comment). */
@@ -72,8 +78,8 @@ static int fill_context(st_seq *s, int64_t N) {
         if (w->kind == ST_LAYER_WINDOW) continue;
         float *tmp = malloc((size_t)ROWS * (size_t)w->head_dim * sizeof(float));
         if (!tmp) return st_error(ST_ERR_NOMEM, "bench longctx: out of memory");
-        rc = fill_comp(&ls->comp, w->comp.d, N / w->comp.ratio, tmp, ROWS);
-        if (!rc && w->kind == ST_LAYER_CSA) rc = fill_comp(&ls->icomp, w->idx.comp.d, N / w->idx.comp.ratio, tmp, ROWS);
+        rc = fill_comp(&ls->comp, &w->comp, N / w->comp.ratio, tmp, ROWS);
+        if (!rc && w->kind == ST_LAYER_CSA) rc = fill_comp(&ls->icomp, &w->idx.comp, N / w->idx.comp.ratio, tmp, ROWS);
         free(tmp);
     }
     s->pos = N;
@@ -94,12 +100,13 @@ static double kv_read_per_token(const st_model *m, int64_t N, double *idx_per_la
     for (int l = 0; l < m->n_layers; l++) {
         const st_attn_w *w = &m->layers[l].attn;
         b += (double)w->window * (double)w->head_dim * 4;
+        const double eb = (double)st_comp_entry_bytes(&w->comp, w->rope_dims, m->numerics);
         if (w->kind == ST_LAYER_CSA) {
-            const double idx = (double)(N / w->idx.comp.ratio) * (double)w->idx.comp.d * 4;
+            const double idx = (double)(N / w->idx.comp.ratio) * (double)st_comp_entry_bytes(&w->idx.comp, w->rope_dims, m->numerics);
             *idx_per_layer = idx;
-            b += idx + (double)ST_MIN((int64_t)w->idx.topk, N / w->comp.ratio) * (double)w->comp.d * 4;
+            b += idx + (double)ST_MIN((int64_t)w->idx.topk, N / w->comp.ratio) * eb;
         } else if (w->kind == ST_LAYER_HCA) {
-            b += (double)(N / w->comp.ratio) * (double)w->comp.d * 4;
+            b += (double)(N / w->comp.ratio) * eb;
         }
     }
     return b;
@@ -130,8 +137,8 @@ static int run_context(st_model *m, const lc_args *a, int64_t N, double dram_gbs
             if (w->kind == ST_LAYER_CSA) { r->csa = ls->comp.n_entries; r->idx = ls->icomp.n_entries; }
             if (w->kind == ST_LAYER_HCA) r->hca = ls->comp.n_entries;
             r->fast += (uint64_t)w->window * (uint64_t)w->head_dim * 4;
-            if (w->kind != ST_LAYER_WINDOW && !ls->comp.pages) r->fast += (uint64_t)ls->comp.n_entries * (uint64_t)w->comp.d * 4;
-            if (w->kind == ST_LAYER_CSA) r->fast += (uint64_t)ls->icomp.n_entries * (uint64_t)w->idx.comp.d * 4;
+            if (w->kind != ST_LAYER_WINDOW && !ls->comp.pages) r->fast += (uint64_t)ls->comp.n_entries * ls->comp.entry_bytes;
+            if (w->kind == ST_LAYER_CSA) r->fast += (uint64_t)ls->icomp.n_entries * ls->icomp.entry_bytes;
         }
         if (s->kv) {
             st_kv_pages_stats ks;

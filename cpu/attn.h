@@ -6,6 +6,7 @@
 #ifndef ST_CPU_ATTN_H
 #define ST_CPU_ATTN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* For each of nh heads h: s_c = scale * (q_h . rows[c]) for c < n,
@@ -32,5 +33,14 @@ void st_attn_head(const float *q, const float *const *rows, int64_t n, int64_t d
 /* Indexer scores: out[s] = sum_h w[h] * max(0, q_h . k_s) for s < n.
  * q (H, d), w (H), k (n, d) contiguous rows. */
 void st_index_scores(const float *q, const float *w, const float *k, int64_t H, int64_t d, int64_t n, float *out);
+
+/* Compact KV rows (the official cache layouts), decoded exactly; row r starts
+ * at src + r * stride, x is (rows, d). ue8m0 scale byte s: 2^(s-127).
+ * e2m1 row: d codes two a byte (low nibble first), then a scale per 32
+ * (a last partial block has its own). */
+void st_e2m1_rows(const uint8_t *src, size_t stride, int64_t rows, int64_t d, float *x);
+/* KV row: d - rope e4m3 codes (0x7f/0xff: NaN), a scale per 64 of them, then
+ * rope bf16 (little endian, unaligned). */
+void st_kv_rows(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, float *x);
 
 #endif

@@ -7,6 +7,7 @@
 #ifndef ST_CPU_ATTN_INTERNAL_H
 #define ST_CPU_ATTN_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define ST_ATTN_DECLARE(sfx)                                                                                     \
@@ -20,5 +21,9 @@
 ST_ATTN_DECLARE(generic)
 ST_ATTN_DECLARE(avx2)
 ST_ATTN_DECLARE(avx512)
+
+/* Compact KV rows (contract in cpu/attn.h); e2m1: d a multiple of 32. */
+void st_e2m1_rows_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, float *x);
+void st_kv_rows_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, float *x);
 
 #endif

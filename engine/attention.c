@@ -14,6 +14,7 @@
 
 #include "base/base.h"
 #include "cpu/attn.h"
+#include "cpu/formats.h"
 #include "cpu/quant.h"
 #include "offload/kv_pages.h"
 
@@ -67,15 +68,20 @@ int st_weight_rows(const st_weight *w, int64_t r0, int64_t r1, st_weight *v) {
 
 /* ---- per-sequence state ------------------------------------------------------ */
 
-static int comp_state_init(st_comp_state *s, const st_compressor_w *w) {
+static int comp_state_init(st_comp_state *s, const st_compressor_w *w, int64_t rope_dims, st_numerics num) {
     int coff = w->overlap ? 2 : 1;
     size_t n = (size_t)(coff * w->ratio) * (size_t)(coff * w->d);
     s->kv_state = malloc(n * sizeof(float));
     s->score_state = malloc(n * sizeof(float));
+    s->packed = num == ST_NUMERICS_OFFICIAL;
+    s->rope_dims = rope_dims;
+    s->entry_bytes = st_comp_entry_bytes(w, rope_dims, num);
     s->cap = 16;
-    s->entries = malloc((size_t)s->cap * (size_t)w->d * sizeof(float));
+    s->entries = malloc((size_t)s->cap * s->entry_bytes);
+    s->row = malloc((size_t)w->d * sizeof(float));
     s->n_entries = 0;
-    if (!s->kv_state || !s->score_state || !s->entries) return st_error(ST_ERR_NOMEM, "compressor state: out of memory");
+    if (!s->kv_state || !s->score_state || !s->entries || !s->row)
+        return st_error(ST_ERR_NOMEM, "compressor state: out of memory");
     for (size_t i = 0; i < n; i++) { s->kv_state[i] = 0; s->score_state[i] = -INFINITY; }
     return 0;
 }
@@ -84,16 +90,17 @@ static void comp_state_free(st_comp_state *s) {
     free(s->kv_state);
     free(s->score_state);
     free(s->entries);
+    free(s->row);
     memset(s, 0, sizeof *s);
 }
 
-int st_layer_state_init(st_layer_state *s, const st_attn_w *w) {
+int st_layer_state_init(st_layer_state *s, const st_attn_w *w, st_numerics num) {
     memset(s, 0, sizeof *s);
     s->window = calloc((size_t)w->window * (size_t)w->head_dim, sizeof(float));
     if (!s->window) return st_error(ST_ERR_NOMEM, "window KV: out of memory");
     int rc = 0;
-    if (w->kind != ST_LAYER_WINDOW) rc = comp_state_init(&s->comp, &w->comp);
-    if (!rc && w->kind == ST_LAYER_CSA) rc = comp_state_init(&s->icomp, &w->idx.comp);
+    if (w->kind != ST_LAYER_WINDOW) rc = comp_state_init(&s->comp, &w->comp, w->rope_dims, num);
+    if (!rc && w->kind == ST_LAYER_CSA) rc = comp_state_init(&s->icomp, &w->idx.comp, w->rope_dims, num);
     if (rc) st_layer_state_free(s);
     return rc;
 }
@@ -134,6 +141,71 @@ static void index_quant_sim(float *v, int64_t d) {
     st_quant_sim_e2m1(v, d, 32);
 }
 
+/* ---- stored entries (formats: attention.h) ---- */
+
+/* codes/scales of x (n values, one power-of-two scale per block) computed as
+ * cpu/quant.c's quant_blocks does, so that decoding gives its rounded values:
+ * the same amax, floor and scale, and the reference conversions (which the
+ * simulation's roundings equal, tested there) of the same x / scale. */
+static void pack_blocks(const float *x, int64_t n, int64_t block, bool fp4, uint8_t *codes, uint8_t *scales) {
+    const float max_code = fp4 ? 6.0f : 448.0f, amax_floor = fp4 ? 6.0f * 0x1p-126f : 1e-4f;
+    if (fp4) memset(codes, 0, (size_t)ST_DIV_UP(n, 2));
+    for (int64_t b0 = 0, k = 0; b0 < n; b0 += block, k++) {
+        const int64_t b1 = ST_MIN(n, b0 + block);
+        float amax = 0;
+        for (int64_t i = b0; i < b1; i++) {
+            float a = fabsf(x[i]);
+            amax = a > amax ? a : amax;
+        }
+        if (!(amax >= amax_floor)) amax = amax_floor;
+        const float scale = st_pow2_ceil(amax * (1.0f / max_code));
+        scales[k] = (uint8_t)(st_f32_bits(scale) >> 23); /* a normal power of two: ue8m0 is its exponent field */
+        for (int64_t i = b0; i < b1; i++) {
+            float q = x[i] / scale;
+            if (q > max_code) q = max_code;
+            if (q < -max_code) q = -max_code;
+            if (fp4) codes[i / 2] |= (uint8_t)(st_f32_to_e2m1(q) << (4 * (i & 1)));
+            else codes[i] = st_f32_to_e4m3(q);
+        }
+    }
+}
+
+/* v (n, d) = the n consecutive stored entries at src. */
+static void comp_entries_decode(const st_comp_state *s, const st_compressor_w *w, const void *src, int64_t n, float *v) {
+    if (!s->packed) memcpy(v, src, (size_t)(n * w->d) * sizeof(float));
+    else if (w->rotate) st_e2m1_rows(src, s->entry_bytes, n, w->d, v);
+    else st_kv_rows(src, s->entry_bytes, n, w->d, s->rope_dims, v);
+}
+
+size_t st_comp_entry_bytes(const st_compressor_w *w, int64_t rope_dims, st_numerics num) {
+    const int64_t d = w->d, nope = d - rope_dims;
+    if (num != ST_NUMERICS_OFFICIAL) return (size_t)d * sizeof(float);
+    if (w->rotate) return (size_t)(ST_DIV_UP(d, 2) + ST_DIV_UP(d, 32));
+    return (size_t)(nope + ST_DIV_UP(nope, 64) + 2 * rope_dims);
+}
+
+void st_comp_entry_encode(const st_comp_state *s, const st_compressor_w *w, float *v, void *dst) {
+    const int64_t d = w->d, nope = d - s->rope_dims;
+    uint8_t *o = dst;
+    if (!s->packed) {
+        memcpy(dst, v, (size_t)d * sizeof(float));
+    } else if (w->rotate) {
+        st_hadamard(v, 1, d);
+        pack_blocks(v, d, 32, true, o, o + ST_DIV_UP(d, 2));
+    } else {
+        pack_blocks(v, nope, 64, false, o, o + nope);
+        uint8_t *r = o + nope + ST_DIV_UP(nope, 64);
+        for (int64_t i = 0; i < s->rope_dims; i++) {
+            const uint16_t h = st_f32_to_bf16(v[nope + i]);
+            memcpy(r + 2 * i, &h, 2); /* unaligned */
+        }
+    }
+}
+
+void st_comp_entry_decode(const st_comp_state *s, const st_compressor_w *w, const void *src, float *v) {
+    comp_entries_decode(s, w, src, 1, v);
+}
+
 /* Feed token p's kv and score rows (coff*d each); if p completes a block, emit
  * the block's entry into s->entries. */
 static int comp_feed(const st_compressor_w *w, st_comp_state *s, const float *kv, const float *score, int64_t p,
@@ -148,12 +220,12 @@ static int comp_feed(const st_compressor_w *w, st_comp_state *s, const float *kv
 
     if (!s->pages && s->n_entries == s->cap) {
         int64_t cap = s->cap * 2;
-        float *e = realloc(s->entries, (size_t)cap * (size_t)d * sizeof(float));
+        void *e = realloc(s->entries, (size_t)cap * s->entry_bytes);
         if (!e) return st_error(ST_ERR_NOMEM, "compressed KV: out of memory at %lld entries", (long long)cap);
         s->entries = e;
         s->cap = cap;
     }
-    float *out = s->pages ? s->entries : s->entries + s->n_entries * d;
+    float *out = s->row;
     /* per channel c: softmax over the slots of the scores, weighted sum of kv.
      * Overlap: slots 0..ratio-1 are the previous block's channel c, slots
      * ratio..2ratio-1 this block's channel d + c. */
@@ -182,13 +254,14 @@ static int comp_feed(const st_compressor_w *w, st_comp_state *s, const float *kv
     st_rmsnorm(out, w->norm, d, eps, out);
     if (num == ST_NUMERICS_OFFICIAL) st_round_bf16(out, d);
     st_rope_apply(out, 1, d, (int)rope_dims, inv_freq, p + 1 - ratio, false);
-    if (num == ST_NUMERICS_OFFICIAL) {
-        if (w->rotate) index_quant_sim(out, d);
-        else kv_quant_sim(out, d, rope_dims);
-    }
+    /* official numerics: encoding rounds exactly as kv_quant_sim / index_quant_sim would */
     if (s->pages) {
-        int rc = st_kv_pages_append(s->pages, s->stream, out, 1, NULL);
+        void *tmp = s->packed ? s->entries : out; /* entries: unused with pages, room for one */
+        if (s->packed) st_comp_entry_encode(s, w, out, tmp);
+        int rc = st_kv_pages_append(s->pages, s->stream, tmp, 1, NULL);
         if (rc) return rc;
+    } else {
+        st_comp_entry_encode(s, w, out, (uint8_t *)s->entries + (size_t)s->n_entries * s->entry_bytes);
     }
     s->n_entries++;
     return 0;
@@ -226,7 +299,9 @@ enum { KV_PREFETCH_AHEAD = 1 }; /* tokens read ahead: more would hold fast frame
 
 typedef struct index_job {
     const st_indexer_w *ix;
-    const float *iq, *iw, *keys; /* (g, n_heads, head_dim), (g, n_heads), (n_keys, head_dim) */
+    const st_comp_state *ks;     /* the keys: ks->entries (n_keys, entry_bytes) */
+    float *dq;                   /* (nth, INDEX_TILE, head_dim) keys of a tile, decoded (packed keys) */
+    const float *iq, *iw;        /* (g, n_heads, head_dim), (g, n_heads) */
     const int64_t *n_vis;        /* (g) keys visible to each query */
     int64_t g, n_max;
     float *scores;               /* (g, n_max) */
@@ -238,13 +313,19 @@ static void index_rows(void *ctx, int ith, int nth) {
     const int64_t hd = j->ix->head_dim, H = j->ix->n_heads;
     int64_t s0, s1;
     st_split(j->n_max, ith, nth, 16, &s0, &s1);
+    const st_comp_state *ks = j->ks;
     for (int64_t a = s0; a < s1; a += INDEX_TILE) {
         const int64_t b = ST_MIN(s1, a + INDEX_TILE);
+        const float *keys = (const float *)ks->entries + a * hd;
+        if (ks->packed) { /* decoded once per tile for the whole group */
+            float *dq = j->dq + (int64_t)ith * INDEX_TILE * hd;
+            comp_entries_decode(ks, &j->ix->comp, (const uint8_t *)ks->entries + (size_t)a * ks->entry_bytes, b - a, dq);
+            keys = dq;
+        }
         for (int64_t q = 0; q < j->g; q++) {
             const int64_t e = ST_MIN(b, j->n_vis[q]);
             if (e > a)
-                st_index_scores(j->iq + q * H * hd, j->iw + q * H, j->keys + a * hd, H, hd, e - a,
-                                j->scores + q * j->n_max + a);
+                st_index_scores(j->iq + q * H * hd, j->iw + q * H, keys, H, hd, e - a, j->scores + q * j->n_max + a);
         }
     }
 }
@@ -259,12 +340,13 @@ static void index_topk(void *ctx, int ith, int nth) {
 }
 
 /* sel (T, topk) = top-k key ids of every token of the chunk; n_vis (T). */
-static void index_select_chunk(st_pool *pool, const st_indexer_w *ix, const float *keys, const float *iq,
-                               const float *iw, const int64_t *n_vis, int64_t T, float *scores, int32_t *sel) {
+static void index_select_chunk(st_pool *pool, const st_indexer_w *ix, const st_comp_state *ks, float *dq,
+                               const float *iq, const float *iw, const int64_t *n_vis, int64_t T, float *scores,
+                               int32_t *sel) {
     const int64_t H = ix->n_heads, hd = ix->head_dim;
     for (int64_t t0 = 0; t0 < T; t0 += INDEX_GROUP) {
         const int64_t g = ST_MIN(INDEX_GROUP, T - t0);
-        index_job j = {.ix = ix, .iq = iq + t0 * H * hd, .iw = iw + t0 * H, .keys = keys, .n_vis = n_vis + t0,
+        index_job j = {.ix = ix, .ks = ks, .dq = dq, .iq = iq + t0 * H * hd, .iw = iw + t0 * H, .n_vis = n_vis + t0,
                        .g = g, .n_max = n_vis[t0 + g - 1], .scores = scores, .sel = sel + t0 * ix->topk};
         if (j.n_max * g >= 256) { st_pool_run(pool, index_rows, &j); st_pool_run(pool, index_topk, &j); }
         else { index_rows(&j, 0, 1); index_topk(&j, 0, 1); }
@@ -288,6 +370,8 @@ typedef struct chunk_attn {
     const float **cand;      /* (nth, max_cand) */
     float *scratch;          /* (nth, max_cand * n_heads) */
     const void **paged;      /* (topk) */
+    float *dq;               /* (nth, topk, head_dim): a token's packed CSA rows, decoded */
+    const float *hca;        /* (n_entries, head_dim): packed HCA entries, decoded */
     float *split_tmp;        /* (nth, split_len) for split_attn; NULL: never split */
     const float **split_shift;/* (nth, max_cand) */
     int64_t split_len;
@@ -295,18 +379,28 @@ typedef struct chunk_attn {
     int rc;
 } chunk_attn;
 
-static int64_t token_cands(const chunk_attn *c, int64_t t, const float **cand) {
+static int64_t token_cands(const chunk_attn *c, int64_t t, const float **cand, float *dq) {
     const st_attn_w *w = c->w;
     const st_layer_state *s = c->s;
     const int64_t hd = w->head_dim, W = w->window, p = c->pos0 + t;
     int64_t nc = 0;
     for (int64_t q = ST_MAX(0, p - W + 1); q <= p; q++)
         cand[nc++] = q >= c->pos0 ? c->kv + (q - c->pos0) * hd : s->window + (q % W) * hd;
-    if (w->kind == ST_LAYER_CSA && !s->comp.pages) {
+    const st_comp_state *cs = &s->comp;
+    if (w->kind == ST_LAYER_CSA && !cs->pages) {
         const int32_t *sel = c->sel + t * w->idx.topk;
-        for (int64_t i = 0; i < c->n_sel[t]; i++) cand[nc++] = s->comp.entries + (int64_t)sel[i] * hd;
+        for (int64_t i = 0; i < c->n_sel[t]; i++) {
+            const uint8_t *e = (const uint8_t *)cs->entries + (size_t)sel[i] * cs->entry_bytes;
+            if (cs->packed) {
+                st_comp_entry_decode(cs, &w->comp, e, dq + i * hd);
+                cand[nc++] = dq + i * hd;
+            } else {
+                cand[nc++] = (const float *)e;
+            }
+        }
     } else if (w->kind == ST_LAYER_HCA) {
-        for (int64_t i = 0; i < c->n_main[t]; i++) cand[nc++] = s->comp.entries + i * hd;
+        const float *ent = cs->packed ? c->hca : cs->entries;
+        for (int64_t i = 0; i < c->n_main[t]; i++) cand[nc++] = ent + i * hd;
     }
     return nc;
 }
@@ -328,9 +422,10 @@ static void attn_tokens(void *ctx, int ith, int nth) {
     st_split(c->T, ith, nth, 1, &t0, &t1);
     const float **cand = c->cand + ith * c->max_cand;
     float *scratch = c->scratch + ith * c->max_cand * c->w->n_heads;
+    float *dq = c->dq ? c->dq + (int64_t)ith * c->w->idx.topk * c->w->head_dim : NULL;
     const int64_t qh = (int64_t)c->w->n_heads * c->w->head_dim;
     for (int64_t t = t0; t < t1; t++) {
-        attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = cand, .n_cand = token_cands(c, t, cand),
+        attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = cand, .n_cand = token_cands(c, t, cand, dq),
                         .o = c->o + t * qh, .scratch = scratch};
         for (int i = 0; i < nth; i++) attn_heads(&job, i, nth);
         token_finish(c, t);
@@ -400,12 +495,20 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
     const int64_t qh = (int64_t)c->w->n_heads * c->w->head_dim;
     st_comp_state *cs = &c->s->comp;
     for (int64_t t = 0; t < c->T; t++) {
-        int64_t nc = token_cands(c, t, c->cand);
+        int64_t nc = token_cands(c, t, c->cand, c->dq);
         if (c->w->kind == ST_LAYER_CSA && cs->pages) {
             const int32_t *sel = c->sel + t * c->w->idx.topk;
             int rc = st_kv_pages_get(cs->pages, cs->stream, sel, c->n_sel[t], c->paged);
             if (rc) return rc;
-            for (int64_t i = 0; i < c->n_sel[t]; i++) c->cand[nc++] = c->paged[i];
+            const int64_t hd = c->w->head_dim;
+            for (int64_t i = 0; i < c->n_sel[t]; i++) {
+                if (cs->packed) {
+                    st_comp_entry_decode(cs, &c->w->comp, c->paged[i], c->dq + i * hd);
+                    c->cand[nc++] = c->dq + i * hd;
+                } else {
+                    c->cand[nc++] = c->paged[i];
+                }
+            }
             /* the next tokens' reads go out now and overlap this token's attention (prefetch is
              * advisory: pages it cannot place without touching pinned ones are left for their get) */
             for (int64_t u = t + 1; u < ST_MIN(c->T, t + 1 + KV_PREFETCH_AHEAD); u++)
@@ -433,6 +536,7 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
 
 typedef struct attn_bufs {
     float *xq, *qa, *qaq, *q, *kv, *ckv, *csc, *iq, *iw, *ikv, *isc, *o, *og, *oa, *res, *scratch, *iscores;
+    float *dq, *idq, *hca; /* packed entries decoded: CSA rows (nth, topk, hd), index tiles, HCA (n, hd) */
     int32_t *sel;       /* (T, topk) */
     int64_t *n_main, *n_idx, *n_sel; /* (T) each */
     float *split_tmp;
@@ -503,6 +607,9 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     /* candidates of one token: the window, then top-k (CSA) or every entry (HCA) */
     const int64_t max_cand = W + (csa ? (int64_t)w->idx.topk : max_vis);
     const int nth = st_pool_size(pool) > 0 ? st_pool_size(pool) : 1;
+    if (has_comp && s->comp.packed != (num == ST_NUMERICS_OFFICIAL))
+        return st_error(ST_ERR_INVALID, "attention: the layer's KV state was made for %s numerics, not %s",
+                        s->comp.packed ? "official" : "reference", num == ST_NUMERICS_OFFICIAL ? "official" : "reference");
     attn_bufs b = {0};
     int rc = ST_ERR_NOMEM;
     if (!ALLOC(b.qa, T * w->q_lora_rank) || !ALLOC(b.q, T * qh) || !ALLOC(b.kv, T * hd) || !ALLOC(b.o, T * qh) ||
@@ -521,6 +628,8 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
             !ALLOC(b.sel, T * w->idx.topk) || !ALLOC(b.n_idx, T) || !ALLOC(b.n_sel, T))
             goto oom;
         if (s->comp.pages && !ALLOC(b.paged, w->idx.topk)) goto oom;
+        if (s->comp.packed && !ALLOC(b.dq, nth * w->idx.topk * hd)) goto oom;
+        if (s->icomp.packed && !ALLOC(b.idq, nth * INDEX_TILE * id)) goto oom;
     }
 
     const bool official = num == ST_NUMERICS_OFFICIAL;
@@ -593,7 +702,7 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
             b.n_idx[t] = s->icomp.n_entries;
             b.n_sel[t] = ST_MIN((int64_t)w->idx.topk, b.n_idx[t]);
         }
-        index_select_chunk(pool, &w->idx, s->icomp.entries, b.iq, b.iw, b.n_idx, T, b.iscores, b.sel);
+        index_select_chunk(pool, &w->idx, &s->icomp, b.idq, b.iq, b.iw, b.n_idx, T, b.iscores, b.sel);
         if (s->comp.pages && (rc = prefetch_existing(&s->comp, b.sel, b.n_sel[0]))) goto done;
     }
     for (int64_t t = 0; t < T; t++) {
@@ -602,9 +711,14 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
             goto done;
         b.n_main[t] = has_comp ? s->comp.n_entries : 0;
     }
+    if (w->kind == ST_LAYER_HCA && s->comp.packed) { /* every token of the chunk reads a prefix of them */
+        const int64_t n = s->comp.n_entries;
+        if (!ALLOC(b.hca, ST_MAX(n, 1) * hd)) goto oom;
+        comp_entries_decode(&s->comp, &w->comp, s->comp.entries, n, b.hca);
+    }
     chunk_attn ca = {.w = w, .s = s, .q = b.q, .kv = b.kv, .n_main = b.n_main, .sel = b.sel, .n_sel = b.n_sel,
                      .pos0 = pos0, .T = T, .max_cand = max_cand, .o = b.o, .cand = b.cand, .scratch = b.scratch,
-                     .paged = b.paged, .split_tmp = b.split_tmp, .split_shift = b.split_shift,
+                     .paged = b.paged, .dq = b.dq, .hca = b.hca, .split_tmp = b.split_tmp, .split_shift = b.split_shift,
                      .split_len = split_len, .num = num};
     if ((csa && s->comp.pages) || T < 2 * nth) {
         if ((rc = attn_sequential(pool, &ca))) goto done;

@@ -7,10 +7,24 @@
 
 #include "engine/layer.h"
 
-/* Allocate / free / clear one layer's per-sequence state. */
-int st_layer_state_init(st_layer_state *s, const st_attn_w *w);
+/* Allocate / free / clear one layer's per-sequence state. Compressed entries
+ * are stored as st_comp_entry_bytes(.., num) says. */
+int st_layer_state_init(st_layer_state *s, const st_attn_w *w, st_numerics num);
 void st_layer_state_free(st_layer_state *s);
 void st_layer_state_reset(st_layer_state *s, const st_attn_w *w);
+
+/* Bytes of one stored compressed entry of w. Reference numerics: d F32. Official
+ * numerics, the official cache layout, which holds exactly the values the
+ * official code rounds them to: a main entry is (d - rope_dims) e4m3 codes,
+ * one ue8m0 scale byte per 64 of them, then rope_dims bf16 (583 bytes at d 512,
+ * rope 64); an indexer key (w->rotate) is d e2m1 codes two to a byte (low
+ * nibble first), then one ue8m0 scale byte per 32 (68 bytes at d 128). */
+size_t st_comp_entry_bytes(const st_compressor_w *w, int64_t rope_dims, st_numerics num);
+/* dst (entry_bytes) = v (w->d floats, the compressor's output before the
+ * cache's rounding) in s's format; v is clobbered (indexer keys: Hadamard). */
+void st_comp_entry_encode(const st_comp_state *s, const st_compressor_w *w, float *v, void *dst);
+/* v (w->d floats) = the values the stored entry src holds (exact). */
+void st_comp_entry_decode(const st_comp_state *s, const st_compressor_w *w, const void *src, float *v);
 
 /* out (T, dim) = attention of xn (T, dim), the attn-normed inputs at positions
  * pos0 .. pos0+T-1; appends the chunk to the state. Chunks must be contiguous. */

@@ -350,8 +350,8 @@ static void kv_tier_bytes(const st_seq *s, uint64_t *fast, uint64_t *dram, uint6
         const st_layer_state *ls = &s->state[l];
         f += (uint64_t)w->window * (uint64_t)w->head_dim * sizeof(float);
         if (w->kind != ST_LAYER_WINDOW && !ls->comp.pages)
-            f += (uint64_t)ls->comp.n_entries * (uint64_t)w->comp.d * sizeof(float);
-        if (w->kind == ST_LAYER_CSA) f += (uint64_t)ls->icomp.n_entries * (uint64_t)w->idx.comp.d * sizeof(float);
+            f += (uint64_t)ls->comp.n_entries * (uint64_t)ls->comp.entry_bytes;
+        if (w->kind == ST_LAYER_CSA) f += (uint64_t)ls->icomp.n_entries * (uint64_t)ls->icomp.entry_bytes;
     }
     *dram = *nvme = 0;
     if (s->kv) {

@@ -23,7 +23,7 @@ int st_seq_new(const st_model *m, st_seq **out) {
     s->state = calloc((size_t)m->n_layers, sizeof *s->state);
     if (!s->state) { free(s); return st_error(ST_ERR_NOMEM, "sequence: out of memory"); }
     for (int l = 0; l < m->n_layers; l++) {
-        int rc = st_layer_state_init(&s->state[l], &m->layers[l].attn);
+        int rc = st_layer_state_init(&s->state[l], &m->layers[l].attn, m->numerics);
         if (rc) { st_seq_free(s); return rc; }
     }
     *out = s;
@@ -55,7 +55,7 @@ int st_seq_kv_tiering(st_seq *s, uint64_t fast_bytes, uint64_t dram_bytes, const
         char name[64];
         snprintf(name, sizeof name, "layer %d csa", l);
         st_comp_state *cs = &s->state[l].comp;
-        rc = st_kv_pages_add_stream(s->kv, (size_t)w->comp.d * sizeof(float), false, name, &cs->stream);
+        rc = st_kv_pages_add_stream(s->kv, cs->entry_bytes, false, name, &cs->stream);
         if (!rc) cs->pages = s->kv;
     }
     if (rc) { /* back to plain arrays */

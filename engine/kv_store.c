@@ -3,8 +3,10 @@
  * A file holds one sequence's state after a prompt: every layer's window ring,
  * compressor partial blocks and compressed entries, plus the last position's
  * logits. Layout: header (magic "STKV", version, model identity, numerics,
- * n_tokens, vocab, n_layers), the token ids, then per layer the raw F32 arrays
- * in a fixed order, then an xxh3-64 of everything before it. A file whose
+ * n_tokens, vocab, n_layers), the token ids, then per layer the raw arrays in
+ * a fixed order (F32 window ring and compressor partial blocks; compressed
+ * entries as stored: F32, or the official compact layout in official numerics,
+ * since version 2), then an xxh3-64 of everything before it. A file whose
  * magic, version, identity, sizes or checksum disagree is ignored with a
  * warning: never trusted. Files are written to a temporary name and renamed. */
 #include "engine/kv_store.h"
@@ -21,7 +23,7 @@
 #include "base/base.h"
 
 #define KV_MAGIC 0x564b5453u /* "STKV" */
-#define KV_VERSION 1u
+#define KV_VERSION 2u /* 2: compact compressed entries in official numerics */
 
 typedef struct kv_header {
     uint32_t magic, version;
@@ -30,22 +32,22 @@ typedef struct kv_header {
     int64_t n_tokens, vocab;
 } kv_header;
 
-/* The arrays of one layer's state, in file order, with their float counts. */
-static int layer_arrays(const st_attn_w *w, const st_layer_state *s, float **ptr, int64_t *cnt) {
+/* The arrays of one layer's state, in file order, with their byte counts. */
+static int layer_arrays(const st_attn_w *w, const st_layer_state *s, void **ptr, int64_t *cnt) {
     int n = 0;
     ptr[n] = s->window;
-    cnt[n++] = (int64_t)w->window * w->head_dim;
+    cnt[n++] = (int64_t)w->window * w->head_dim * (int64_t)sizeof(float);
     const st_compressor_w *cw[2] = {&w->comp, &w->idx.comp};
     const st_comp_state *cs[2] = {&s->comp, &s->icomp};
     const int ncomp = w->kind == ST_LAYER_WINDOW ? 0 : w->kind == ST_LAYER_CSA ? 2 : 1;
     for (int c = 0; c < ncomp; c++) {
         const int64_t coff = cw[c]->overlap ? 2 : 1, st = coff * cw[c]->ratio * coff * cw[c]->d;
         ptr[n] = cs[c]->kv_state;
-        cnt[n++] = st;
+        cnt[n++] = st * (int64_t)sizeof(float);
         ptr[n] = cs[c]->score_state;
-        cnt[n++] = st;
+        cnt[n++] = st * (int64_t)sizeof(float);
         ptr[n] = cs[c]->entries;
-        cnt[n++] = cs[c]->n_entries * cw[c]->d;
+        cnt[n++] = cs[c]->n_entries * (int64_t)cs[c]->entry_bytes;
     }
     return n;
 }
@@ -80,10 +82,10 @@ int st_kv_save(const st_seq *s, const int32_t *ids, int64_t n, const float *logi
     PUT(ids, n * (int64_t)sizeof *ids);
     PUT(logits, m->vocab * (int64_t)sizeof(float));
     for (int l = 0; l < m->n_layers && ok; l++) {
-        float *ptr[8];
+        void *ptr[8];
         int64_t cnt[8];
         int na = layer_arrays(&m->layers[l].attn, &s->state[l], ptr, cnt);
-        for (int a = 0; a < na; a++) PUT(ptr[a], cnt[a] * (int64_t)sizeof(float));
+        for (int a = 0; a < na; a++) PUT(ptr[a], cnt[a]);
     }
 #undef PUT
     uint64_t sum = hs ? XXH3_64bits_digest(hs) : 0;
@@ -135,18 +137,18 @@ static int try_load(st_seq *s, const char *path, const int32_t *ids, int64_t n, 
         for (int c = 0; c < ncomp; c++) {
             int64_t ne = h.n_tokens / cw[c]->ratio;
             if (ne > cs[c]->cap) {
-                float *e = realloc(cs[c]->entries, (size_t)(ne * cw[c]->d) * sizeof(float));
+                void *e = realloc(cs[c]->entries, (size_t)ne * cs[c]->entry_bytes);
                 if (!e) { rc = st_error(ST_ERR_NOMEM, "kv load: out of memory"); goto out; }
                 cs[c]->entries = e;
                 cs[c]->cap = ne;
             }
             cs[c]->n_entries = ne;
         }
-        float *ptr[8];
+        void *ptr[8];
         int64_t cnt[8];
         int na = layer_arrays(w, ls, ptr, cnt);
         for (int a = 0; a < na; a++) {
-            size_t b = (size_t)cnt[a] * sizeof(float);
+            size_t b = (size_t)cnt[a];
             if ((size_t)(end - p) < b) { st_seq_reset(s); goto bad; }
             memcpy(ptr[a], p, b);
             p += b;

@@ -8,6 +8,7 @@
 #define ST_ENGINE_LAYER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "cpu/cpu.h"
@@ -79,7 +80,11 @@ typedef struct st_layer_w {
 /* Per-sequence state of one compressor: the partial block and the entries. */
 typedef struct st_comp_state {
     float *kv_state, *score_state; /* (coff*ratio, coff*d) */
-    float *entries;                /* (cap, d); with pages: (1, d) scratch for the entry being built */
+    void *entries;                 /* (cap, entry_bytes); with pages: room to encode the entry appended */
+    float *row;                    /* (d) the entry being built */
+    size_t entry_bytes;            /* stored entry: d F32, or (official numerics) the official compact layout */
+    bool packed;                   /* entries are compact (see st_comp_entry_encode) */
+    int64_t rope_dims;             /* trailing rope dims of a main entry (kept in bf16 when packed) */
     int64_t n_entries, cap;
     struct st_kv_pages *pages;     /* KV tiering (CSA main entries): the entries live there; NULL: in entries */
     int stream;                    /* this state's stream in pages */

@@ -2,7 +2,8 @@
  *
  * One store serves every layer of one sequence: each layer's compressed entries
  * are a *stream* (st_kv_pages_add_stream), an append-only array of fixed-size
- * entries (entry_bytes: F32 d floats today, the official 583-byte layout later)
+ * entries (entry_bytes: d F32 in reference numerics, the official compact
+ * layout in official numerics: engine/attention.h st_comp_entry_bytes, 583 B at d 512)
  * cut into pages of P = page_bytes / entry_bytes entries. Every page occupies
  * one frame of page_bytes (a multiple of 4096) on the tier that holds it:
  *

@@ -60,7 +60,7 @@ static void kv_tiering_same_logits(void **state) {
     st_open_options o = {.numerics = ST_NUMERICS_MODE_OFFICIAL, .threads = 2};
     st_model *m = NULL;
     assert_int_equal(st_model_open("tests/data/fixtures/v4_tiny_a/official", &o, &m), 0);
-    const int64_t V = st_model_vocab_size(m), N = 1000; /* 250 CSA entries: 12 pages of 4 KiB */
+    const int64_t V = st_model_vocab_size(m), N = 2400; /* 600 CSA entries of 57 bytes (official layout): 9 pages of 4 KiB */
     int32_t *ids = malloc((size_t)N * sizeof *ids);
     for (int64_t i = 0; i < N; i++) ids[i] = (int32_t)((i * 2654435761u + 3) % (uint32_t)V);
     float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
@@ -92,7 +92,7 @@ static void kv_tiering_same_logits(void **state) {
     /* a budget too small for one token's pages: an error from eval, no crash */
     bad = (st_kv_tiering_options){.fast_bytes = 4096, .page_bytes = 4096};
     assert_int_equal(st_session_kv_tiering(s, &bad), 0);
-    assert_int_equal(st_session_eval(s, ids, 200, NULL), ST_ERR_BUDGET);
+    assert_int_equal(st_session_eval(s, ids, 600, NULL), ST_ERR_BUDGET);
     st_session_free(s);
     assert_int_equal(rmdir(dir), 0); /* the spill file was unlinked at creation */
     free(a); free(b); free(ids);

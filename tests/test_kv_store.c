@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "base/base.h"
 #include "engine/kv_store.h"
@@ -73,6 +74,30 @@ static void reuse_equals_recompute(void **state) {
     assert_int_equal(s->pos, 0);
     /* truncated */
     assert_int_equal(truncate(path, 100), 0);
+    assert_int_equal(st_kv_load_prefix(s, ids, 30, id, dir, b, &got), 0);
+    assert_int_equal(got, 0);
+    /* a file of the previous format version (F32 entries), whole and checksummed: ignored */
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(st_kv_load_prefix(s, ids, 30, id, dir, b, &got), 0);
+    assert_int_equal(got, 9);
+    d = opendir(dir);
+    while ((e = readdir(d)))
+        if (strstr(e->d_name, "-9.kv")) snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    closedir(d);
+    char *buf;
+    size_t len;
+    assert_int_equal(st_read_file(path, 1 << 26, &buf, &len), 0);
+    uint32_t version;
+    memcpy(&version, buf + 4, 4);
+    assert_int_equal(version, 2);
+    version = 1;
+    memcpy(buf + 4, &version, 4);
+    uint64_t sum = XXH3_64bits(buf, len - 8);
+    memcpy(buf + len - 8, &sum, 8);
+    f = fopen(path, "wb");
+    assert_int_equal(fwrite(buf, 1, len, f), len);
+    fclose(f);
+    free(buf);
     assert_int_equal(st_kv_load_prefix(s, ids, 30, id, dir, b, &got), 0);
     assert_int_equal(got, 0);
     assert_int_equal(tu_rmtree(dir), 0);

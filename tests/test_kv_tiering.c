@@ -6,17 +6,22 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/wait.h>
 
 #include "base/base.h"
+#include "cpu/formats.h"
+#include "cpu/quant.h"
+#include "engine/attention.h"
 #include "engine/kv_store.h"
 #include "offload/kv_pages.h"
 
 #define FIX "tests/data/fixtures/v4_tiny_a/official"
-#define N_TOK 700 /* CSA ratio 4: 175 entries of 192 bytes, 21 a page: 9 pages */
+#define N_TOK 2800 /* CSA ratio 4: 700 entries of 57 bytes (official layout), 71 a page: 10 pages */
+#define N_CLI 700   /* the command-line runs */
 
 /* Logits of every position, fed in chunks of 61 then 1 (prefill and decode paths). */
 static void run(st_seq *s, const int32_t *ids, int64_t V, float *lg) {
@@ -65,7 +70,14 @@ static void tiered_equals_resident(void **state) {
                   (unsigned long long)(st.fetched_dram + st.fetched_nvme), (unsigned long long)st.prefetched,
                   (unsigned long long)st.hits, st.stall_ns / 1e6);
     assert_true(st.bytes_fast <= (uint64_t)n_csa * 6 * 4096);
-    assert_int_equal(st.pages_fast + st.pages_dram + st.pages_nvme, n_csa * ((N_TOK / 4 + 20) / 21));
+    int64_t per_page = 0;
+    for (int l = 0; l < m->n_layers; l++)
+        if (s->state[l].comp.pages) {
+            assert_int_equal(st_kv_pages_entry_bytes(s->kv, s->state[l].comp.stream), 57); /* 40 e4m3 + 1 scale + 8 bf16 */
+            per_page = st_kv_pages_page_entries(s->kv, s->state[l].comp.stream);
+        }
+    assert_int_equal(per_page, 4096 / 57);
+    assert_int_equal(st.pages_fast + st.pages_dram + st.pages_nvme, n_csa * ((N_TOK / 4 + per_page - 1) / per_page));
 
     /* reset empties the store; the same tokens again give the same logits */
     st_seq_reset(s);
@@ -103,12 +115,12 @@ static void budget_too_small_fails_cleanly(void **state) {
     st_model_opts o = {.numerics = ST_NUMERICS_OFFICIAL, .threads = 1, .quiet = true};
     st_model *m;
     assert_int_equal(st_model_load(FIX, &o, &m), 0);
-    int32_t ids[200];
-    for (int i = 0; i < 200; i++) ids[i] = (int32_t)((i * 31 + 5) % m->vocab);
+    int32_t ids[600]; /* 150 entries: 3 pages, top-k needs more than the one fast frame */
+    for (int i = 0; i < 600; i++) ids[i] = (int32_t)((i * 31 + 5) % m->vocab);
     st_seq *s;
     assert_int_equal(st_seq_new(m, &s), 0);
     assert_int_equal(st_seq_kv_tiering(s, 4096, 4096, NULL, 4096), 0);
-    int rc = st_seq_forward(s, ids, 200, NULL, false);
+    int rc = st_seq_forward(s, ids, 600, NULL, false);
     assert_int_equal(rc, ST_ERR_BUDGET);
     assert_non_null(strstr(st_last_error(), "kv"));
     st_seq_free(s);
@@ -162,10 +174,10 @@ static void cli_flags_identical_logits(void **state) {
     snprintf(txt, sizeof txt, "%s/ids.txt", dir);
     snprintf(i32, sizeof i32, "%s/ids.i32", dir);
     snprintf(bad, sizeof bad, "%s/bad.txt", dir);
-    int32_t ids[N_TOK];
-    for (int i = 0; i < N_TOK; i++) ids[i] = (int32_t)((i * 2654435761u + 17) % 127u);
-    write_ids(txt, ids, N_TOK, false);
-    write_ids(i32, ids, N_TOK, true);
+    int32_t ids[N_CLI];
+    for (int i = 0; i < N_CLI; i++) ids[i] = (int32_t)((i * 2654435761u + 17) % 127u);
+    write_ids(txt, ids, N_CLI, false);
+    write_ids(i32, ids, N_CLI, true);
     int st;
     snprintf(cmd, sizeof cmd, "%s logits --model " FIX " --threads 2 --chunk 64 --json --ids-file %s", bin(), txt);
     char *want = capture(cmd, &st);
@@ -297,8 +309,131 @@ static void bench_longctx_rows(void **state) {
     free(out);
 }
 
+/* ---- the official compact entry layout (engine/attention.h) ------------------------ */
+
+static uint64_t frng = 0x243F6A8885A308D3ull;
+static float frand(void) {
+    frng ^= frng << 13;
+    frng ^= frng >> 7;
+    frng ^= frng << 17;
+    return (float)((double)(frng >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
+}
+
+/* One vector of d values whose 64-blocks span magnitudes: zeros, -0, values
+ * under the amax floor, subnormal e4m3 codes, exact ties, large values. */
+static void fill_vec(float *v, int64_t d, int kind) {
+    static const float mags[] = {1.0f, 1e-6f, 3e3f, 0.02f, 1e-30f};
+    for (int64_t i = 0; i < d; i++) {
+        float m = mags[(kind + i / 64) % 5];
+        v[i] = frand() * m;
+        if (i % 13 == 0) v[i] = ldexpf(1.0f + 0.0625f * (float)(i % 5), (int)(i % 7) - 3) * m; /* ties and exact codes */
+        if (i % 29 == 5) v[i] = (i & 1) ? -0.0f : 0.0f;
+    }
+}
+
+/* Encoding then decoding gives, bit for bit, what the official rounding
+ * (the simulation attention used before: e4m3 per 64 + bf16 rope; Hadamard +
+ * e2m1 per 32 for indexer keys) gives; sizes are the official layout's. */
+static void compact_entries_hold_the_rounded_values(void **state) {
+    (void)state;
+    const int64_t dims[][2] = {{48, 8}, {128, 64}, {512, 64}, {100, 36}};
+    for (size_t k = 0; k < ST_ARRAY_LEN(dims); k++) {
+        const int64_t d = dims[k][0], rd = dims[k][1], nope = d - rd;
+        st_compressor_w w = {.d = d};
+        st_comp_state cs = {.packed = true, .rope_dims = rd};
+        cs.entry_bytes = st_comp_entry_bytes(&w, rd, ST_NUMERICS_OFFICIAL);
+        assert_int_equal(cs.entry_bytes, nope + (nope + 63) / 64 + 2 * rd);
+        assert_int_equal(st_comp_entry_bytes(&w, rd, ST_NUMERICS_REFERENCE), d * 4);
+        float *v = malloc((size_t)d * 4), *want = malloc((size_t)d * 4), *got = malloc((size_t)d * 4);
+        unsigned char *e = malloc(cs.entry_bytes);
+        for (int r = 0; r < 40; r++) {
+            fill_vec(v, d, r);
+            memcpy(want, v, (size_t)d * 4);
+            st_quant_sim_e4m3(want, nope, 64);
+            st_round_bf16(want + nope, rd);
+            st_comp_entry_encode(&cs, &w, v, e);
+            st_comp_entry_decode(&cs, &w, e, got);
+            assert_memory_equal(want, got, (size_t)d * 4);
+            /* an already rounded vector encodes to the same values (bench fills, re-saves) */
+            memcpy(v, want, (size_t)d * 4);
+            st_comp_entry_encode(&cs, &w, v, e);
+            st_comp_entry_decode(&cs, &w, e, got);
+            assert_memory_equal(want, got, (size_t)d * 4);
+        }
+        free(v); free(want); free(got); free(e);
+    }
+    assert_int_equal(st_comp_entry_bytes(&(st_compressor_w){.d = 512}, 64, ST_NUMERICS_OFFICIAL), 583);
+    { /* every e4m3 code decodes as the reference conversion does: entries of 256 nope dims, codes 0..255 */
+        st_compressor_w w = {.d = 256 + 8};
+        st_comp_state cs = {.packed = true, .rope_dims = 8};
+        cs.entry_bytes = st_comp_entry_bytes(&w, 8, ST_NUMERICS_OFFICIAL);
+        const uint8_t scale_bytes[] = {127, 100, 1, 160};
+        for (size_t k = 0; k < ST_ARRAY_LEN(scale_bytes); k++) {
+            unsigned char e[256 + 4 + 16] = {0};
+            for (int c = 0; c < 256; c++) e[c] = (unsigned char)c;
+            memset(e + 256, scale_bytes[k], 4);
+            float got[264];
+            st_comp_entry_decode(&cs, &w, e, got);
+            const float scale = ldexpf(1.0f, scale_bytes[k] - 127);
+            for (int c = 0; c < 256; c++) {
+                const float want = st_e4m3_to_f32((uint8_t)c) * scale;
+                if (isnan(want)) assert_true(isnan(got[c]));
+                else assert_memory_equal(&want, &got[c], 4);
+            }
+        }
+    }
+    const int64_t idims[] = {32, 64, 128};
+    for (size_t k = 0; k < ST_ARRAY_LEN(idims); k++) {
+        const int64_t d = idims[k];
+        st_compressor_w w = {.d = d, .rotate = true};
+        st_comp_state cs = {.packed = true, .rope_dims = 8};
+        cs.entry_bytes = st_comp_entry_bytes(&w, 8, ST_NUMERICS_OFFICIAL);
+        assert_int_equal(cs.entry_bytes, d / 2 + d / 32);
+        float *v = malloc((size_t)d * 4), *want = malloc((size_t)d * 4), *got = malloc((size_t)d * 4);
+        unsigned char *e = malloc(cs.entry_bytes);
+        for (int r = 0; r < 40; r++) {
+            fill_vec(v, d, r);
+            memcpy(want, v, (size_t)d * 4);
+            st_hadamard(want, 1, d);
+            st_quant_sim_e2m1(want, d, 32);
+            st_comp_entry_encode(&cs, &w, v, e);
+            st_comp_entry_decode(&cs, &w, e, got);
+            assert_memory_equal(want, got, (size_t)d * 4);
+        }
+        free(v); free(want); free(got); free(e);
+    }
+    assert_int_equal(st_comp_entry_bytes(&(st_compressor_w){.d = 128, .rotate = true}, 64, ST_NUMERICS_OFFICIAL), 68);
+}
+
+/* Official numerics keep the compressed entries compact; reference numerics F32. */
+static void state_sizes_follow_numerics(void **state) {
+    (void)state;
+    const st_numerics nums[] = {ST_NUMERICS_OFFICIAL, ST_NUMERICS_REFERENCE};
+    for (int k = 0; k < 2; k++) {
+        st_model_opts o = {.numerics = nums[k], .threads = 1, .quiet = true};
+        st_model *m;
+        assert_int_equal(st_model_load(FIX, &o, &m), 0);
+        st_seq *s;
+        assert_int_equal(st_seq_new(m, &s), 0);
+        int checked = 0;
+        for (int l = 0; l < m->n_layers; l++) {
+            const st_attn_w *w = &m->layers[l].attn;
+            if (w->kind == ST_LAYER_WINDOW) continue;
+            const size_t main_b = k == 0 ? 40 + 1 + 2 * 8 : 48 * 4; /* fixture: head_dim 48, rope 8 */
+            assert_int_equal(s->state[l].comp.entry_bytes, main_b);
+            if (w->kind == ST_LAYER_CSA) assert_int_equal(s->state[l].icomp.entry_bytes, k == 0 ? 16 + 1 : 32 * 4);
+            checked++;
+        }
+        assert_true(checked >= 2);
+        st_seq_free(s);
+        st_model_free(m);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(compact_entries_hold_the_rounded_values),
+        cmocka_unit_test(state_sizes_follow_numerics),
         cmocka_unit_test(tiered_equals_resident),
         cmocka_unit_test(budget_too_small_fails_cleanly),
         cmocka_unit_test(cli_flags_identical_logits),
