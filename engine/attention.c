@@ -206,6 +206,23 @@ void st_comp_entry_decode(const st_comp_state *s, const st_compressor_w *w, cons
     comp_entries_decode(s, w, src, 1, v);
 }
 
+/* Decoding every stored entry (HCA layers), rows split over the threads. */
+typedef struct decode_job {
+    const st_comp_state *s;
+    const st_compressor_w *w;
+    int64_t n;
+    float *out; /* (n, d) */
+} decode_job;
+
+static void decode_rows(void *ctx, int ith, int nth) {
+    decode_job *j = ctx;
+    int64_t r0, r1;
+    st_split(j->n, ith, nth, 16, &r0, &r1);
+    if (r1 > r0)
+        comp_entries_decode(j->s, j->w, (const uint8_t *)j->s->entries + (size_t)r0 * j->s->entry_bytes, r1 - r0,
+                            j->out + r0 * j->w->d);
+}
+
 /* Feed token p's kv and score rows (coff*d each); if p completes a block, emit
  * the block's entry into s->entries. */
 static int comp_feed(const st_compressor_w *w, st_comp_state *s, const float *kv, const float *score, int64_t p,
@@ -714,7 +731,9 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     if (w->kind == ST_LAYER_HCA && s->comp.packed) { /* every token of the chunk reads a prefix of them */
         const int64_t n = s->comp.n_entries;
         if (!ALLOC(b.hca, ST_MAX(n, 1) * hd)) goto oom;
-        comp_entries_decode(&s->comp, &w->comp, s->comp.entries, n, b.hca);
+        decode_job dj = {.s = &s->comp, .w = &w->comp, .n = n, .out = b.hca};
+        if (n >= 256) st_pool_run(pool, decode_rows, &dj);
+        else decode_rows(&dj, 0, 1);
     }
     chunk_attn ca = {.w = w, .s = s, .q = b.q, .kv = b.kv, .n_main = b.n_main, .sel = b.sel, .n_sel = b.n_sel,
                      .pos0 = pos0, .T = T, .max_cand = max_cand, .o = b.o, .cand = b.cand, .scratch = b.scratch,
