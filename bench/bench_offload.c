@@ -128,28 +128,12 @@ typedef struct model_info {
     st_checkpoint *ck;
 } model_info;
 
-/* The plan's inputs from the config, as `strata plan` makes them (one decode token
- * reads every pinned class, one embedding row and top_k experts per layer). */
+/* The plan's inputs from the config, as `strata plan` makes them. */
 static void fill_plan_input(model_info *mi, int64_t ctx) {
-    const st_config *cfg = &mi->cfg;
-    const st_weight_plan *w = &mi->w;
     st_kv_plan kv;
-    st_kv_plan_compute(cfg, ctx, false, &kv);
-    st_plan_input *in = &mi->pin;
-    memset(in, 0, sizeof *in);
-    uint64_t embed = (uint64_t)cfg->vocab_size * (uint64_t)cfg->dim * 2;
-    if (embed > w->embed_head) embed = w->embed_head / 2;
-    in->class_bytes[ST_PLAN_ATTENTION] = in->class_read[ST_PLAN_ATTENTION] = w->attention;
-    in->class_bytes[ST_PLAN_SHARED] = in->class_read[ST_PLAN_SHARED] = w->shared;
-    in->class_bytes[ST_PLAN_NORMS_ROUTERS] = in->class_read[ST_PLAN_NORMS_ROUTERS] = w->other;
-    in->class_bytes[ST_PLAN_EMBED] = embed;
-    in->class_read[ST_PLAN_EMBED] = (uint64_t)cfg->dim * 2;
-    in->class_bytes[ST_PLAN_HEAD] = in->class_read[ST_PLAN_HEAD] = w->embed_head - embed;
-    in->class_bytes[ST_PLAN_WINDOW_KV] = in->class_read[ST_PLAN_WINDOW_KV] = kv.window_bytes;
-    in->n_layers = cfg->n_layers;
-    in->n_experts = cfg->n_routed_experts;
-    in->top_k = cfg->n_activated_experts;
-    in->expert_bytes = w->routed_one;
+    st_kv_plan_compute(&mi->cfg, ctx, false, &kv);
+    memset(&mi->pin, 0, sizeof mi->pin);
+    st_plan_input_from_model(&mi->cfg, &mi->w, &kv, &mi->pin);
 }
 
 static int model_info_open(const char *dir, int64_t ctx, model_info *mi) {

@@ -67,22 +67,6 @@ static double measure_nvme(const char *model) {
     return bw;
 }
 
-static void plan_inputs(const st_config *cfg, const st_weight_plan *w, const st_kv_plan *kv, st_plan_input *in) {
-    uint64_t embed = (uint64_t)cfg->vocab_size * (uint64_t)cfg->dim * 2; /* bf16 table */
-    if (embed > w->embed_head) embed = w->embed_head / 2;
-    in->class_bytes[ST_PLAN_ATTENTION] = in->class_read[ST_PLAN_ATTENTION] = w->attention;
-    in->class_bytes[ST_PLAN_SHARED] = in->class_read[ST_PLAN_SHARED] = w->shared;
-    in->class_bytes[ST_PLAN_NORMS_ROUTERS] = in->class_read[ST_PLAN_NORMS_ROUTERS] = w->other;
-    in->class_bytes[ST_PLAN_EMBED] = embed;
-    in->class_read[ST_PLAN_EMBED] = (uint64_t)cfg->dim * 2;
-    in->class_bytes[ST_PLAN_HEAD] = in->class_read[ST_PLAN_HEAD] = w->embed_head - embed;
-    in->class_bytes[ST_PLAN_WINDOW_KV] = in->class_read[ST_PLAN_WINDOW_KV] = kv->window_bytes;
-    in->n_layers = cfg->n_layers;
-    in->n_experts = cfg->n_routed_experts;
-    in->top_k = cfg->n_activated_experts;
-    in->expert_bytes = w->routed_one;
-}
-
 static const char *kind_key[3] = {"window", "csa", "hca"};
 
 int cmd_plan(int argc, char **argv) {
@@ -144,7 +128,7 @@ int cmd_plan(int argc, char **argv) {
     if (!bw[ST_TIER_NVME] && !(bw[ST_TIER_NVME] = measure_nvme(model))) { bw[ST_TIER_NVME] = 3e9; measured[ST_TIER_NVME] = false; }
     if (!bw[ST_TIER_GPU]) bw[ST_TIER_GPU] = 1e12;
     st_plan_input pin = {.budget = {gpu_mem, dram_budget, 0}, .bandwidth = {bw[0], bw[1], bw[2]}};
-    plan_inputs(&cfg, &w, &kv, &pin);
+    st_plan_input_from_model(&cfg, &w, &kv, &pin);
     st_plan pl;
     int prc = st_plan_compute(&pin, &pl);
     if (json) {

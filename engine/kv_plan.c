@@ -69,3 +69,19 @@ int st_weight_plan_compute(const st_config *cfg, st_weight_plan *w) {
     free(specs);
     return 0;
 }
+
+void st_plan_input_from_model(const st_config *cfg, const st_weight_plan *w, const st_kv_plan *kv, st_plan_input *in) {
+    uint64_t embed = (uint64_t)cfg->vocab_size * (uint64_t)cfg->dim * 2; /* bf16 table */
+    if (embed > w->embed_head) embed = w->embed_head / 2;
+    in->class_bytes[ST_PLAN_ATTENTION] = in->class_read[ST_PLAN_ATTENTION] = w->attention;
+    in->class_bytes[ST_PLAN_SHARED] = in->class_read[ST_PLAN_SHARED] = w->shared;
+    in->class_bytes[ST_PLAN_NORMS_ROUTERS] = in->class_read[ST_PLAN_NORMS_ROUTERS] = w->other;
+    in->class_bytes[ST_PLAN_EMBED] = embed;
+    in->class_read[ST_PLAN_EMBED] = (uint64_t)cfg->dim * 2;
+    in->class_bytes[ST_PLAN_HEAD] = in->class_read[ST_PLAN_HEAD] = w->embed_head - embed;
+    in->class_bytes[ST_PLAN_WINDOW_KV] = in->class_read[ST_PLAN_WINDOW_KV] = kv->window_bytes;
+    in->n_layers = cfg->n_layers;
+    in->n_experts = cfg->n_routed_experts;
+    in->top_k = cfg->n_activated_experts;
+    in->expert_bytes = w->routed_one;
+}

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "engine/config.h"
+#include "offload/plan.h"
 
 typedef struct st_kv_plan {
     int64_t ctx;
@@ -30,5 +31,10 @@ typedef struct st_weight_plan {
 } st_weight_plan;
 
 int st_weight_plan_compute(const st_config *cfg, st_weight_plan *out);
+
+/* The placement plan's model side (offload/plan.h): bytes held and read by one decode
+ * token per class (every pinned class, one embedding row, the window KV), layers,
+ * experts and top_k. Leaves budgets, bandwidths and expert_use as they are. */
+void st_plan_input_from_model(const st_config *cfg, const st_weight_plan *w, const st_kv_plan *kv, st_plan_input *in);
 
 #endif
