@@ -43,3 +43,27 @@ bool cli_spill_dir(const char *cmd, const char *dir) {
     if (why) fprintf(stderr, "strata %s: --kv-spill %s: expected a writable directory: %s\n", cmd, dir, why);
     return !why;
 }
+
+bool cli_kv_size(const char *cmd, const char *opt, const char *v, uint64_t *out) {
+    if (st_parse_size(v, 0, opt, out)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return false; }
+    const char *why = !*out ? "must be more than 0" : !strcmp(opt, "--kv-page") && *out % 4096 ? "must be a multiple of 4 KiB" : NULL;
+    if (why) fprintf(stderr, "strata %s: %s %s: %s\n", cmd, opt, v, why);
+    return !why;
+}
+
+bool cli_numa(const char *cmd, const char *v, int *numa) {
+    char *end;
+    long node = strtol(v, &end, 10);
+    if (!strcmp(v, "auto")) *numa = 0;
+    else if (!strcmp(v, "off")) *numa = -1;
+    else if (*v && !*end && node >= 0 && node < 1024) *numa = (int)node + 1;
+    else { fprintf(stderr, "strata %s: --numa must be auto, off or a node number, not '%s'\n", cmd, v); return false; }
+    return true;
+}
+
+bool cli_numerics(const char *cmd, const char *v, st_numerics *numerics) {
+    if (!strcmp(v, "official")) *numerics = ST_NUMERICS_OFFICIAL;
+    else if (!strcmp(v, "reference")) *numerics = ST_NUMERICS_REFERENCE;
+    else { fprintf(stderr, "strata %s: --numerics must be official or reference, not '%s'\n", cmd, v); return false; }
+    return true;
+}

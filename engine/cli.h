@@ -4,6 +4,9 @@
 #define ST_ENGINE_CLI_H
 
 #include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/layer.h" /* st_numerics */
 
 typedef struct st_command {
     const char *name;
@@ -34,5 +37,12 @@ int cli_fail(const char *cmd, int status);
 bool cli_int(const char *cmd, const char *opt, const char *v, long long lo, long long hi, long long *out);
 /* --kv-spill DIR: an existing, writable directory; else prints why and returns false. */
 bool cli_spill_dir(const char *cmd, const char *dir);
+/* A KV tiering size (--kv-budget, --kv-dram, --kv-page): parses, more than 0, and for
+ * --kv-page a multiple of 4 KiB; else prints why and returns false. */
+bool cli_kv_size(const char *cmd, const char *opt, const char *v, uint64_t *out);
+/* --numa auto|off|N as st_model_opts.numa (0 auto, -1 off, N + 1); else prints why, false. */
+bool cli_numa(const char *cmd, const char *v, int *numa);
+/* --numerics official|reference; else prints why and returns false. */
+bool cli_numerics(const char *cmd, const char *v, st_numerics *numerics);
 
 #endif

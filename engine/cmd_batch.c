@@ -391,29 +391,17 @@ int cmd_batch(int argc, char **argv) {
             if (*e || n < 1 || n > 4096) { fprintf(stderr, "strata batch: --max-batch must be 1..4096, not '%s'\n", v); return 2; }
             b.max_batch = (int)n;
         } else if (!strcmp(o, "--numerics")) {
-            if (!strcmp(v, "official")) opts.numerics = ST_NUMERICS_OFFICIAL;
-            else if (!strcmp(v, "reference")) opts.numerics = ST_NUMERICS_REFERENCE;
-            else { fprintf(stderr, "strata batch: --numerics must be official or reference, not '%s'\n", v); return 2; }
-        } else if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--kv-budget")) {
+            if (!cli_numerics("batch", v, &opts.numerics)) return 2;
+        } else if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache")) {
             uint64_t bytes;
             if (st_parse_size(v, 0, o, &bytes)) { fprintf(stderr, "strata batch: %s\n", st_last_error()); return 2; }
-            if (!strcmp(o, "--dram-budget")) opts.dram_budget = bytes;
-            else if (!strcmp(o, "--expert-cache")) opts.expert_cache = bytes;
-            else if (!bytes) { fprintf(stderr, "strata batch: --kv-budget: must be more than 0\n"); return 2; }
-            else b.kv_budget = bytes;
+            *(!strcmp(o, "--dram-budget") ? &opts.dram_budget : &opts.expert_cache) = bytes;
+        } else if (!strcmp(o, "--kv-budget") || !strcmp(o, "--kv-page") || !strcmp(o, "--kv-dram")) {
+            if (!cli_kv_size("batch", o, v, !strcmp(o, "--kv-budget") ? &b.kv_budget : !strcmp(o, "--kv-page") ? &b.kv_page : &b.kv_dram))
+                return 2;
         } else if (!strcmp(o, "--kv-spill")) b.kv_spill = v;
-        else if (!strcmp(o, "--kv-page") || !strcmp(o, "--kv-dram")) {
-            uint64_t *dst = !strcmp(o, "--kv-page") ? &b.kv_page : &b.kv_dram;
-            if (st_parse_size(v, 0, o, dst)) { fprintf(stderr, "strata batch: %s\n", st_last_error()); return 2; }
-            if (!*dst) { fprintf(stderr, "strata batch: %s %s: must be more than 0\n", o, v); return 2; }
-            if (dst == &b.kv_page && *dst % 4096) { fprintf(stderr, "strata batch: --kv-page %s: must be a multiple of 4 KiB\n", v); return 2; }
-        } else if (!strcmp(o, "--numa")) {
-            char *e;
-            long node = strtol(v, &e, 10);
-            if (!strcmp(v, "auto")) opts.numa = 0;
-            else if (!strcmp(v, "off")) opts.numa = -1;
-            else if (*v && !*e && node >= 0 && node < 1024) opts.numa = (int)node + 1;
-            else { fprintf(stderr, "strata batch: --numa must be auto, off or a node number, not '%s'\n", v); return 2; }
+        else if (!strcmp(o, "--numa")) {
+            if (!cli_numa("batch", v, &opts.numa)) return 2;
         } else { fprintf(stderr, "strata batch: unknown option '%s' (strata batch --help)\n", o); return 2; }
         i++;
     }

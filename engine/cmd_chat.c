@@ -197,17 +197,11 @@ int cmd_chat(int argc, char **argv) {
         } else if (!strcmp(o, "--seed")) { if (!cli_int("chat", o, v, 0, INT64_MAX, &x)) return 2; sc.seed = (uint64_t)x; }
         else if (!strcmp(o, "--threads")) { if (!cli_int("chat", o, v, 1, 4096, &x)) return 2; opts.threads = (int)x; }
         else if (!strcmp(o, "--numerics")) {
-            if (!strcmp(v, "official")) opts.numerics = ST_NUMERICS_OFFICIAL;
-            else if (!strcmp(v, "reference")) opts.numerics = ST_NUMERICS_REFERENCE;
-            else { fprintf(stderr, "strata chat: --numerics must be official or reference, not '%s'\n", v); return 2; }
+            if (!cli_numerics("chat", v, &opts.numerics)) return 2;
         } else if (!strcmp(o, "--kv-spill")) kv_spill = v;
         else if (!strcmp(o, "--kv-budget") || !strcmp(o, "--kv-dram") || !strcmp(o, "--kv-page")) {
-            uint64_t *dst = !strcmp(o, "--kv-budget") ? &kv_budget : !strcmp(o, "--kv-dram") ? &kv_dram : &kv_page;
-            if (st_parse_size(v, 0, o, dst)) { fprintf(stderr, "strata chat: %s\n", st_last_error()); return 2; }
-            if (!*dst || (dst == &kv_page && *dst % 4096)) {
-                fprintf(stderr, "strata chat: %s %s: %s\n", o, v, !*dst ? "must be more than 0" : "must be a multiple of 4 KiB");
+            if (!cli_kv_size("chat", o, v, !strcmp(o, "--kv-budget") ? &kv_budget : !strcmp(o, "--kv-dram") ? &kv_dram : &kv_page))
                 return 2;
-            }
         } else { fprintf(stderr, "strata chat: unknown option '%s' (strata chat --help)\n", o); return 2; }
         i++;
     }

@@ -171,9 +171,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (!strcmp(o, "--chunk")) { NEEDV(); if (!cli_int(cmd, o, v, 1, INT64_MAX, &x)) return 2; a->opts.chunk = x; }
         else if (!strcmp(o, "--numerics")) {
             NEEDV();
-            if (!strcmp(v, "official")) a->opts.numerics = ST_NUMERICS_OFFICIAL;
-            else if (!strcmp(v, "reference")) a->opts.numerics = ST_NUMERICS_REFERENCE;
-            else { fprintf(stderr, "strata %s: --numerics must be official or reference, not '%s'\n", cmd, v); return 2; }
+            if (!cli_numerics(cmd, v, &a->opts.numerics)) return 2;
         } else if (!strcmp(o, "-n")) { NEEDV(); if (!cli_int(cmd, o, v, 0, INT32_MAX, &x)) return 2; a->n_predict = (int)x; }
         else if (!strcmp(o, "--seed")) { NEEDV(); if (!cli_int(cmd, o, v, 0, INT64_MAX, &x)) return 2; a->samp.seed = (uint64_t)x; }
         else if (!strcmp(o, "--top-k")) { NEEDV(); if (!cli_int(cmd, o, v, 0, INT32_MAX, &x)) return 2; a->samp.top_k = (int)x; }
@@ -198,12 +196,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
             else if (bytes) ST_INFO("--gpu-mem %s: no GPU backend in this run: DRAM and NVMe tiers only", v);
         } else if (!strcmp(o, "--numa")) {
             NEEDV();
-            char *end;
-            long node = strtol(v, &end, 10);
-            if (!strcmp(v, "auto")) a->opts.numa = 0;
-            else if (!strcmp(v, "off")) a->opts.numa = -1;
-            else if (*v && !*end && node >= 0 && node < 1024) a->opts.numa = (int)node + 1;
-            else { fprintf(stderr, "strata %s: --numa must be auto, off or a node number, not '%s'\n", cmd, v); return 2; }
+            if (!cli_numa(cmd, v, &a->opts.numa)) return 2;
         } else if (!strcmp(o, "--prefetch")) {
             NEEDV();
             if (strcmp(v, "on") && strcmp(v, "off")) { fprintf(stderr, "strata %s: --prefetch on|off, not '%s'\n", cmd, v); return 2; }
@@ -220,18 +213,11 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (!strcmp(o, "--trace")) { NEEDV(); a->opts.trace_path = v; }
         else if (!strcmp(o, "--kv-budget")) {
             NEEDV();
-            if (st_parse_size(v, 0, o, &a->opts.kv_budget)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return 2; }
-            if (!a->opts.kv_budget) { fprintf(stderr, "strata %s: --kv-budget %s: must be more than 0\n", cmd, v); return 2; }
+            if (!cli_kv_size(cmd, o, v, &a->opts.kv_budget)) return 2;
         } else if (!strcmp(o, "--kv-spill")) { NEEDV(); a->opts.kv_spill = v; }
         else if (!strcmp(o, "--kv-page") || !strcmp(o, "--kv-dram")) {
             NEEDV();
-            uint64_t *dst = !strcmp(o, "--kv-page") ? &a->kv_page : &a->kv_dram;
-            if (st_parse_size(v, 0, o, dst)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return 2; }
-            if (!*dst) { fprintf(stderr, "strata %s: %s %s: must be more than 0\n", cmd, o, v); return 2; }
-            if (dst == &a->kv_page && *dst % 4096) {
-                fprintf(stderr, "strata %s: --kv-page %s: must be a multiple of 4 KiB\n", cmd, v);
-                return 2;
-            }
+            if (!cli_kv_size(cmd, o, v, !strcmp(o, "--kv-page") ? &a->kv_page : &a->kv_dram)) return 2;
         }
         else { fprintf(stderr, "strata %s: unknown option '%s' (strata %s --help)\n", cmd, o, cmd); return 2; }
 #undef NEEDV
