@@ -116,19 +116,6 @@ static int parse(int argc, char **argv, batch_args *a) {
     return 0;
 }
 
-static uint64_t routed_expert_bytes(const st_model *m) {
-    uint64_t b = 0;
-    for (int l = 0; l < m->n_layers; l++)
-        for (int e = 0; e < m->layers[l].moe.n_experts; e++) {
-            const st_expert_w *x = &m->layers[l].moe.experts[e];
-            const st_weight *w[3] = {&x->w1, &x->w2, &x->w3};
-            for (int i = 0; i < 3; i++)
-                b += st_weight_data_bytes(w[i]->fmt, w[i]->rows, w[i]->cols) +
-                     st_weight_scale_bytes(w[i]->fmt, w[i]->scale_fmt, w[i]->rows, w[i]->cols);
-        }
-    return b;
-}
-
 typedef struct disk_job {
     int fd;
     off_t start, size;
@@ -303,7 +290,7 @@ int bench_batch(int argc, char **argv) {
         fprintf(stderr, "strata bench batch: %s (make it with: strata synth --preset flash-2l --out models/flash-2l)\n", st_last_error());
         return 1;
     }
-    const uint64_t routed = routed_expert_bytes(m);
+    const uint64_t routed = st_model_routed_bytes(m);
     int top_k = 0, n_layers = m->n_layers, n_experts = m->layers[0].moe.n_experts;
     for (int l = 0; l < m->n_layers; l++) top_k = m->layers[l].moe.top_k > top_k ? m->layers[l].moe.top_k : top_k;
     st_model_free(m);

@@ -83,4 +83,6 @@ typedef struct st_model_opts {
 /* Load a checkpoint directory (official or transformers layout). */
 int st_model_load(const char *path, const st_model_opts *opts, st_model **out);
 void st_model_free(st_model *m);
+/* Bytes of every routed expert (w1, w2, w3 and their scales), as the expert cache counts them. */
+uint64_t st_model_routed_bytes(const st_model *m);
 #endif

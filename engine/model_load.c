@@ -282,12 +282,17 @@ static uint64_t pinned_bytes(const st_model *m, const st_config *cfg) {
     return b;
 }
 
+uint64_t st_model_routed_bytes(const st_model *m) {
+    uint64_t routed = 0;
+    for (int l = 0; l < m->n_layers; l++)
+        for (int e = 0; e < m->layers[l].moe.n_experts; e++) routed += expert_bytes(&m->layers[l].moe.experts[e]);
+    return routed;
+}
+
 /* With a DRAM budget that cannot hold every routed expert (or an explicit
  * expert cache), the experts stream from the checkpoint into slots. */
 static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
-    uint64_t routed = 0, cache = o->expert_cache;
-    for (int l = 0; l < m->n_layers; l++)
-        for (int e = 0; e < m->layers[l].moe.n_experts; e++) routed += expert_bytes(&m->layers[l].moe.experts[e]);
+    uint64_t routed = st_model_routed_bytes(m), cache = o->expert_cache;
     if (!cache && !o->expert_slots) {
         if (!o->dram_budget) return 0;
         uint64_t pinned = pinned_bytes(m, &ld->cfg);

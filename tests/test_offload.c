@@ -130,19 +130,6 @@ static void fused_layout_bit_identical(void **state) {
     identical("tests/data/fixtures/v4_tiny_b", v, (int)ST_ARRAY_LEN(v), 12, 3);
 }
 
-static uint64_t routed_bytes(const st_model *m) {
-    uint64_t b = 0;
-    for (int l = 0; l < m->n_layers; l++)
-        for (int e = 0; e < m->layers[l].moe.n_experts; e++) {
-            const st_expert_w *x = &m->layers[l].moe.experts[e];
-            const st_weight *w[3] = {&x->w1, &x->w2, &x->w3};
-            for (int i = 0; i < 3; i++)
-                b += st_weight_data_bytes(w[i]->fmt, w[i]->rows, w[i]->cols) +
-                     st_weight_scale_bytes(w[i]->fmt, w[i]->scale_fmt, w[i]->rows, w[i]->cols);
-        }
-    return b;
-}
-
 static void make_mini(void) {
     if (access(mini, F_OK) == 0) return;
     st_synth_preset p = *st_synth_find("mini");
@@ -154,7 +141,7 @@ static void mini_quarter_budget_bit_identical(void **state) {
     (void)state;
     make_mini();
     st_model *m = load(mini, NULL);
-    uint64_t quarter = routed_bytes(m) / 4;
+    uint64_t quarter = st_model_routed_bytes(m) / 4;
     st_model_free(m);
     st_model_opts v[] = {{.expert_cache = quarter}, {.expert_cache = quarter, .no_prefetch = true}};
     identical(mini, v, asan ? 1 : 2, asan ? 6 : 16, asan ? 2 : 6);
@@ -443,7 +430,7 @@ static void streamed_run_peak_rss(void **state) {
     if (asan) skip(); /* the sanitizer's shadow memory swamps the difference */
     make_mini();
     st_model *m = load(mini, NULL);
-    uint64_t routed = routed_bytes(m);
+    uint64_t routed = st_model_routed_bytes(m);
     st_model_free(m);
     char args[128], a[32];
     snprintf(args, sizeof args, "--expert-cache %llu", (unsigned long long)(routed / 8));
