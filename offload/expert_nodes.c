@@ -23,6 +23,7 @@ struct st_expert_nodes {
     int serving;         /* st_expert_nodes_next: the node being drained */
     st_pool *teams_of;   /* the pool this split into teams (removed at free) */
     bool virtual_nodes;  /* st_mem_set_virtual_nodes was set (undone at free) */
+    uint64_t stall_ns;   /* several nodes: per layer the longest node's wait, summed (wall time) */
 };
 
 /* Shares of `total` in proportion to weight[i] (largest remainder, lower index on ties). */
@@ -43,6 +44,13 @@ static void share_out(uint64_t total, const int *weight, int n, uint64_t *out) {
         out[best]++;
         rem[best] = -1;
     }
+}
+
+/* Node i's share of total (share_out). */
+static uint64_t share_of(uint64_t total, const int *weight, int n, int i) {
+    uint64_t out[ST_NODES_MAX];
+    share_out(total, weight, n, out);
+    return out[i];
 }
 
 static int one_stream(st_expert_nodes *s, const st_stream_desc *d, const st_stream_opts *o) {
@@ -95,6 +103,10 @@ static int node_streams(st_expert_nodes *s, const st_stream_desc *d, const st_st
         so.budget = s->budgets[i];
         so.mem_policy = ST_MEM_NODE;
         so.node = s->os_node[i];
+        /* the nodes' streams share the disks: the reads in flight, all nodes together, stay
+         * what one stream would have (io 32, prefetch 8 by default), split like the threads */
+        so.io_depth = (int)ST_MAX(4, share_of(o->io_depth ? o->io_depth : 32, count, n, i));
+        so.queue_depth = (int)ST_MAX(1, share_of(o->queue_depth ? o->queue_depth : 8, count, n, i));
         if ((rc = st_expert_stream_new(d, &so, &s->streams[i]))) {
             char c[32], b[32];
             if (rc == ST_ERR_BUDGET && !o->n_slots) /* refused, never over the budget: say what would fit */
@@ -251,8 +263,10 @@ int st_expert_nodes_next(st_expert_nodes *s, int *expert, const void **pieces) {
 }
 
 uint64_t st_expert_nodes_end(st_expert_nodes *s) {
+    /* the nodes' teams wait at the same time: the layer stalled as long as the longest wait */
     uint64_t stall = 0;
-    for (int i = 0; i < s->n_nodes; i++) stall += st_expert_stream_end(s->streams[i]);
+    for (int i = 0; i < s->n_nodes; i++) stall = ST_MAX(stall, st_expert_stream_end(s->streams[i]));
+    s->stall_ns += stall;
     return stall;
 }
 
@@ -283,7 +297,10 @@ void st_expert_nodes_get_stats(const st_expert_nodes *s, st_stream_stats *out) {
         out->bytes_read += x.bytes_read;
         out->wanted_evictions += x.wanted_evictions;
         out->kept_evictions += x.kept_evictions;
+        out->io_depth += x.io_depth;
+        out->prefetch_depth += x.prefetch_depth;
         out->files += x.files;
         out->direct_files += x.direct_files;
     }
+    if (s->n_nodes > 1) out->pf.stall_ns = s->stall_ns; /* wall time, not the sum over nodes */
 }

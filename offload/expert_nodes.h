@@ -52,7 +52,8 @@ int st_expert_nodes_begin(st_expert_nodes *s, int layer, const int *experts, int
 int st_expert_nodes_next(st_expert_nodes *s, int *expert, const void **pieces);
 /* Node `node`'s next expert (1), 0 when it has none left. Only from one thread per node. */
 int st_expert_nodes_next_on(st_expert_nodes *s, int node, int *expert, const void **pieces);
-/* Ends every node's layer; returns the time stalled, summed over nodes (ns). */
+/* Ends every node's layer; returns the time stalled (ns): the longest node's wait, as the
+ * nodes wait at the same time. get_stats reports the sum of these (wall time). */
 uint64_t st_expert_nodes_end(st_expert_nodes *s);
 
 /* Summed over nodes (slot_bytes, expert_bytes, span_bytes: the largest). */

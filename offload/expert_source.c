@@ -30,6 +30,7 @@ typedef struct load_state {
 
 struct st_expert_stream {
     int n_layers, n_experts, n_pieces;
+    int prefetch_depth;       /* the scheduler's loads in flight at most */
     /* per expert (layer * n_experts + expert) */
     span *spans;              /* (n_layers * n_experts * n_pieces) */
     uint8_t *n_spans;         /* (n_layers * n_experts) */
@@ -265,6 +266,7 @@ int st_expert_stream_new(const st_stream_desc *d, const st_stream_opts *o, st_ex
     s->xfer = (st_transfer){xfer_start, xfer_poll, xfer_cancel, s};
     st_prefetch_options po = {.queue_depth = opt.queue_depth ? opt.queue_depth : 8, .horizon = 2,
                               .demand_first = true};
+    s->prefetch_depth = po.queue_depth;
     if ((rc = st_prefetch_new(s->cache, &s->xfer, &po, &s->pf))) goto fail;
     free(fsize);
     *out = s;
@@ -464,6 +466,8 @@ void st_expert_stream_get_stats(const st_expert_stream *s, st_stream_stats *out)
     st_io_stats is;
     st_io_get_stats(s->io, &is);
     out->io_backend = is.backend;
+    out->io_depth = is.queue_depth;
+    out->prefetch_depth = s->prefetch_depth;
     out->files = is.files;
     out->direct_files = is.direct_files;
 }

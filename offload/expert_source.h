@@ -88,6 +88,8 @@ typedef struct st_stream_stats {
     uint64_t reads, bytes_read;   /* completed span reads */
     uint64_t wanted_evictions;    /* slot cache: evictions of a wanted (predicted / needed) expert */
     uint64_t kept_evictions;      /* slot cache: evictions from the kept subset (st_slot_cache_set_keep) */
+    int io_depth;                 /* reads in the kernel at most (several nodes: summed) */
+    int prefetch_depth;           /* prefetch loads in flight at most (several nodes: summed) */
     const char *io_backend;       /* "io_uring" or "pread" */
     int direct_files, files;
 } st_stream_stats;

@@ -304,7 +304,7 @@ static float *two_node_run(const char *topology, int threads, const st_model_opt
     /* per-node budgets: each node's slots within its share */
     st_stream_stats ss;
     assert_int_equal(st_model_offload_stats(m, &ss), 0);
-    uint64_t limits = 0;
+    uint64_t limits = 0, node_stall_sum = 0, node_stall_max = 0;
     for (int node = 0; node < 2; node++) {
         st_budget *b = st_expert_nodes_budget(en, node);
         assert_true(st_budget_peak(b) <= st_budget_limit(b));
@@ -314,7 +314,15 @@ static float *two_node_run(const char *topology, int threads, const st_model_opt
         st_expert_stream_get_stats(st_expert_nodes_stream(en, node), &ns);
         assert_true(ns.n_slots >= 2);
         assert_true(ns.pf.needs > 0); /* each node's cache served experts */
+        node_stall_sum += ns.pf.stall_ns;
+        node_stall_max = ST_MAX(node_stall_max, ns.pf.stall_ns);
     }
+    /* the nodes share the disk: together they keep one stream's reads in flight (defaults 32, 8) */
+    assert_int_equal(ss.io_depth, 32);
+    assert_int_equal(ss.prefetch_depth, 8);
+    /* they wait at the same time: the run stalled at most the nodes' sum, at least the longest */
+    assert_true(ss.pf.stall_ns <= node_stall_sum);
+    assert_true(ss.pf.stall_ns >= node_stall_max);
     if (o->expert_cache) assert_int_equal(limits, o->expert_cache);
     if (o->expert_slots) assert_int_equal(ss.n_slots, ST_MAX(o->expert_slots, 4));
     st_model_free(m);
