@@ -7,8 +7,9 @@
  * uninterrupted one. A malformed input line becomes an error record naming
  * its line number; the other lines go on.
  *
- * Throughput: up to --max-batch requests are in flight. Each is prefilled on
- * its own, then all of them decode together, one token each per step
+ * Throughput: up to --max-batch requests are in flight. New requests are
+ * prefilled together (st_seq_prefill_batch), then all of them decode
+ * together, one token each per step
  * (st_seq_forward_batch: a streamed expert is read once per step for the whole
  * batch). Batched logits are bit-identical to one-at-a-time ones and every
  * request has its own sampler, so the text of a request never depends on the
@@ -112,6 +113,7 @@ typedef struct slot {
     int max_tokens;
     int32_t next;       /* token to feed in the next decode step */
     const char *finish;
+    bool prefill;       /* encoded and sampler ready: waits for prefill_pending */
     double t0, t_prefilled;
 } slot;
 
@@ -177,7 +179,11 @@ static int fail_request(batch_run *b, slot *sl, int r) {
 static int finish_request(batch_run *b, slot *sl) {
     char *text = NULL;
     size_t len = 0;
-    int r = st_tokenizer_decode(b->tok, sl->out.ids, sl->out.len, true, &text, &len);
+    char *raw = NULL;
+    size_t raw_len = 0;
+    int r = st_tokenizer_decode(b->tok, sl->out.ids, sl->out.len, true, &raw, &raw_len);
+    if (!r) r = st_utf8_repair(raw, raw_len, &text, &len); /* JSON is UTF-8: a character cut by max_tokens */
+    free(raw);
     if (r) return fail_request(b, sl, r);
     double t2 = st_time_s();
     cJSON_AddStringToObject(sl->rec, "text", text);
@@ -242,10 +248,61 @@ static int start_request(batch_run *b, slot *sl) {
     st_seq_reset(sl->s);
     sl->t0 = sl->t_prefilled = st_time_s();
     if (sl->max_tokens <= 0) { r = finish_request(b, sl); return r ? r : 1; }
-    r = st_seq_forward(sl->s, sl->ids.ids, (int64_t)sl->ids.len, sl->logits, false);
+    sl->prefill = true; /* prefill_pending runs it with the other new requests */
+    return 0;
+}
+
+/* One slot's prefill alone, then its first token. 0, 1 (finished) or fatal. */
+static int prefill_one(batch_run *b, slot *sl) {
+    sl->prefill = false;
+    st_seq_reset(sl->s);
+    int r = st_seq_forward(sl->s, sl->ids.ids, (int64_t)sl->ids.len, sl->logits, false);
     sl->t_prefilled = st_time_s();
     if (r) { r = fail_request(b, sl, r); return r ? r : 1; }
     return advance(b, sl);
+}
+
+/* Prefills every slot that waits for it, together (st_seq_prefill_batch: the
+ * MoE once over all their prompt rows, so a streamed expert is read once for
+ * all of them), then samples each one's first token. When the batch fails,
+ * each prompt runs again alone so the error lands on its own request. */
+static int prefill_pending(batch_run *b, st_seq **rows, int *which, float *logits) {
+    int B = 0;
+    size_t total = 0;
+    for (int i = 0; i < b->max_batch; i++)
+        if (b->slots[i].busy && b->slots[i].prefill) { which[B] = i; rows[B++] = b->slots[i].s; total += b->slots[i].ids.len; }
+    if (B == 0) return 0;
+    if (B == 1) { int r = prefill_one(b, &b->slots[which[0]]); return r < 0 ? r : 0; }
+    int32_t *ids = malloc(total * sizeof *ids);
+    int64_t *lens = malloc((size_t)B * sizeof *lens);
+    if (!ids || !lens) { free(ids); free(lens); return st_error(ST_ERR_NOMEM, "batch: out of memory for %zu prompt tokens", total); }
+    size_t off = 0;
+    for (int k = 0; k < B; k++) {
+        slot *sl = &b->slots[which[k]];
+        memcpy(ids + off, sl->ids.ids, sl->ids.len * sizeof *ids);
+        off += sl->ids.len;
+        lens[k] = (int64_t)sl->ids.len;
+        st_seq_reset(sl->s);
+    }
+    int r = st_seq_prefill_batch(rows, ids, lens, B, logits);
+    free(ids);
+    free(lens);
+    if (r == ST_ERR_NOMEM || r == ST_ERR_IO) return r;
+    const double t = st_time_s();
+    const size_t V = (size_t)b->m->vocab;
+    for (int k = 0; k < B; k++) {
+        slot *sl = &b->slots[which[k]];
+        int rc;
+        if (r) rc = prefill_one(b, sl);
+        else {
+            sl->prefill = false;
+            sl->t_prefilled = t;
+            memcpy(sl->logits, logits + (size_t)k * V, V * sizeof(float));
+            rc = advance(b, sl);
+        }
+        if (rc < 0) return rc;
+    }
+    return 0;
 }
 
 /* Fills the slot with the next pending line that runs (lines already done
@@ -334,7 +391,14 @@ static int run_all(batch_run *b) {
         if (!rc && b->kv_budget) rc = st_seq_kv_tiering(sl->s, b->kv_budget, b->kv_dram, b->kv_spill, b->kv_page);
     }
     for (;;) {
-        for (int i = 0; !rc && i < MB; i++) rc = fill_slot(b, &b->slots[i]);
+        bool waiting = true;
+        while (!rc && waiting) { /* new requests in every free slot, prefilled together; some may finish at once */
+            for (int i = 0; !rc && i < MB; i++) rc = fill_slot(b, &b->slots[i]);
+            if (!rc) rc = prefill_pending(b, rows, which, logits);
+            waiting = false;
+            for (int i = 0; i < MB; i++) waiting |= !b->slots[i].busy;
+            waiting &= b->cur < b->end;
+        }
         if (rc) break;
         bool any = false;
         for (int i = 0; i < MB; i++) any |= b->slots[i].busy;

@@ -58,6 +58,13 @@ int st_seq_forward(st_seq *s, const int32_t *tokens, int64_t T, float *logits, b
  * B calls of st_seq_forward(seqs[i], &tokens[i], 1, ...). On error the
  * sequences' states are undefined (reset them). */
 int st_seq_forward_batch(st_seq *const *seqs, const int32_t *tokens, int B, float *logits);
+/* Batched prefill: B distinct sequences of one model each take lens[i] > 0
+ * tokens (tokens holds them one sequence after the other); prompts that fit
+ * run together in chunks of at most the model's chunk rows (a longer one runs
+ * alone), the MoE once over all their rows. logits (B, vocab) or NULL: each
+ * sequence's last position. Bit-identical to st_seq_forward per sequence.
+ * On error the sequences' states are undefined (reset them). */
+int st_seq_prefill_batch(st_seq *const *seqs, const int32_t *tokens, const int64_t *lens, int B, float *logits);
 
 
 

@@ -2,7 +2,10 @@
  * tensors are in the checkpoint, the st_expert_source hooks the forward pass
  * calls (step: hash-routed layers' experts from the token ids; routed: this
  * layer's experts and the next layer's prediction from the current hidden
- * state; next: experts in residency order), and the trace of a run.
+ * state; refine: the next layer's prediction again from its MoE input as it
+ * would be without its attention, while that attention runs; next: experts
+ * in residency order), and the trace of a run. STRATA_NO_REFINE=1 turns refine
+ * off (A/B measurements).
  * Must never: dereference an expert's checkpoint mapping, or change what the
  * forward pass computes (predictions only move bytes). */
 #include "engine/model_stream.h"
@@ -34,6 +37,7 @@ struct st_model_stream {
     float *pred_w;          /* (T_cap, top_k) */
     const int32_t *ids;     /* this layer's routing (T, top_k) */
     int *need, n_need;      /* this layer's distinct experts, ascending */
+    int *predicted;         /* (n_experts) ms_refine's experts, ascending */
     bool *hit;              /* (n_experts) */
     bool *mark;             /* (n_experts) */
     uint64_t layer_t0;
@@ -94,16 +98,19 @@ static int grow_chunk(st_model_stream *ms, int64_t T) {
     return 0;
 }
 
-/* Distinct experts of ids (n entries) into ms->need, ascending. */
-static int distinct(st_model_stream *ms, const int32_t *ids, int64_t n) {
+/* Distinct experts of ids (n entries) into out (n_experts), ascending. */
+static int distinct_into(st_model_stream *ms, const int32_t *ids, int64_t n, int *out) {
     memset(ms->mark, 0, (size_t)ms->n_experts);
     for (int64_t i = 0; i < n; i++)
         if (ids[i] >= 0 && ids[i] < ms->n_experts) ms->mark[ids[i]] = true;
     int k = 0;
     for (int e = 0; e < ms->n_experts; e++)
-        if (ms->mark[e]) ms->need[k++] = e;
+        if (ms->mark[e]) out[k++] = e;
     return k;
 }
+
+/* ... into ms->need: the current layer's experts (or a step's certain ones). */
+static int distinct(st_model_stream *ms, const int32_t *ids, int64_t n) { return distinct_into(ms, ids, n, ms->need); }
 
 static int32_t *pred_of(st_model_stream *ms, int layer) { return ms->pred + (size_t)layer * (size_t)ms->T_cap * (size_t)ms->top_k; }
 
@@ -173,6 +180,27 @@ static int ms_routed(void *ctx, int layer, const float *xn, const int32_t *token
         }
     }
     return 0;
+}
+
+/* Layer `layer`'s experts predicted again from its MoE input without its
+ * attention (forward.c: refine_next): replaces the prediction routed() made
+ * from the previous layer's input; queued loads it no longer names are
+ * dropped before they reach the disk. */
+static int ms_refine(void *ctx, int layer, const float *xn, const int32_t *tokens, int64_t T) {
+    st_model_stream *ms = ctx;
+    const int K = ms->top_k;
+    if (layer <= 0 || layer >= ms->n_layers || T > ms->T_cap || ms->tokens != tokens) return 0;
+    /* a step that needs most experts, or more than half the slots, gains nothing from predictions:
+     * their reads would evict what the step itself uses */
+    if ((int64_t)T * K >= ms->n_experts || (int64_t)T * K * 2 > st_expert_nodes_slots(ms->es)) return 0;
+    const st_moe_w *w = &ms->m->layers[layer].moe;
+    int32_t *p = pred_of(ms, layer);
+    int rc = st_moe_route(ms->m->pool, w, xn, tokens, T, p, ms->pred_w);
+    if (rc) return rc;
+    /* all of each token's experts: on flash-2l this prediction had 98, 95, 93, 70, 65 and 51% of
+     * its ranks right (the one from the previous layer's input 65, 60, 42, 21, 33, 28%) */
+    int n = distinct_into(ms, p, T * K, ms->predicted);
+    return st_expert_nodes_predict(ms->es, layer, ms->predicted, n);
 }
 
 static int write_trace(st_model_stream *ms, int layer, uint64_t stall_ns) {
@@ -261,6 +289,7 @@ void st_model_stream_free(st_model_stream *ms) {
     free(ms->pred_scratch);
     free(ms->pred_w);
     free(ms->need);
+    free(ms->predicted);
     free(ms->hit);
     free(ms->mark);
     free(ms);
@@ -280,9 +309,10 @@ int st_model_stream_attach(st_model *m, st_checkpoint *ck, const st_config *cfg,
     ms->n_pieces = e0->w1.scale ? 6 : 3;
     int rc = ST_ERR_NOMEM;
     ms->need = calloc((size_t)ms->n_experts, sizeof *ms->need);
+    ms->predicted = calloc((size_t)ms->n_experts, sizeof *ms->predicted);
     ms->hit = calloc((size_t)ms->n_experts, sizeof *ms->hit);
     ms->mark = calloc((size_t)ms->n_experts, sizeof *ms->mark);
-    if (!ms->need || !ms->hit || !ms->mark) { rc = st_error(rc, "expert stream: out of memory"); goto fail; }
+    if (!ms->need || !ms->predicted || !ms->hit || !ms->mark) { rc = st_error(rc, "expert stream: out of memory"); goto fail; }
     for (int l = 0; l < m->n_layers; l++)
         for (int e = 0; e < ms->n_experts; e++) {
             const st_expert_w *x = &m->layers[l].moe.experts[e];
@@ -320,7 +350,7 @@ int st_model_stream_attach(st_model *m, st_checkpoint *ck, const st_config *cfg,
             x->w1.scale = x->w2.scale = x->w3.scale = NULL;
         }
     m->experts = (st_expert_source){.get = ms_get, .put = ms_put, .ctx = ms, .routed = ms_routed, .next = ms_next,
-                                    .step = ms_step, .n_nodes = st_expert_nodes_count(ms->es), .next_on = ms_next_on};
+                                    .step = ms_step, .refine = o->no_prefetch || getenv("STRATA_NO_REFINE") ? NULL : ms_refine /* A/B switch */, .n_nodes = st_expert_nodes_count(ms->es), .next_on = ms_next_on};
     *out = ms;
     return 0;
 fail:

@@ -206,6 +206,14 @@ done:
     return r;
 }
 
+/* The shared expert of all T tokens into b->yg (T, dim). */
+static int shared_expert(st_pool *pool, const st_moe_w *w, moe_bufs *b, const float *xn, int64_t T, st_numerics num) {
+    const int64_t dim = w->gate.cols;
+    memset(b->yg, 0, (size_t)(T * dim) * sizeof(float));
+    const float *xs = num == ST_NUMERICS_OFFICIAL && is_quantised(&w->shared.w1) ? b->xq : xn;
+    return expert_apply(pool, &w->shared, xs, T, NULL, w->swiglu_limit, num, b, b->yg);
+}
+
 int st_moe_forward(st_pool *pool, const st_moe_w *w, int layer, const st_expert_source *src, const float *xn,
                    const int32_t *tokens, int64_t T, st_numerics num, float *out) {
     const int E = w->n_experts, K = w->top_k;
@@ -226,6 +234,10 @@ int st_moe_forward(st_pool *pool, const st_moe_w *w, int layer, const st_expert_
     /* official: every quantised expert reads act_quant(xn): quantise once */
     if (official) st_act_quant(xn, T, dim, b.xq);
     memset(out, 0, (size_t)(T * dim) * sizeof(float));
+    /* streaming: the shared expert first, while the routed experts' reads are in flight; it is
+     * still added last, so the sums are the same as below */
+    const bool shared_first = src && src->next && w->has_shared;
+    if (shared_first && (rc = shared_expert(pool, w, &b, xn, T, num))) goto done;
     if (src && src->next && (rc = experts_as_resident(pool, w, layer, src, &b, xn, T, num, out))) goto done;
     for (int e = 0; e < E && !(src && src->next); e++) {
         int64_t n = 0;
@@ -252,9 +264,7 @@ int st_moe_forward(st_pool *pool, const st_moe_w *w, int layer, const st_expert_
         }
     }
     if (w->has_shared) {
-        memset(b.yg, 0, (size_t)(T * dim) * sizeof(float));
-        const float *xs = official && is_quantised(&w->shared.w1) ? b.xq : xn;
-        if ((rc = expert_apply(pool, &w->shared, xs, T, NULL, w->swiglu_limit, num, &b, b.yg))) goto done;
+        if (!shared_first && (rc = shared_expert(pool, w, &b, xn, T, num))) goto done;
         for (int64_t i = 0; i < T * dim; i++) out[i] += b.yg[i];
     }
 done:

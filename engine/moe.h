@@ -22,6 +22,11 @@ typedef struct st_expert_source {
     int (*step)(void *ctx, const int32_t *tokens, int64_t T);
     int (*routed)(void *ctx, int layer, const float *xn, const int32_t *tokens, int64_t T, const int32_t *ids);
     int (*next)(void *ctx, int layer, int *expert, const st_expert_w **out);
+    /* refine (optional): layer `layer`'s MoE input as it would be if that layer's attention added
+     * nothing (xn (T, dim): its hc_ffn pre-mix and ffn_norm of the residual after layer - 1): a
+     * better prediction of its experts than routed() made one layer earlier, while the attention
+     * still runs. Only moves bytes. */
+    int (*refine)(void *ctx, int layer, const float *xn, const int32_t *tokens, int64_t T);
     /* n_nodes > 1 with next_on: the experts live on NUMA nodes and the pool has one team per node
      * (cpu/pool.h); node i's team leader takes node i's experts with next_on (1, or 0 when it has
      * none left), all nodes at once; next() then closes the layer. Sums stay in ascending id. */

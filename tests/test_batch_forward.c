@@ -4,7 +4,9 @@
  * expert resident and with expert caches small enough to force streaming;
  * batch membership and row order change from step to step. The MoE sees the
  * batch as one call: the step hook gets all B tokens and each expert is
- * fetched at most once per layer per step. Bad batches are refused. */
+ * fetched at most once per layer per step. st_seq_prefill_batch prefills
+ * several prompts together with the same logits as one by one. Bad batches
+ * are refused. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -116,6 +118,78 @@ static void bit_identical(st_numerics num) {
     free(want);
 }
 
+/* st_seq_prefill_batch: the NSEQ prompts prefilled together give each one's
+ * last-position logits, and then decode, bit for bit as prefilled alone;
+ * resident, with a chunk that splits the batch (the 13-token prompt is longer
+ * than it and runs alone), and with streamed experts. */
+static void prefill_batch_matches(st_numerics num, const st_model_opts *o, const char *what) {
+    st_model *m = load(num, o);
+    const size_t V = (size_t)m->vocab;
+    enum { DECODE = 3 };
+    float *want = malloc((size_t)NSEQ * (1 + DECODE) * V * sizeof(float)), *got = malloc((size_t)NSEQ * (1 + DECODE) * V * sizeof(float));
+    int32_t all[64], ids[32];
+    int64_t lens[NSEQ], off = 0;
+    st_seq *s[NSEQ];
+    for (int i = 0; i < NSEQ; i++) {
+        for (int k = 0; k < prompt_len[i]; k++) ids[k] = all[off + k] = token_of(i, k, m->vocab);
+        lens[i] = prompt_len[i];
+        off += lens[i];
+        assert_int_equal(st_seq_new(m, &s[i]), 0);
+        if (st_seq_forward(s[i], ids, lens[i], want + (size_t)i * (1 + DECODE) * V, false)) fail_msg("%s: %s", what, st_last_error());
+    }
+    for (int pass = 0; pass < 2; pass++) { /* pass 0: decode after the single prefills; 1: after the batched one */
+        float *out = pass ? got : want;
+        if (pass) {
+            float *lg = malloc((size_t)NSEQ * V * sizeof(float));
+            for (int i = 0; i < NSEQ; i++) st_seq_reset(s[i]);
+            if (st_seq_prefill_batch(s, all, lens, NSEQ, lg)) fail_msg("%s: batch prefill: %s", what, st_last_error());
+            for (int i = 0; i < NSEQ; i++) memcpy(got + (size_t)i * (1 + DECODE) * V, lg + (size_t)i * V, V * sizeof(float));
+            free(lg);
+        }
+        for (int i = 0; i < NSEQ; i++)
+            for (int k = 0; k < DECODE; k++) {
+                int32_t t = token_of(i, 200 + k, m->vocab);
+                if (st_seq_forward(s[i], &t, 1, out + ((size_t)i * (1 + DECODE) + 1 + k) * V, false)) fail_msg("%s: %s", what, st_last_error());
+            }
+    }
+    for (size_t x = 0; x < (size_t)NSEQ * (1 + DECODE) * V; x++)
+        if (memcmp(&want[x], &got[x], sizeof(float)))
+            fail_msg("%s: sequence %zu step %zu logit %zu: %.9g alone vs %.9g batched", what, x / ((1 + DECODE) * V),
+                     x / V % (1 + DECODE), x % V, (double)want[x], (double)got[x]);
+    for (int i = 0; i < NSEQ; i++) st_seq_free(s[i]);
+    free(want);
+    free(got);
+    st_model_free(m);
+}
+
+static void prefill_batch_bit_identical(void **state) {
+    (void)state;
+    st_model_opts chunk10 = {.chunk = 10}, streamed = {.expert_slots = 3}, both = {.chunk = 10, .expert_slots = 2};
+    for (int n = 0; n < 2; n++) {
+        st_numerics num = n ? ST_NUMERICS_REFERENCE : ST_NUMERICS_OFFICIAL;
+        prefill_batch_matches(num, NULL, n ? "reference, resident" : "official, resident");
+        prefill_batch_matches(num, &chunk10, n ? "reference, chunk 10" : "official, chunk 10");
+        prefill_batch_matches(num, &streamed, n ? "reference, 3 expert slots" : "official, 3 expert slots");
+        prefill_batch_matches(num, &both, n ? "reference, chunk 10, 2 slots" : "official, chunk 10, 2 slots");
+    }
+    /* bad input is refused */
+    st_model *m = load(ST_NUMERICS_OFFICIAL, NULL);
+    st_seq *s[2];
+    assert_int_equal(st_seq_new(m, &s[0]), 0);
+    int32_t t[2] = {1, 2};
+    int64_t lens[2] = {2, 0};
+    assert_int_equal(st_seq_prefill_batch(s, t, lens, 0, NULL), ST_ERR_INVALID);
+    s[1] = s[0];
+    lens[1] = 1;
+    assert_int_equal(st_seq_prefill_batch(s, t, lens, 2, NULL), ST_ERR_INVALID); /* the same sequence twice */
+    assert_int_equal(st_seq_new(m, &s[1]), 0);
+    lens[1] = 0;
+    assert_int_equal(st_seq_prefill_batch(s, t, lens, 2, NULL), ST_ERR_INVALID); /* an empty prompt */
+    st_seq_free(s[0]);
+    st_seq_free(s[1]);
+    st_model_free(m);
+}
+
 static void official_bit_identical(void **state) { (void)state; bit_identical(ST_NUMERICS_OFFICIAL); }
 static void reference_bit_identical(void **state) { (void)state; bit_identical(ST_NUMERICS_REFERENCE); }
 
@@ -210,6 +284,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(official_bit_identical),
         cmocka_unit_test(reference_bit_identical),
+        cmocka_unit_test(prefill_batch_bit_identical),
         cmocka_unit_test(one_moe_call_per_step),
         cmocka_unit_test(bad_batches_refused),
     };

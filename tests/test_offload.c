@@ -3,7 +3,8 @@
  * with budgets that force streaming (tiny: 2-3 slots, safetensors, pack and the
  * fused transformers layout; mini: a quarter of its expert bytes), prefetch on
  * and off, prefill and token-by-token decode; prefetch statistics (hash layers
- * are always predicted exactly, counts add up); injected read errors name the
+ * are always predicted exactly, counts add up; the refined prediction is the
+ * routing when attention adds nothing); injected read errors name the
  * file and the expert; the budget's peak never exceeds the limit; a child
  * `strata run` with a small --dram-budget has a peak RSS far below the resident
  * run's; --trace writes a file `strata bench policies` replays. */
@@ -213,6 +214,56 @@ static void prefetch_statistics(void **state) {
     if (tu_run(cmd, &out)) fail_msg("%s: %s", cmd, out);
     assert_non_null(strstr(out, "lru"));
     free(out);
+}
+
+/* The refined prediction (forward.c refine_next: layer l's MoE input computed
+ * as if l's attention output were zero) is exact when that output is zero: with
+ * every non-hash layer's wo_b zeroed, each decoded token's predicted experts are
+ * the routing itself, and the logits stay those of the resident model. */
+static void refined_prediction_exact_without_attention(void **state) {
+    (void)state;
+    char trace[300];
+    snprintf(trace, sizeof trace, "%s/refine.trace", tmp);
+    st_model *res = load(tiny, NULL);
+    st_model_opts o = {.expert_slots = 4, .trace_path = trace}; /* room for a token's 2 experts twice */
+    st_model *m = load(tiny, &o);
+    assert_non_null(m->experts.refine);
+    void *zeros[16] = {0};
+    for (int l = 0; l < m->n_layers && l < 16; l++) {
+        if (m->layers[l].moe.hash) continue;
+        st_weight *w[2] = {&res->layers[l].attn.wo_b, &m->layers[l].attn.wo_b};
+        zeros[l] = calloc(1, st_weight_data_bytes(w[0]->fmt, w[0]->rows, w[0]->cols));
+        assert_non_null(zeros[l]);
+        w[0]->data = w[1]->data = zeros[l];
+    }
+    int32_t ids[8];
+    ids_for(m, ids, 8);
+    const int prompt = 4, decode = 10;
+    float *want = run(res, ids, prompt, decode), *got = run(m, ids, prompt, decode);
+    assert_same(want, got, (size_t)(prompt + decode) * (size_t)m->vocab, "zero attention output, streamed");
+    free(want);
+    free(got);
+    const int top_k = m->layers[1].moe.top_k;
+    st_model_free(m);
+    st_model_free(res);
+    for (int l = 0; l < 16; l++) free(zeros[l]);
+    st_trace_header h;
+    st_trace_record *r;
+    size_t n;
+    assert_int_equal(st_trace_load(trace, &h, &r, &n), 0);
+    int checked = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].token_index < prompt || r[i].layer < 1) continue; /* decode steps, layers after the hash one */
+        assert_int_equal(r[i].n_predicted, top_k);
+        for (int c = 0; c < r[i].n_chosen; c++) {
+            bool found = false;
+            for (int q = 0; q < r[i].n_predicted; q++) found |= r[i].predicted[q] == r[i].chosen[c];
+            if (!found) fail_msg("token %lld layer %d: chosen expert %d was not predicted", (long long)r[i].token_index, r[i].layer, r[i].chosen[c]);
+        }
+        checked++;
+    }
+    assert_int_equal(checked, decode * (h.n_layers - 1));
+    free(r);
 }
 
 static void prefetch_off_counts_no_predictions(void **state) {
@@ -449,6 +500,7 @@ int main(void) {
         cmocka_unit_test(fused_layout_bit_identical),
         cmocka_unit_test(mini_quarter_budget_bit_identical),
         cmocka_unit_test(prefetch_statistics),
+        cmocka_unit_test(refined_prediction_exact_without_attention),
         cmocka_unit_test(prefetch_off_counts_no_predictions),
         cmocka_unit_test(read_errors_name_the_file),
         cmocka_unit_test(budget_too_small_is_refused),
