@@ -506,7 +506,10 @@ int cmd_run(int argc, char **argv) {
         if (tok) {
             char *text = NULL;
             size_t len = 0;
-            if (!st_tokenizer_decode(tok, out, (size_t)k, true, &text, &len)) cJSON_AddStringToObject(js, "text", text);
+            char *valid = NULL;
+            if (!st_tokenizer_decode(tok, out, (size_t)k, true, &text, &len) && !st_utf8_repair(text, len, &valid, NULL))
+                cJSON_AddStringToObject(js, "text", valid); /* JSON is UTF-8: a character cut by -n */
+            free(valid);
             free(text);
         }
         cJSON_AddStringToObject(js, "finish_reason", finish);

@@ -6,6 +6,7 @@
 #include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 #include <xxhash.h>
 
 #include "base/base.h"
@@ -617,6 +618,34 @@ int st_detok_stream_init(st_detok_stream *s, const st_tokenizer *t, bool skip_sp
     s->cap = t->max_token_bytes + sizeof s->held + 1;
     s->buf = malloc(s->cap);
     if (!s->buf) return st_error(ST_ERR_NOMEM, "detokenize: cannot allocate the stream buffer");
+    return 0;
+}
+
+int st_utf8_repair(const char *s, size_t n, char **out, size_t *out_len) {
+    static const char fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
+    char *o = malloc(n * 3 + 1); /* worst case: every byte becomes U+FFFD */
+    if (!o) return st_error(ST_ERR_NOMEM, "text: out of memory for %zu bytes", n);
+    size_t k = 0;
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t len = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &cp);
+        if (len > 0) {
+            memcpy(o + k, p + i, (size_t)len);
+            k += (size_t)len;
+            i += (size_t)len;
+            continue;
+        }
+        size_t bad = 1; /* the longest proper prefix of a valid character here is one subpart */
+        for (size_t m = ST_MIN(3, n - i); m > 1; m--)
+            if (utf8_valid_prefix(p + i, m)) { bad = m; break; }
+        memcpy(o + k, fffd, 3);
+        k += 3;
+        i += bad;
+    }
+    o[k] = 0;
+    *out = o;
+    if (out_len) *out_len = k;
     return 0;
 }
 

@@ -51,6 +51,13 @@ int st_tokenizer_encode(const st_tokenizer *t, const char *text, size_t len, boo
 int st_tokenizer_decode(const st_tokenizer *t, const int32_t *ids, size_t n, bool skip_special, char **out,
                         size_t *out_len);
 
+/* s[0..n) as valid UTF-8 for text outputs (JSON): every ill-formed part
+ * becomes U+FFFD, a truncated character once and any other bad byte on its
+ * own (Unicode's "maximal subpart" rule, as Python's errors="replace"), e.g.
+ * a result cut by max_tokens inside a character. *out is malloc'd and NUL
+ * terminated. 0 or ST_ERR_NOMEM. */
+int st_utf8_repair(const char *s, size_t n, char **out, size_t *out_len);
+
 /* Number of ids (largest id + 1, added tokens included): 129280 for V4. */
 int32_t st_tokenizer_vocab_size(const st_tokenizer *t);
 /* Id of a token given by its content ("<think>", "<｜User｜>", or a vocab

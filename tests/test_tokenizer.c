@@ -444,6 +444,29 @@ static void cli_commands(void **state) {
     free(out);
 }
 
+/* st_utf8_repair: the same replacements as Python's bytes.decode("utf-8", "replace"). */
+static void utf8_repair_like_python(void **state) {
+    (void)state;
+    static const struct { const char *in; size_t n; const char *want; } cases[] = {
+        {"plain \xc3\xa9t\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80", 20, "plain \xc3\xa9t\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80"},
+        {"a\xe7\x86", 3, "a\xef\xbf\xbd"},                       /* cut inside a character: one U+FFFD */
+        {"\x80\x80", 2, "\xef\xbf\xbd\xef\xbf\xbd"},           /* stray continuations: one each */
+        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* a surrogate */
+        {"\xf0\x90\x80z", 4, "\xef\xbf\xbdz"},
+        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},           /* overlong */
+        {"\xe7\x86\xe7\x86\xa5", 5, "\xef\xbf\xbd\xe7\x86\xa5"},
+        {"ok\xf4\x90\x80\x80", 6, "ok\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* above U+10FFFF */
+        {"", 0, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out = NULL;
+        size_t len = 0;
+        assert_int_equal(st_utf8_repair(cases[i].in, cases[i].n, &out, &len), 0);
+        if (len != strlen(cases[i].want) || memcmp(out, cases[i].want, len)) fail_msg("case %zu: got \"%s\"", i, out);
+        free(out);
+    }
+}
+
 int main(void) {
     snprintf(data_dir, sizeof data_dir, "%s", __FILE__);
     char *slash = strrchr(data_dir, '/');
@@ -459,6 +482,7 @@ int main(void) {
         cmocka_unit_test(hundred_mb_line),
         cmocka_unit_test(load_errors),
         cmocka_unit_test(cli_commands),
+        cmocka_unit_test(utf8_repair_like_python),
     };
     return cmocka_run_group_tests(tests, load_group, free_group);
 }
