@@ -43,4 +43,37 @@ void st_e2m1_rows(const uint8_t *src, size_t stride, int64_t rows, int64_t d, fl
  * rope bf16 (little endian, unaligned). */
 void st_kv_rows(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, float *x);
 
+/* ---- indexer scores over packed keys, exact block dot products ----
+ * In official numerics the indexer's q and keys are both e2m1 values with a
+ * power-of-two scale per 32, so within a block every product is an integer
+ * times 2^(sq+sk): a block's dot product is an exact integer (int8 dot
+ * products) times an exact power of two. st_index_q holds one token's q
+ * (H, d) in that form; the scores are defined, on every ISA, as
+ *   t_hb = ((float)idot_hb * qscale_hb) * kscale_sb   (exact unless under/overflow)
+ *   score_h = ((t_h0 + t_h1) + t_h2) + ...             (blocks in order)
+ *   out[s] = ((0 + relu(score_0) * w0) + relu(score_1) * w1) + ...   (heads in order)
+ * so generic, avx2 and avx512 give the same bits (tested). */
+typedef struct st_index_q {
+    int64_t H, d, nb;      /* nb = ceil(d / 32) blocks a head */
+    int8_t *codes;         /* (H, nb * 32): q / 2^e_hb, small integers, zero past d */
+    float *scale;          /* (H, nb): 2^(e_hb - 1) (the -1: keys hold 2 * e2m1 as integers) */
+    int32_t *corr;         /* (H, nb): 12 * sum of the block's codes (keys are offset by +12 for u8 x s8) */
+    int32_t *perm;         /* (H, nb, 8): the block's codes 4 at a time in the order the SIMD key decode gives */
+} st_index_q;
+
+/* Bytes of the buffer st_index_q_pack needs for (H, d), 64-byte multiple. */
+size_t st_index_q_bytes(int64_t H, int64_t d);
+/* q (H, d) -> *out, pointing into buf (st_index_q_bytes, 8-byte aligned).
+ * Returns 1 when every 32-block of q is made of integers in units of 2^(e-4)
+ * (amax < 2^e, so |code| < 16; true of e2m1-quantised q) with the unit in
+ * range, else 0 (use the F32 path). */
+int st_index_q_pack(const float *q, int64_t H, int64_t d, void *buf, st_index_q *out);
+/* out[s] (n) = the scores above of q against the n e2m1 rows at keys (row s at
+ * keys + s * stride, layout of st_e2m1_rows). w (H). No allocation. */
+void st_index_scores_e2m1(const st_index_q *q, const float *w, const uint8_t *keys, size_t stride, int64_t n,
+                          float *out);
+/* The same, portable C, whatever st_cpu_isa() says (the reference of the tests). */
+void st_index_scores_e2m1_generic(const st_index_q *q, const float *w, const uint8_t *keys, size_t stride,
+                                  int64_t n, float *out);
+
 #endif

@@ -26,4 +26,11 @@ ST_ATTN_DECLARE(avx512)
 void st_e2m1_rows_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, float *x);
 void st_kv_rows_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, float *x);
 
+/* Indexer scores over packed keys (contract in cpu/attn.h); d a multiple of 32. */
+struct st_index_q;
+void st_index_scores_e2m1_avx2(const struct st_index_q *q, const float *w, const uint8_t *keys, size_t stride,
+                               int64_t n, float *out);
+void st_index_scores_e2m1_avx512(const struct st_index_q *q, const float *w, const uint8_t *keys, size_t stride,
+                                 int64_t n, float *out);
+
 #endif

@@ -318,6 +318,7 @@ typedef struct index_job {
     const st_indexer_w *ix;
     const st_comp_state *ks;     /* the keys: ks->entries (n_keys, entry_bytes) */
     float *dq;                   /* (nth, INDEX_TILE, head_dim) keys of a tile, decoded (packed keys) */
+    const st_index_q *qp;        /* (g) the queries as integer codes (packed keys, e2m1 q) or NULL */
     const float *iq, *iw;        /* (g, n_heads, head_dim), (g, n_heads) */
     const int64_t *n_vis;        /* (g) keys visible to each query */
     int64_t g, n_max;
@@ -334,6 +335,14 @@ static void index_rows(void *ctx, int ith, int nth) {
     for (int64_t a = s0; a < s1; a += INDEX_TILE) {
         const int64_t b = ST_MIN(s1, a + INDEX_TILE);
         const float *keys = (const float *)ks->entries + a * hd;
+        if (j->qp) { /* exact block dot products straight from the packed keys */
+            const uint8_t *src = (const uint8_t *)ks->entries + (size_t)a * ks->entry_bytes;
+            for (int64_t q = 0; q < j->g; q++) {
+                const int64_t e = ST_MIN(b, j->n_vis[q]);
+                if (e > a) st_index_scores_e2m1(&j->qp[q], j->iw + q * H, src, ks->entry_bytes, e - a, j->scores + q * j->n_max + a);
+            }
+            continue;
+        }
         if (ks->packed) { /* decoded once per tile for the whole group */
             float *dq = j->dq + (int64_t)ith * INDEX_TILE * hd;
             comp_entries_decode(ks, &j->ix->comp, (const uint8_t *)ks->entries + (size_t)a * ks->entry_bytes, b - a, dq);
@@ -358,13 +367,21 @@ static void index_topk(void *ctx, int ith, int nth) {
 
 /* sel (T, topk) = top-k key ids of every token of the chunk; n_vis (T). */
 static void index_select_chunk(st_pool *pool, const st_indexer_w *ix, const st_comp_state *ks, float *dq,
-                               const float *iq, const float *iw, const int64_t *n_vis, int64_t T, float *scores,
-                               int32_t *sel) {
+                               unsigned char *qbuf, const float *iq, const float *iw, const int64_t *n_vis, int64_t T,
+                               float *scores, int32_t *sel) {
     const int64_t H = ix->n_heads, hd = ix->head_dim;
+    const size_t qbytes = st_index_q_bytes(H, hd);
+    st_index_q qp[INDEX_GROUP];
     for (int64_t t0 = 0; t0 < T; t0 += INDEX_GROUP) {
         const int64_t g = ST_MIN(INDEX_GROUP, T - t0);
-        index_job j = {.ix = ix, .ks = ks, .dq = dq, .iq = iq + t0 * H * hd, .iw = iw + t0 * H, .n_vis = n_vis + t0,
-                       .g = g, .n_max = n_vis[t0 + g - 1], .scores = scores, .sel = sel + t0 * ix->topk};
+        /* official numerics: q is e2m1 too, so the scores come exactly from integer codes
+         * (a q that is not, e.g. non-finite, takes the decode-then-F32 path) */
+        bool exact = qbuf != NULL;
+        for (int64_t q = 0; exact && q < g; q++)
+            exact = st_index_q_pack(iq + (t0 + q) * H * hd, H, hd, qbuf + (size_t)q * qbytes, &qp[q]);
+        index_job j = {.ix = ix, .ks = ks, .dq = dq, .qp = exact ? qp : NULL, .iq = iq + t0 * H * hd, .iw = iw + t0 * H,
+                       .n_vis = n_vis + t0, .g = g, .n_max = n_vis[t0 + g - 1], .scores = scores,
+                       .sel = sel + t0 * ix->topk};
         if (j.n_max * g >= 256) { st_pool_run(pool, index_rows, &j); st_pool_run(pool, index_topk, &j); }
         else { index_rows(&j, 0, 1); index_topk(&j, 0, 1); }
     }
@@ -554,6 +571,7 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
 typedef struct attn_bufs {
     float *xq, *qa, *qaq, *q, *kv, *ckv, *csc, *iq, *iw, *ikv, *isc, *o, *og, *oa, *res, *scratch, *iscores;
     float *dq, *idq, *hca; /* packed entries decoded: CSA rows (nth, topk, hd), index tiles, HCA (n, hd) */
+    unsigned char *iqp;    /* (INDEX_GROUP, st_index_q_bytes) indexer queries as integer codes (packed keys) */
     int32_t *sel;       /* (T, topk) */
     int64_t *n_main, *n_idx, *n_sel; /* (T) each */
     float *split_tmp;
@@ -647,6 +665,7 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
         if (s->comp.pages && !ALLOC(b.paged, w->idx.topk)) goto oom;
         if (s->comp.packed && !ALLOC(b.dq, nth * w->idx.topk * hd)) goto oom;
         if (s->icomp.packed && !ALLOC(b.idq, nth * INDEX_TILE * id)) goto oom;
+        if (s->icomp.packed && !ALLOC(b.iqp, INDEX_GROUP * st_index_q_bytes(ih, id))) goto oom;
     }
 
     const bool official = num == ST_NUMERICS_OFFICIAL;
@@ -719,7 +738,7 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
             b.n_idx[t] = s->icomp.n_entries;
             b.n_sel[t] = ST_MIN((int64_t)w->idx.topk, b.n_idx[t]);
         }
-        index_select_chunk(pool, &w->idx, &s->icomp, b.idq, b.iq, b.iw, b.n_idx, T, b.iscores, b.sel);
+        index_select_chunk(pool, &w->idx, &s->icomp, b.idq, b.iqp, b.iq, b.iw, b.n_idx, T, b.iscores, b.sel);
         if (s->comp.pages && (rc = prefetch_existing(&s->comp, b.sel, b.n_sel[0]))) goto done;
     }
     for (int64_t t = 0; t < T; t++) {
