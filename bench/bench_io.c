@@ -3,8 +3,11 @@
  * fio (--ioengine=io_uring --direct=1) with the same block size, depth, files
  * and region, run in the same invocation, interleaved round by round; prints
  * GB/s, the ratio and its spread. A PACK is read in its own routed-expert
- * extents over all its data files (bench/io_target.c). Owns no engine code: it
- * only drives st_io and fio. */
+ * extents over all its data files (bench/io_target.c). With --piece, instead
+ * of fio: whole reads against reads cut into pieces (st_io_options.max_piece)
+ * under in-flight byte caps (max_inflight_bytes), interleaved the same way.
+ * Owns no engine code: it only drives st_io and fio. */
+#include <sys/mman.h>
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -23,7 +26,7 @@
 /* One V4-Flash routed expert in FP4: w1, w3 (2048 x 4096 each... as (moe_inter, dim))
  * and w2, each e2m1 (half a byte) plus one ue8m0 scale per 32 values. */
 #define EXPERT_BYTES ST_ALIGN_UP(3ull * (2048ull * 4096 / 2 + 2048ull * 4096 / 32), 4096)
-enum { MAX_DEPTHS = 16, MAX_ROUNDS = 100, ALIGN = 4096 };
+enum { MAX_DEPTHS = 16, MAX_ROUNDS = 100, ALIGN = 4096, MAX_SIZES = 8 };
 
 typedef struct {
     const char *file; /* FILE, PACK or checkpoint directory, as given */
@@ -33,6 +36,8 @@ typedef struct {
     double seconds;
     int rounds;
     bool json, no_fio;
+    uint64_t pieces[MAX_SIZES], inflights[MAX_SIZES]; /* --piece, --inflight */
+    int n_pieces, n_inflights;
 } io_args;
 
 typedef struct {
@@ -47,7 +52,8 @@ typedef struct {
 static int usage(FILE *f, int rc) {
     fprintf(f,
             "usage: strata bench io FILE|PACK|CHECKPOINT [--block SIZE] [--depths 1,2,4,...] [--seconds S]\n"
-            "                       [--rounds N] [--create SIZE] [--no-fio] [--json]\n\n"
+            "                       [--rounds N] [--create SIZE] [--no-fio] [--json]\n"
+            "                       [--piece SIZE,... [--inflight SIZE,...]]\n\n"
             "Random expert-sized reads through strata's io_uring engine (O_DIRECT, registered buffers and\n"
             "files) for S seconds (default 6) at each queue depth (default 1,2,4,8,16,32,64), and fio\n"
             "--ioengine=io_uring --direct=1 --rw=randread with the same block size, depth, files and region\n"
@@ -61,9 +67,33 @@ static int usage(FILE *f, int rc) {
             "The S seconds are split into N rounds (default 6) alternating strata and fio (strata first on\n"
             "even rounds, fio first on odd ones) so a drifting disk (virtual disks, other jobs) biases\n"
             "neither. Prints GB/s, strata/fio over all rounds, and the median and range of the per-round\n"
-            "ratios. --create SIZE writes FILE first when it does not exist (e.g. 4G).\n",
+            "ratios. --create SIZE writes FILE first when it does not exist (e.g. 4G).\n"
+            "--piece SIZE,...  instead of fio: whole reads against each request cut into pieces of SIZE\n"
+            "              (st_io_options.max_piece) with at most --inflight SIZE,... bytes in the kernel\n"
+            "              (max_inflight_bytes; default: no cap), every combination, same depths, S seconds\n"
+            "              each, interleaved in N rounds; prints GB/s and the ratio to whole reads.\n",
             (unsigned long long)EXPERT_BYTES);
     return rc;
+}
+
+/* A comma-separated list of sizes ("2M,4M"), each > 0. */
+static int parse_sizes(const char *opt, const char *v, uint64_t *out, int *n) {
+    *n = 0;
+    for (const char *p = v; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char item[32];
+        if (*n == MAX_SIZES || len == 0 || len >= sizeof item)
+            return st_error(ST_ERR_INVALID, "%s: expected up to %d comma-separated sizes, found '%s'", opt, MAX_SIZES, v);
+        memcpy(item, p, len);
+        item[len] = 0;
+        if (st_parse_size(item, 0, opt, &out[*n])) return ST_ERR_INVALID;
+        if (!out[*n]) return st_error(ST_ERR_INVALID, "%s: sizes must be > 0, found '%s'", opt, item);
+        (*n)++;
+        p = end ? end + 1 : p + len;
+    }
+    if (!*n) return st_error(ST_ERR_INVALID, "%s: empty list", opt);
+    return 0;
 }
 
 static int parse_args(int argc, char **argv, io_args *a) {
@@ -71,7 +101,7 @@ static int parse_args(int argc, char **argv, io_args *a) {
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes = !strcmp(o, "--block") || !strcmp(o, "--depths") || !strcmp(o, "--seconds") || !strcmp(o, "--create") ||
-                     !strcmp(o, "--rounds");
+                     !strcmp(o, "--rounds") || !strcmp(o, "--piece") || !strcmp(o, "--inflight");
         if (takes && !v) return st_error(ST_ERR_INVALID, "%s needs a value", o);
         if (!strcmp(o, "--json")) a->json = true;
         else if (!strcmp(o, "--no-fio")) a->no_fio = true;
@@ -100,11 +130,20 @@ static int parse_args(int argc, char **argv, io_args *a) {
             }
             if (!a->n_depths) return st_error(ST_ERR_INVALID, "--depths: empty list");
             i++;
+        } else if (!strcmp(o, "--piece") || !strcmp(o, "--inflight")) {
+            bool piece = !strcmp(o, "--piece");
+            if (parse_sizes(o, v, piece ? a->pieces : a->inflights, piece ? &a->n_pieces : &a->n_inflights)) return ST_ERR_INVALID;
+            i++;
         } else if (o[0] == '-') return st_error(ST_ERR_INVALID, "unknown option '%s'", o);
         else if (a->file) return st_error(ST_ERR_INVALID, "one FILE expected, found '%s' and '%s'", a->file, o);
         else a->file = o;
     }
     if (!a->file) return st_error(ST_ERR_INVALID, "FILE, PACK or CHECKPOINT missing");
+    if (a->n_inflights && !a->n_pieces) return st_error(ST_ERR_INVALID, "--inflight needs --piece");
+    for (int k = 0; k < a->n_pieces; k++)
+        if (a->pieces[k] % ALIGN || a->pieces[k] > (1ull << 30))
+            return st_error(ST_ERR_INVALID, "--piece: a multiple of %d bytes up to 1 GiB expected, found %llu", ALIGN,
+                            (unsigned long long)a->pieces[k]);
     if (!a->block) return st_error(ST_ERR_INVALID, "--block: must be > 0");
     if (a->block % ALIGN && a->block_given) {
         uint64_t up = ST_ALIGN_UP(a->block, ALIGN);
@@ -151,9 +190,8 @@ static int create_file(const char *path, uint64_t bytes, bool quiet) {
 
 /* Keeps `depth` reads of random blocks in flight for `seconds`; adds the
  * bytes of completed reads and the time until the last one to *bytes, *secs. */
-static int strata_slice(st_io *io, const io_target *t, int depth, double seconds, uint64_t *seed, double *bytes,
+static int strata_slice(st_io *io, uint8_t *pool, const io_target *t, int depth, double seconds, uint64_t *seed, double *bytes,
                         double *secs) {
-    uint8_t *pool = st_io_buffer(io, NULL);
     st_io_completion *done = calloc((size_t)depth, sizeof *done);
     st_io_read *next = calloc((size_t)depth, sizeof *next);
     if (!done || !next) { free(done); free(next); return st_error(ST_ERR_NOMEM, "no memory"); }
@@ -329,7 +367,7 @@ static int measure_depth(const io_args *a, const io_target *t, bool fio, io_resu
     for (int k = 0; k < a->rounds && !rc; k++) {
         double sb = 0, ss = 0, fb = 0, fs = 0;
         for (int order = 0; order < 2 && !rc; order++) {
-            if ((order == 0) == (k % 2 == 0)) rc = strata_slice(io, t, r->depth, slice, &seed, &sb, &ss);
+            if ((order == 0) == (k % 2 == 0)) rc = strata_slice(io, st_io_buffer(io, NULL), t, r->depth, slice, &seed, &sb, &ss);
             else if (fio && !r->fio_error[0]) run_fio(t, &st, slice, r, &fb, &fs);
         }
         r->bytes += sb; r->secs += ss; r->fio_bytes += fb; r->fio_secs += fs;
@@ -347,6 +385,72 @@ static int measure_depth(const io_args *a, const io_target *t, bool fio, io_resu
     }
     r->gbs = r->secs > 0 ? r->bytes / r->secs / 1e9 : 0;
     r->fio_gbs = r->fio_secs > 0 && !r->fio_error[0] ? r->fio_bytes / r->fio_secs / 1e9 : -1;
+    return rc;
+}
+
+/* --piece: whole reads and each (piece, in-flight cap) at one depth, S seconds
+ * each, interleaved in rounds (the starting configuration rotates) over one
+ * shared buffer; prints GB/s and the ratio to whole reads. */
+static int measure_pieces(const io_args *a, const io_target *t, int depth) {
+    enum { MAX_CFG = 1 + MAX_SIZES * MAX_SIZES };
+    struct { uint64_t piece, cap; st_io *io; double bytes, secs, ratios[MAX_ROUNDS], peak; int n_ratios; } cfg[MAX_CFG];
+    int n = 0;
+    memset(cfg, 0, sizeof cfg);
+    n++; /* whole reads */
+    for (int p = 0; p < a->n_pieces; p++)
+        for (int c = 0; c < ST_MAX(a->n_inflights, 1); c++) {
+            cfg[n].piece = a->pieces[p];
+            cfg[n].cap = a->n_inflights ? a->inflights[c] : 0;
+            n++;
+        }
+    const size_t huge = 2u << 20, bytes = ST_ALIGN_UP((size_t)t->block * (size_t)depth, huge);
+    uint8_t *pool = st_aligned_alloc(huge, bytes);
+    if (!pool) return st_error(ST_ERR_NOMEM, "no memory for a %zu-byte read buffer", bytes);
+    (void)madvise(pool, bytes, MADV_HUGEPAGE); /* as the engine's own pool: few large device requests */
+    st_io_region regions[64];
+    int n_regions = 0;
+    for (size_t at = 0; at < bytes && n_regions < 64; at += 1u << 30)
+        regions[n_regions++] = (st_io_region){pool + at, ST_MIN((size_t)1 << 30, bytes - at)};
+    int rc = 0;
+    for (int j = 0; j < n && !rc; j++)
+        rc = st_io_open((const char *const *)t->paths, t->n_files,
+                        &(st_io_options){.queue_depth = depth, .regions = regions, .n_regions = n_regions,
+                                         .max_piece = (size_t)cfg[j].piece, .max_inflight_bytes = (size_t)cfg[j].cap},
+                        &cfg[j].io);
+    uint64_t seed = (st_time_ns() * 0x9e3779b97f4a7c15ull) | 1;
+    double slice = a->seconds / a->rounds;
+    for (int k = 0; k < a->rounds && !rc; k++) {
+        double rate[MAX_CFG] = {0};
+        for (int q = 0; q < n && !rc; q++) {
+            int j = (q + k) % n;
+            double b = 0, sec = 0;
+            rc = strata_slice(cfg[j].io, pool, t, depth, slice, &seed, &b, &sec);
+            cfg[j].bytes += b;
+            cfg[j].secs += sec;
+            rate[j] = sec > 0 ? b / sec : 0;
+        }
+        for (int j = 1; j < n && !rc; j++)
+            if (rate[0] > 0) cfg[j].ratios[cfg[j].n_ratios++] = rate[j] / rate[0];
+    }
+    char ps[32], cs[32];
+    for (int j = 0; j < n && !rc; j++) {
+        st_io_stats st;
+        st_io_get_stats(cfg[j].io, &st);
+        double gbs = cfg[j].secs > 0 ? cfg[j].bytes / cfg[j].secs / 1e9 : 0;
+        double whole = cfg[0].secs > 0 ? cfg[0].bytes / cfg[0].secs / 1e9 : 0;
+        char median[32] = "-";
+        if (cfg[j].n_ratios) {
+            qsort(cfg[j].ratios, (size_t)cfg[j].n_ratios, sizeof(double), cmp_double);
+            int m = cfg[j].n_ratios;
+            snprintf(median, sizeof median, "%.3f", m % 2 ? cfg[j].ratios[m / 2] : (cfg[j].ratios[m / 2 - 1] + cfg[j].ratios[m / 2]) / 2);
+        }
+        printf("%6d %10s %10s %10.3f %8.3f %8s %12.1f\n", depth, j ? st_fmt_size(cfg[j].piece, ps, sizeof ps) : "whole",
+               cfg[j].cap ? st_fmt_size(cfg[j].cap, cs, sizeof cs) : "-", gbs, whole > 0 ? gbs / whole : 0, median,
+               (double)st.peak_inflight_bytes / (1 << 20));
+    }
+    fflush(stdout);
+    for (int j = 0; j < n; j++) st_io_close(cfg[j].io);
+    free(pool);
     return rc;
 }
 
@@ -368,6 +472,18 @@ int bench_io(int argc, char **argv) {
     io_target t;
     int rc = io_target_open(a.file, a.block, a.block_given, &t);
     if (rc) return cli_fail("bench io", rc);
+    if (a.n_pieces) {
+        if (a.json) { io_target_free(&t); fprintf(stderr, "strata bench io: --json is not available with --piece\n"); return 2; }
+        char bs[32];
+        printf("%s %s: %d file%s; %llu reads of %s; %g s per configuration in %d interleaved rounds\n",
+               io_target_kind_name(t.kind), a.file, t.n_files, t.n_files == 1 ? "" : "s",
+               (unsigned long long)(t.n_extents ? (uint64_t)t.n_extents : t.n_blocks), st_fmt_size(t.block, bs, sizeof bs),
+               a.seconds, a.rounds);
+        printf("%6s %10s %10s %10s %8s %8s %12s\n", "depth", "piece", "inflight", "GB/s", "ratio", "median", "peak MiB");
+        for (int i = 0; i < a.n_depths && !rc; i++) rc = measure_pieces(&a, &t, a.depths[i]);
+        io_target_free(&t);
+        return rc ? cli_fail("bench io", rc) : 0;
+    }
     bool fio = !a.no_fio && have_fio();
     char fs[32], bs[32];
     if (!a.json) {

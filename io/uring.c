@@ -150,6 +150,22 @@ static int setup_buffers(st_io *io, const st_io_options *opt) {
     return 0;
 }
 
+/* max_piece and max_inflight_bytes, once the files' O_DIRECT alignment is known. */
+static int check_pieces(st_io *io, const st_io_options *opt) {
+    io->piece_max = opt->max_piece ? opt->max_piece : ST_IO_MAX_PIECE;
+    io->max_inflight_bytes = opt->max_inflight_bytes;
+    if (opt->max_piece > ST_IO_MAX_PIECE)
+        return st_error(ST_ERR_INVALID, "io: max_piece must be at most %llu bytes (1 GiB, one read op), found %zu",
+                        (unsigned long long)ST_IO_MAX_PIECE, opt->max_piece);
+    for (int i = 0; opt->max_piece && i < io->n_files; i++)
+        if (st_io_file_is_direct(&io->files[i]) && opt->max_piece % io->align)
+            return st_error(ST_ERR_INVALID,
+                            "io: %s: max_piece %zu is not a multiple of the O_DIRECT alignment (%zu bytes): "
+                            "pieces of an aligned request must stay aligned",
+                            io->files[i].path, opt->max_piece, io->align);
+    return 0;
+}
+
 int st_io_open(const char *const *paths, int n_files, const st_io_options *options, st_io **out) {
     if (!out) return st_error(ST_ERR_INVALID, "io: st_io_open needs an output pointer");
     *out = NULL;
@@ -162,13 +178,13 @@ int st_io_open(const char *const *paths, int n_files, const st_io_options *optio
     if (!io) return st_error(ST_ERR_NOMEM, "io: no memory");
     io->depth = opt->queue_depth ? opt->queue_depth : DEFAULT_DEPTH;
     io->align = MIN_ALIGN;
-    io->free_head = io->done_head = io->done_tail = -1;
+    io->free_head = io->done_head = io->done_tail = io->piece_free = -1;
     io->n_files = n_files;
     io->files = calloc((size_t)n_files, sizeof *io->files);
     int status = io->files ? 0 : st_error(ST_ERR_NOMEM, "io: no memory");
     for (int i = 0; !status && i < n_files; i++) {
         io->files[i].fd_direct = io->files[i].fd_buffered = -1;
-        io->files[i].head = io->files[i].tail = -1;
+        for (int c = 0; c < 2; c++) io->files[i].q[c].head = io->files[i].q[c].tail = -1;
     }
     const char *faults = opt->faults ? opt->faults : getenv("STRATA_IO_FAULTS");
     if (!status) {
@@ -187,6 +203,7 @@ int st_io_open(const char *const *paths, int n_files, const st_io_options *optio
         ST_WARN("io: O_DIRECT refused for %d of %d file%s (%s); reading %s through the page cache", refused, n_files,
                 n_files > 1 ? "s" : "", first_refusal, refused > 1 ? "them" : "it");
     }
+    if (!status) status = check_pieces(io, opt);
     if (!status) status = setup_buffers(io, opt);
     if (!status) setup_ring(io, opt);
     if (!status && io->use_ring) register_with_ring(io);
@@ -209,6 +226,7 @@ void st_io_close(st_io *io) {
     }
     for (int i = 0; i < io->n_slots; i++) free(io->slots[i].message);
     free(io->slots);
+    free(io->pieces);
     free(io->files);
     free(io->iov);
     free(io->pool);
@@ -239,4 +257,7 @@ void st_io_get_stats(const st_io *io, st_io_stats *out) {
     out->fixed_files = io->fixed_files;
     out->fixed_buffers = io->fixed_buffers;
     out->queue_depth = io->depth;
+    out->inflight_bytes = io->inflight_bytes;
+    out->max_piece = io->piece_max < ST_IO_MAX_PIECE ? (size_t)io->piece_max : 0;
+    out->max_inflight_bytes = (size_t)io->max_inflight_bytes;
 }

@@ -7,11 +7,27 @@
  * the engine owns a pool of registered 4096-aligned memory (fixed buffers) and
  * the caller may register its own regions at open.
  *
- * Reads are queued without blocking: up to `queue_depth` are in the kernel at
- * once, the rest wait in per-file FIFOs and are issued round-robin over the
- * files, so reads that span several devices keep all of them busy.
+ * Reads are queued without blocking. The engine owns the order in which
+ * queued bytes reach the kernel; the kernel only sees what the limits let in:
+ *   - `queue_depth` read ops and, if set, `max_inflight_bytes` bytes in the
+ *     kernel at once (at least one piece always goes, however large);
+ *   - with `max_piece` set, a request is cut into pieces of at most that many
+ *     bytes, issued in order; otherwise a request is one read op;
+ *   - per file, a FIFO of urgent requests and a FIFO of normal ones; the next
+ *     piece comes from the urgent FIFOs when any holds one, round-robin over
+ *     the files, else from the normal FIFOs, round-robin over the files (reads
+ *     that span several devices keep all of them busy; urgency wins across
+ *     files). A request's pieces come one after another from the head of its
+ *     FIFO; the request leaves the FIFO when its last piece is issued.
+ * So most queued bytes stay in the engine's queue, where an urgent read
+ * (st_io_read.urgent, st_io_promote) overtakes them and st_io_cancel drops
+ * them; only pieces already in the kernel are beyond reach (they finish, or
+ * get an async cancel).
  * Every submitted read produces exactly one completion (success, error or
- * cancelled), reaped with st_io_poll (never blocks) or st_io_wait (timeout).
+ * cancelled), after the last of its pieces is back from the kernel (the caller
+ * may reuse the destination at once), reaped with st_io_poll (never blocks) or
+ * st_io_wait (timeout). An error in one piece fails the request: its queued
+ * pieces are dropped, those in the kernel cancelled and waited for.
  *
  * Alignment: on an O_DIRECT file, offset, length and destination must be
  * multiples of st_io_alignment() (4096 unless the file system asks for more).
@@ -19,8 +35,9 @@
  * behind the caller's back): the pack format aligns every extent to 4096.
  * Buffered files accept any offset/length/destination.
  *
- * Short reads are advanced and the remainder requeued (on the file's buffered
- * descriptor when the remainder is no longer aligned). A read that reaches end
+ * Short reads of a piece are advanced and the remainder requeued ahead of the
+ * request's next pieces (on the file's buffered descriptor when the remainder
+ * is no longer aligned). A read that reaches end
  * of file before `length` bytes is an error naming the file, offset, expected
  * and found lengths (ST_ERR_FORMAT: the file is truncated); the destination
  * is never silently zero-filled. I/O errors are ST_ERR_IO with the errno.
@@ -33,7 +50,8 @@
  * reads). STRATA_IO_NO_HUGEPAGE=1 turns this off (A/B measurements).
  *
  * Where io_uring is unavailable (old kernel, sysctl, seccomp: io/uring_probe.h)
- * the same API runs on synchronous pread with one warning.
+ * the same API runs on synchronous pread with one warning, in the same order
+ * (urgent first) and with the same pieces, one at a time, from st_io_poll/wait.
  *
  * Threads: an st_io is owned by one thread at a time: submit, cancel, poll and
  * wait must not run concurrently on the same st_io (no internal locks). The
@@ -53,7 +71,8 @@
  *                             is refused with EINVAL
  * FILE is the file's index in the open list; without #FILE a rule applies to
  * every file. OFFSET/BYTES are decimal or 0x hex bytes. Faults are applied in
- * the completion path (after the real read) and at open.
+ * the completion path (after the real read) and at open. A "read piece" is one
+ * read op: a piece of max_piece bytes, or the remainder of one after a short read.
  */
 #ifndef ST_IO_URING_H
 #define ST_IO_URING_H
@@ -79,6 +98,11 @@ typedef struct st_io_options {
     bool buffered;                /* never use O_DIRECT */
     bool force_pread;             /* use the synchronous pread path even where io_uring works */
     const char *faults;           /* fault rules (grammar above); NULL: STRATA_IO_FAULTS or none */
+    size_t max_piece;             /* bytes of one read op: requests are cut into pieces of at most this
+                                     (a multiple of st_io_alignment() when a file is O_DIRECT, <= 1 GiB);
+                                     0: one read op per request */
+    size_t max_inflight_bytes;    /* bytes in the kernel at once (at least one piece always goes);
+                                     0: only queue_depth limits */
 } st_io_options;
 
 typedef struct st_io_read {
@@ -86,7 +110,8 @@ typedef struct st_io_read {
     uint64_t offset;   /* byte offset in that file */
     size_t length;     /* bytes to read, > 0 */
     void *dst;         /* destination, `length` bytes */
-    uint64_t tag;      /* caller's tag, returned in the completion and used by st_io_cancel */
+    uint64_t tag;      /* caller's tag, returned in the completion and used by st_io_cancel/st_io_promote */
+    bool urgent;       /* its pieces go ahead of every normal piece not yet in the kernel (FIFO among urgent ones) */
 } st_io_read;
 
 typedef struct st_io_completion {
@@ -94,7 +119,7 @@ typedef struct st_io_completion {
     int file;
     uint64_t offset;   /* the request's offset */
     size_t length;     /* the request's length */
-    size_t bytes;      /* bytes placed in dst (== length when status is 0) */
+    size_t bytes;      /* bytes placed in dst (== length when status is 0; on failure, what the pieces read) */
     int status;        /* 0; ST_ERR_IO (err set); ST_ERR_FORMAT (end of file: truncated); ST_ERR_CANCELLED */
     int err;           /* errno of an I/O failure (EIO, ENOSPC, ...), else 0 */
     char message[256]; /* "" on success; else names file, offset, length and errno */
@@ -106,8 +131,13 @@ typedef struct st_io_stats {
     bool fixed_files, fixed_buffers;
     int queue_depth;
     uint64_t reads_done, bytes_done;  /* successful requests and their bytes */
-    uint64_t pieces;                  /* read operations issued (requests + requeued remainders) */
+    uint64_t pieces;                  /* read operations issued (pieces + requeued remainders) */
     uint64_t short_reads, retries, errors, cancelled, direct_fallbacks;
+    uint64_t urgent;                  /* requests submitted urgent */
+    uint64_t promoted;                /* requests made urgent by st_io_promote */
+    uint64_t inflight_bytes;          /* bytes in the kernel now */
+    uint64_t peak_inflight_bytes;     /* most bytes in the kernel at once since open (pread: largest op) */
+    size_t max_piece, max_inflight_bytes; /* the options in force (0: off) */
 } st_io_stats;
 
 /* Opens `n_files` paths for reading. 0 or ST_ERR_NOT_FOUND / ST_ERR_IO (message
@@ -129,11 +159,20 @@ const char *st_io_file_path(const st_io *io, int file);
  * depth allows. 0, or ST_ERR_INVALID (bad file index, zero length, NULL dst,
  * unaligned O_DIRECT request: message says which) / ST_ERR_NOMEM. */
 int st_io_submit(st_io *io, const st_io_read *reqs, int n);
-/* Cancels every outstanding read with this tag. Queued ones are dropped at once;
- * ones in the kernel get an async cancel (they may still complete normally).
- * Each still yields one completion (ST_ERR_CANCELLED when cancelled).
- * Returns how many were dropped before reaching the kernel (>= 0). */
+/* Cancels every outstanding read with this tag. Queued pieces are dropped at
+ * once; pieces in the kernel get an async cancel. A request with no piece in
+ * the kernel completes at once as cancelled; one with pieces in the kernel
+ * completes when they are back (as cancelled, or normally when every one of
+ * its pieces was in the kernel and finished anyway). Each still yields one
+ * completion. Returns how many completed at once (dropped before reaching the
+ * kernel, or with their pieces there already back) (>= 0). */
 int st_io_cancel(st_io *io, uint64_t tag);
+/* Makes every queued (not yet in the kernel) piece of the outstanding requests
+ * with this tag urgent: they go ahead of every normal piece, behind the urgent
+ * ones queued before. Pieces already in the kernel are unaffected. Returns how
+ * many requests were promoted (>= 0; already urgent or fully issued ones are
+ * not counted). */
+int st_io_promote(st_io *io, uint64_t tag);
 /* Reaps up to `max` finished reads without blocking (also issues queued ones).
  * Returns the count (>= 0) or a negative status if the ring itself failed. */
 int st_io_poll(st_io *io, st_io_completion *out, int max);

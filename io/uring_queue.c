@@ -1,11 +1,15 @@
-/* The read engine's queue (API and design in io/uring.h): request slots,
- * per-file FIFOs issued round-robin within the queue depth, completion
- * handling (short reads advanced and requeued, EOF and errors reported with
- * file, offset and errno, O_DIRECT refused at read time -> buffered), cancel,
- * poll/wait, and the synchronous pread path with the same behaviour.
+/* The read engine's queue (API and design in io/uring.h): request slots and
+ * their pieces, the per-file urgent and normal FIFOs (urgent first, each
+ * round-robin over files) issued within the queue depth and the in-flight
+ * byte cap, completion handling (short reads advanced and requeued, EOF and
+ * errors reported with file, offset and errno, O_DIRECT refused at read time
+ * -> buffered), cancel, promote, poll/wait, and the synchronous pread path
+ * with the same order and pieces.
  *
- * Must never: mark a read done before every byte of it was read, or block in
- * st_io_submit / st_io_poll on the io_uring path. */
+ * Must never: mark a read done before every byte of it was read, deliver a
+ * request's completion while one of its pieces is in the kernel (the caller
+ * reuses the memory), or block in st_io_submit / st_io_poll on the io_uring
+ * path. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,11 +21,11 @@
 #include "base/base.h"
 #include "io/uring_internal.h"
 
-enum { MAX_RETRIES = 8 };
+enum { MAX_RETRIES = 8, NORMAL = 0, URGENT = 1 };
 #define CANCEL_USER_DATA UINT64_MAX
-#define MAX_PIECE (1u << 30) /* one read op at most (the sqe length is 32 bits) */
+#define MESSAGE_BYTES sizeof ((st_io_completion *)0)->message
 
-/* ---- slots and FIFOs ---- */
+/* ---- slots, pieces and FIFOs ---- */
 
 static int grow_slots(st_io *io, int need) {
     int free_count = 0;
@@ -41,66 +45,131 @@ static int grow_slots(st_io *io, int need) {
     return 0;
 }
 
-static void fifo_push(st_io *io, st_io_file *f, int32_t i, bool front) {
+/* At least one free piece (pieces are addressed by index: realloc is fine). */
+static int reserve_piece(st_io *io) {
+    if (io->piece_free >= 0) return 0;
+    int n = ST_MAX(2 * io->n_pieces, 2 * io->depth);
+    st_io_piece *p = realloc(io->pieces, (size_t)n * sizeof *p);
+    if (!p) return st_error(ST_ERR_NOMEM, "io: no memory for %d read pieces", n);
+    memset(p + io->n_pieces, 0, (size_t)(n - io->n_pieces) * sizeof *p);
+    for (int i = n - 1; i >= io->n_pieces; i--) {
+        p[i].next = io->piece_free;
+        io->piece_free = i;
+    }
+    io->pieces = p;
+    io->n_pieces = n;
+    return 0;
+}
+
+static void piece_release(st_io *io, int32_t k) {
+    io->pieces[k].next = io->piece_free;
+    io->piece_free = k;
+}
+
+static void fifo_push(st_io *io, int32_t i, bool front) {
     st_io_slot *s = &io->slots[i];
-    s->state = SLOT_PENDING;
+    st_io_fifo *q = &io->files[s->req.file].q[s->urgent];
+    s->queued = true;
     io->pending_count++;
-    if (f->head < 0) { s->next = -1; f->head = f->tail = i; return; }
-    if (front) { s->next = f->head; f->head = i; return; }
+    if (q->head < 0) { s->next = -1; q->head = q->tail = i; return; }
+    if (front) { s->next = q->head; q->head = i; return; }
     s->next = -1;
-    io->slots[f->tail].next = i;
-    f->tail = i;
+    io->slots[q->tail].next = i;
+    q->tail = i;
 }
 
-static int32_t fifo_pop(st_io *io, st_io_file *f) {
-    int32_t i = f->head;
-    if (i < 0) return -1;
-    f->head = io->slots[i].next;
-    if (f->head < 0) f->tail = -1;
-    io->pending_count--;
-    return i;
-}
-
-static void fifo_remove(st_io *io, st_io_file *f, int32_t i) {
+static void fifo_remove(st_io *io, int32_t i) {
+    st_io_slot *s = &io->slots[i];
+    st_io_fifo *q = &io->files[s->req.file].q[s->urgent];
     int32_t prev = -1;
-    for (int32_t j = f->head; j >= 0; prev = j, j = io->slots[j].next) {
+    for (int32_t j = q->head; j >= 0; prev = j, j = io->slots[j].next) {
         if (j != i) continue;
-        if (prev < 0) f->head = io->slots[j].next;
-        else io->slots[prev].next = io->slots[j].next;
-        if (f->tail == j) f->tail = prev;
+        if (prev < 0) q->head = s->next;
+        else io->slots[prev].next = s->next;
+        if (q->tail == j) q->tail = prev;
+        s->queued = false;
         io->pending_count--;
         return;
     }
-    ST_ASSERT(!"pending slot missing from its file's FIFO");
+    ST_ASSERT(!"queued request missing from its file's FIFO");
 }
 
-/* Next pending slot, taking files round-robin so reads spread over devices. */
-static int32_t next_pending(st_io *io) {
-    for (int k = 0; k < io->n_files; k++) {
-        int f = (io->rr + k) % io->n_files;
-        int32_t i = fifo_pop(io, &io->files[f]);
-        if (i >= 0) { io->rr = (f + 1) % io->n_files; return i; }
-    }
+/* The request the next piece comes from: the urgent FIFOs first, then the
+ * normal ones, each round-robin over the files so reads spread over devices. */
+static int32_t next_request(const st_io *io, int *cls, int *file) {
+    for (int c = URGENT; c >= NORMAL; c--)
+        for (int k = 0; k < io->n_files; k++) {
+            int f = (io->rr[c] + k) % io->n_files;
+            if (io->files[f].q[c].head >= 0) {
+                *cls = c;
+                *file = f;
+                return io->files[f].q[c].head;
+            }
+        }
     return -1;
 }
 
-static void finish(st_io *io, int32_t i, int status, int err, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static void finish(st_io *io, int32_t i, int status, int err, const char *fmt, ...) {
+/* Bytes the request's next piece asks for. */
+static uint64_t next_piece_bytes(const st_io *io, const st_io_slot *s) {
+    if (s->redo >= 0) return io->pieces[s->redo].len - io->pieces[s->redo].done;
+    return ST_MIN(s->req.length - s->cut, io->piece_max);
+}
+
+/* Takes the next piece of queued request i (head of FIFO (cls, file)): a
+ * requeued remainder first, else a new piece at `cut`. Needs reserve_piece. */
+static int32_t take_piece(st_io *io, int32_t i, int cls, int file) {
     st_io_slot *s = &io->slots[i];
+    int32_t k = s->redo;
+    if (k >= 0) {
+        s->redo = io->pieces[k].next;
+    } else {
+        k = io->piece_free;
+        ST_ASSERT(k >= 0);
+        io->piece_free = io->pieces[k].next;
+        st_io_piece *p = &io->pieces[k];
+        uint32_t gen = p->gen + 1;
+        memset(p, 0, sizeof *p);
+        p->gen = gen;
+        p->slot = i;
+        p->off = s->cut;
+        p->len = ST_MIN(s->req.length - s->cut, io->piece_max);
+        s->cut += p->len;
+    }
+    io->pieces[k].next = -1;
+    if (s->redo < 0 && s->cut >= s->req.length) fifo_remove(io, i); /* its last piece: leaves the queue */
+    io->rr[cls] = (file + 1) % io->n_files;
+    return k;
+}
+
+/* Drops what the request still has queued (not what is in the kernel). */
+static void drop_queued(st_io *io, int32_t i) {
+    st_io_slot *s = &io->slots[i];
+    if (s->queued) fifo_remove(io, i);
+    while (s->redo >= 0) {
+        int32_t k = s->redo;
+        s->redo = io->pieces[k].next;
+        piece_release(io, k);
+    }
+    s->cut = s->req.length; /* nothing more is cut */
+}
+
+static void set_message(st_io_slot *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_message(st_io_slot *s, const char *fmt, ...) {
+    if (!s->message) s->message = malloc(MESSAGE_BYTES);
+    if (!s->message) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->message, MESSAGE_BYTES, fmt, ap);
+    va_end(ap);
+}
+
+/* Moves the request to the done FIFO with the status it holds. */
+static void complete(st_io *io, int32_t i, int status, int err) {
+    st_io_slot *s = &io->slots[i];
+    ST_ASSERT(s->state == SLOT_ACTIVE && s->inflight == 0 && !s->queued && s->redo < 0);
     s->state = SLOT_DONE;
     s->status = status;
     s->err = err;
-    free(s->message);
-    s->message = NULL;
-    if (fmt) {
-        s->message = malloc(sizeof ((st_io_completion *)0)->message);
-        if (s->message) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(s->message, sizeof ((st_io_completion *)0)->message, fmt, ap);
-            va_end(ap);
-        }
-    }
     if (status == ST_ERR_CANCELLED) io->stats.cancelled++;
     else if (status) io->stats.errors++;
     else { io->stats.reads_done++; io->stats.bytes_done += s->req.length; }
@@ -110,9 +179,53 @@ static void finish(st_io *io, int32_t i, int status, int err, const char *fmt, .
     io->done_tail = i;
 }
 
+static void complete_cancelled(st_io *io, int32_t i) {
+    st_io_slot *s = &io->slots[i];
+    set_message(s, "io: %s: read of %zu bytes at offset %llu cancelled%s", io->files[s->req.file].path, s->req.length,
+                (unsigned long long)s->req.offset, s->done ? "" : " before issue");
+    complete(io, i, ST_ERR_CANCELLED, ECANCELED);
+}
+
+/* Completes the request once nothing of it is in the kernel and it is done,
+ * failed or cancelled. */
+static void settle(st_io *io, int32_t i) {
+    st_io_slot *s = &io->slots[i];
+    if (s->state != SLOT_ACTIVE || s->inflight > 0) return;
+    if (s->failed) complete(io, i, s->status, s->err);
+    else if (s->done >= s->req.length) complete(io, i, 0, 0);
+    else if (s->cancel) { drop_queued(io, i); complete_cancelled(io, i); }
+}
+
 /* ---- one read piece: issue and result ---- */
 
-static uint64_t user_data(const st_io *io, int32_t i) { return (uint64_t)io->slots[i].gen << 32 | (uint32_t)i; }
+static uint64_t piece_user_data(const st_io *io, int32_t k) { return (uint64_t)io->pieces[k].gen << 32 | (uint32_t)k; }
+
+/* Asks the kernel to cancel the request's pieces it holds (best effort: they
+ * may finish normally). */
+static void cancel_in_kernel(st_io *io, int32_t i) {
+    if (!io->use_ring || !io->can_cancel || io->slots[i].inflight == 0) return;
+    for (int32_t k = 0; k < io->n_pieces; k++) {
+        if (!io->pieces[k].inflight || io->pieces[k].slot != i) continue;
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+        if (!sqe && io_uring_submit(&io->ring) >= 0) sqe = io_uring_get_sqe(&io->ring);
+        if (!sqe) return; /* the pieces complete normally */
+        io_uring_prep_cancel64(sqe, piece_user_data(io, k), 0);
+        io_uring_sqe_set_data64(sqe, CANCEL_USER_DATA);
+        io->cancels_inflight++;
+    }
+}
+
+/* Records the request's failure (the first one; for end of file the earliest)
+ * and stops it: queued pieces dropped, pieces in the kernel cancelled. */
+static void fail(st_io *io, int32_t i, int status, int err) {
+    st_io_slot *s = &io->slots[i];
+    s->failed = true;
+    s->status = status;
+    s->err = err;
+    drop_queued(io, i);
+    cancel_in_kernel(io, i);
+}
+
 
 static int find_fixed_buffer(const st_io *io, const uint8_t *p, size_t len) {
     if (!io->fixed_buffers) return -1;
@@ -123,75 +236,116 @@ static int find_fixed_buffer(const st_io *io, const uint8_t *p, size_t len) {
     return -1;
 }
 
-/* Fills the slot's piece fields; returns the descriptor (or fixed index) to read from. */
-static int prepare_piece(st_io *io, st_io_slot *s, bool fixed_index) {
+/* Marks piece k as in the kernel; fills where it reads from and into.
+ * Returns the descriptor (or fixed index) to read from. */
+static int prepare_piece(st_io *io, int32_t k, bool fixed_index, uint8_t **dst, uint64_t *off) {
+    st_io_piece *p = &io->pieces[k];
+    st_io_slot *s = &io->slots[p->slot];
     st_io_file *f = &io->files[s->req.file];
-    s->piece_direct = st_io_file_is_direct(f) && !s->buffered;
-    uint64_t left = s->req.length - s->done;
-    uint32_t len = (uint32_t)ST_MIN(left, (uint64_t)MAX_PIECE);
-    s->piece_len = len;
-    s->state = SLOT_INFLIGHT;
+    p->direct = st_io_file_is_direct(f) && !p->buffered;
+    p->issue_len = (uint32_t)(p->len - p->done);
+    p->inflight = true;
+    *dst = (uint8_t *)s->req.dst + p->off + p->done;
+    *off = s->req.offset + p->off + p->done;
+    s->inflight++;
+    io->inflight++;
+    io->inflight_bytes += p->issue_len;
+    io->stats.peak_inflight_bytes = ST_MAX(io->stats.peak_inflight_bytes, io->inflight_bytes);
     io->stats.pieces++;
-    if (fixed_index) return 2 * s->req.file + (s->piece_direct ? 0 : 1);
-    return s->piece_direct ? f->fd_direct : f->fd_buffered;
+    if (fixed_index) return 2 * s->req.file + (p->direct ? 0 : 1);
+    return p->direct ? f->fd_direct : f->fd_buffered;
 }
 
-static void piece_result(st_io *io, int32_t i, int64_t res);
-
-static void requeue(st_io *io, int32_t i) {
+/* The piece's remainder waits to be issued again, ahead of the request's
+ * next pieces (the request goes back to the front of its FIFO). */
+static void requeue_piece(st_io *io, int32_t k) {
+    st_io_piece *p = &io->pieces[k];
+    int32_t i = p->slot;
     st_io_slot *s = &io->slots[i];
-    st_io_file *f = &io->files[s->req.file];
-    if (s->cancel) {
-        finish(io, i, ST_ERR_CANCELLED, ECANCELED, "io: %s: read of %zu bytes at offset %llu cancelled", f->path,
-               s->req.length, (unsigned long long)s->req.offset);
-        return;
-    }
+    if (s->cancel || s->failed) { piece_release(io, k); settle(io, i); return; }
     /* O_DIRECT needs the remainder aligned; after an odd short read it is not. */
-    uint64_t off = s->req.offset + s->done;
-    uintptr_t dst = (uintptr_t)s->req.dst + s->done;
-    if (off % io->align || (s->req.length - s->done) % io->align || dst % io->align) s->buffered = true;
-    fifo_push(io, f, i, true);
+    uint64_t off = s->req.offset + p->off + p->done;
+    uintptr_t dst = (uintptr_t)s->req.dst + p->off + p->done;
+    if (off % io->align || (p->len - p->done) % io->align || dst % io->align) p->buffered = true;
+    p->next = -1;
+    int32_t *link = &s->redo;
+    while (*link >= 0) link = &io->pieces[*link].next;
+    *link = k;
+    if (!s->queued) fifo_push(io, i, true);
 }
 
-static void piece_result(st_io *io, int32_t i, int64_t res) {
+/* " (piece 3 of 7 of a 14680064-byte read at offset 0)" when the request has several pieces, else "". */
+static const char *piece_note(const st_io *io, const st_io_slot *s, const st_io_piece *p, char *buf, size_t n) {
+    if (s->req.length <= io->piece_max) return "";
+    snprintf(buf, n, " (piece %llu of %llu of a %zu-byte read at offset %llu)", (unsigned long long)(p->off / io->piece_max + 1),
+             (unsigned long long)ST_DIV_UP(s->req.length, io->piece_max), s->req.length, (unsigned long long)s->req.offset);
+    return buf;
+}
+
+static void piece_result(st_io *io, int32_t k, int64_t res) {
+    st_io_piece *p = &io->pieces[k];
+    int32_t i = p->slot;
     st_io_slot *s = &io->slots[i];
     st_io_file *f = &io->files[s->req.file];
-    uint64_t off = s->req.offset + s->done;
-    res = st_fault_apply(&io->faults, s->req.file, s->piece_direct, off, s->piece_len, res);
-    if (res == -ECANCELED || (s->cancel && res == -EINTR)) {
-        finish(io, i, ST_ERR_CANCELLED, ECANCELED, "io: %s: read of %zu bytes at offset %llu cancelled", f->path,
-               s->req.length, (unsigned long long)s->req.offset);
-    } else if ((res == -EAGAIN || res == -EINTR) && s->retries < MAX_RETRIES) {
-        s->retries++;
+    ST_ASSERT(p->inflight && s->inflight > 0);
+    p->inflight = false;
+    s->inflight--;
+    io->inflight--;
+    io->inflight_bytes -= p->issue_len;
+    uint64_t off = s->req.offset + p->off + p->done;
+    res = st_fault_apply(&io->faults, s->req.file, p->direct, off, p->issue_len, res);
+    char note[160];
+    if (res > 0) { /* bytes arrived, whatever becomes of the request */
+        p->done += (uint64_t)res;
+        s->done += (uint64_t)res;
+        if ((uint64_t)res < p->issue_len) io->stats.short_reads++;
+    }
+    if (s->failed || res == -ECANCELED || (s->cancel && res == -EINTR)) {
+        if (res == -ECANCELED) s->cancel = true;
+        piece_release(io, k);
+        settle(io, i);
+    } else if ((res == -EAGAIN || res == -EINTR) && p->retries < MAX_RETRIES) {
+        p->retries++;
         io->stats.retries++;
-        requeue(io, i);
-    } else if (res == -EINVAL && s->piece_direct) {
+        requeue_piece(io, k);
+    } else if (res == -EINVAL && p->direct) {
         /* the file system took O_DIRECT at open but refuses the read: page cache from now on */
         if (!f->direct_refused) io->stats.direct_fallbacks++;
         f->direct_refused = true;
         if (!io->direct_warned)
             ST_WARN("io: %s: O_DIRECT read of %u bytes at offset %llu refused (%s); reading this file through the page cache",
-                    f->path, s->piece_len, (unsigned long long)off, strerror(EINVAL));
+                    f->path, p->issue_len, (unsigned long long)off, strerror(EINVAL));
         io->direct_warned = true;
-        s->buffered = true;
-        requeue(io, i);
+        p->buffered = true;
+        requeue_piece(io, k);
     } else if (res < 0) {
         int e = (int)-res;
-        finish(io, i, ST_ERR_IO, e, "io: %s: read of %u bytes at offset %llu failed: %s (errno %d)%s", f->path,
-               s->piece_len, (unsigned long long)off, strerror(e), e, s->done ? " (after a partial read)" : "");
+        set_message(s, "io: %s: read of %u bytes at offset %llu failed: %s (errno %d)%s%s", f->path, p->issue_len,
+                    (unsigned long long)off, strerror(e), e, p->done ? " (after a partial read)" : "",
+                    piece_note(io, s, p, note, sizeof note));
+        fail(io, i, ST_ERR_IO, e);
+        piece_release(io, k);
+        settle(io, i);
     } else if (res == 0) {
-        struct stat st;
-        long long now = fstat(f->fd_buffered, &st) == 0 ? (long long)st.st_size : -1;
-        finish(io, i, ST_ERR_FORMAT, 0,
-               "io: %s: unexpected end of file: read of %zu bytes at offset %llu got %llu bytes "
-               "(file is %lld bytes, %llu at open): truncated",
-               f->path, s->req.length, (unsigned long long)s->req.offset, (unsigned long long)s->done, now,
-               (unsigned long long)f->size);
+        uint64_t got = p->off + p->done;
+        if (!s->failed || (s->status == ST_ERR_FORMAT && got < s->eof_got)) {
+            struct stat st;
+            long long now = fstat(f->fd_buffered, &st) == 0 ? (long long)st.st_size : -1;
+            set_message(s,
+                        "io: %s: unexpected end of file: read of %zu bytes at offset %llu got %llu bytes "
+                        "(file is %lld bytes, %llu at open): truncated",
+                        f->path, s->req.length, (unsigned long long)s->req.offset, (unsigned long long)got, now,
+                        (unsigned long long)f->size);
+            s->eof_got = got;
+            fail(io, i, ST_ERR_FORMAT, 0);
+        }
+        piece_release(io, k);
+        settle(io, i);
+    } else if (p->done >= p->len) {
+        piece_release(io, k);
+        settle(io, i);
     } else {
-        s->done += (uint64_t)res;
-        if ((uint64_t)res < s->piece_len) io->stats.short_reads++;
-        if (s->done >= s->req.length) finish(io, i, 0, 0, NULL);
-        else requeue(io, i);
+        requeue_piece(io, k);
     }
 }
 
@@ -203,22 +357,33 @@ static struct io_uring_sqe *get_sqe(st_io *io) {
     return sqe;
 }
 
+/* May the next piece (`bytes`) go to the kernel now? */
+static bool room_for(const st_io *io, uint64_t bytes) {
+    if (io->inflight >= io->depth) return false;
+    return !io->max_inflight_bytes || io->inflight == 0 || io->inflight_bytes + bytes <= io->max_inflight_bytes;
+}
+
 static int issue_ring(st_io *io) {
     bool queued = false;
-    while (io->inflight < io->depth && io->pending_count > 0) {
+    while (io->pending_count > 0) {
+        int cls, file;
+        int32_t i = next_request(io, &cls, &file);
+        /* in order: a piece that does not fit waits, nothing smaller overtakes it */
+        if (!room_for(io, next_piece_bytes(io, &io->slots[i]))) break;
+        int rc = reserve_piece(io);
+        if (rc) return rc;
         struct io_uring_sqe *sqe = get_sqe(io);
         if (!sqe) break;
-        int32_t i = next_pending(io);
-        st_io_slot *s = &io->slots[i];
-        int fd = prepare_piece(io, s, io->fixed_files);
-        uint8_t *dst = (uint8_t *)s->req.dst + s->done;
-        uint64_t off = s->req.offset + s->done;
-        int buf = find_fixed_buffer(io, dst, s->piece_len);
-        if (buf >= 0) io_uring_prep_read_fixed(sqe, fd, dst, s->piece_len, off, buf);
-        else io_uring_prep_read(sqe, fd, dst, s->piece_len, off);
+        int32_t k = take_piece(io, i, cls, file);
+        uint8_t *dst;
+        uint64_t off;
+        int fd = prepare_piece(io, k, io->fixed_files, &dst, &off);
+        uint32_t len = io->pieces[k].issue_len;
+        int buf = find_fixed_buffer(io, dst, len);
+        if (buf >= 0) io_uring_prep_read_fixed(sqe, fd, dst, len, off, buf);
+        else io_uring_prep_read(sqe, fd, dst, len, off);
         if (io->fixed_files) sqe->flags |= IOSQE_FIXED_FILE;
-        io_uring_sqe_set_data64(sqe, user_data(io, i));
-        io->inflight++;
+        io_uring_sqe_set_data64(sqe, piece_user_data(io, k));
         queued = true;
     }
     if (!queued && !io_uring_sq_ready(&io->ring)) return 0;
@@ -231,10 +396,9 @@ static int issue_ring(st_io *io) {
 
 static void handle_cqe(st_io *io, uint64_t ud, int res) {
     if (ud == CANCEL_USER_DATA) { io->cancels_inflight--; return; }
-    int32_t i = (int32_t)(uint32_t)ud;
-    ST_ASSERT(i >= 0 && i < io->n_slots && io->slots[i].state == SLOT_INFLIGHT && io->slots[i].gen == (uint32_t)(ud >> 32));
-    io->inflight--;
-    piece_result(io, i, res);
+    int32_t k = (int32_t)(uint32_t)ud;
+    ST_ASSERT(k >= 0 && k < io->n_pieces && io->pieces[k].inflight && io->pieces[k].gen == (uint32_t)(ud >> 32));
+    piece_result(io, k, res);
 }
 
 static int reap_ring(st_io *io) {
@@ -248,21 +412,27 @@ static int reap_ring(st_io *io) {
     return (int)n;
 }
 
-/* ---- the synchronous path ---- */
+/* ---- the synchronous path: the same pieces in the same order, one at a time ---- */
 
-static void run_pread(st_io *io, int limit) {
+static int run_pread(st_io *io, int limit) {
     while (limit-- > 0 && io->pending_count > 0) {
-        int32_t i = next_pending(io);
-        st_io_slot *s = &io->slots[i];
-        int fd = prepare_piece(io, s, false);
-        ssize_t r = pread(fd, (uint8_t *)s->req.dst + s->done, s->piece_len, (off_t)(s->req.offset + s->done));
-        piece_result(io, i, r < 0 ? -(int64_t)errno : (int64_t)r);
+        int rc = reserve_piece(io);
+        if (rc) return rc;
+        int cls, file;
+        int32_t i = next_request(io, &cls, &file);
+        int32_t k = take_piece(io, i, cls, file);
+        uint8_t *dst;
+        uint64_t off;
+        int fd = prepare_piece(io, k, false, &dst, &off);
+        ssize_t r = pread(fd, dst, io->pieces[k].issue_len, (off_t)off);
+        piece_result(io, k, r < 0 ? -(int64_t)errno : (int64_t)r);
     }
+    return 0;
 }
 
 /* Moves completions forward without blocking. */
 static int progress(st_io *io) {
-    if (!io->use_ring) { run_pread(io, io->depth); return 0; }
+    if (!io->use_ring) return run_pread(io, io->depth);
     int rc = 0;
     do {
         rc = issue_ring(io);
@@ -288,7 +458,7 @@ static int check_read(const st_io *io, const st_io_read *r, int k) {
     return 0;
 }
 
-static int enqueue(st_io *io, const st_io_read *r) {
+static int32_t enqueue(st_io *io, const st_io_read *r) {
     int32_t i = io->free_head;
     st_io_slot *s = &io->slots[i];
     io->free_head = s->next;
@@ -296,7 +466,11 @@ static int enqueue(st_io *io, const st_io_read *r) {
     memset(s, 0, sizeof *s);
     s->gen = gen;
     s->req = *r;
-    fifo_push(io, &io->files[r->file], i, false);
+    s->redo = -1;
+    s->state = SLOT_ACTIVE;
+    s->urgent = r->urgent;
+    if (r->urgent) io->stats.urgent++;
+    fifo_push(io, i, false);
     io->outstanding++;
     return i;
 }
@@ -317,23 +491,36 @@ int st_io_cancel(st_io *io, uint64_t tag) {
     int dropped = 0;
     for (int32_t i = 0; i < io->n_slots; i++) {
         st_io_slot *s = &io->slots[i];
-        if (s->req.tag != tag || s->cancel || (s->state != SLOT_PENDING && s->state != SLOT_INFLIGHT)) continue;
+        if (s->state != SLOT_ACTIVE || s->req.tag != tag || s->cancel) continue;
         s->cancel = true;
-        if (s->state == SLOT_PENDING) {
-            fifo_remove(io, &io->files[s->req.file], i);
-            finish(io, i, ST_ERR_CANCELLED, ECANCELED, "io: %s: read of %zu bytes at offset %llu cancelled before issue",
-                   io->files[s->req.file].path, s->req.length, (unsigned long long)s->req.offset);
+        if (s->failed) continue; /* already stopping */
+        drop_queued(io, i);
+        if (s->inflight == 0) {
+            settle(io, i);
             dropped++;
-        } else if (io->use_ring && io->can_cancel) {
-            struct io_uring_sqe *sqe = get_sqe(io);
-            if (!sqe) continue; /* the read completes normally */
-            io_uring_prep_cancel64(sqe, user_data(io, i), 0);
-            io_uring_sqe_set_data64(sqe, CANCEL_USER_DATA);
-            io->cancels_inflight++;
+        } else {
+            cancel_in_kernel(io, i);
         }
     }
     if (io->use_ring && io_uring_sq_ready(&io->ring)) io_uring_submit(&io->ring);
     return dropped;
+}
+
+int st_io_promote(st_io *io, uint64_t tag) {
+    int promoted = 0;
+    for (int32_t i = 0; i < io->n_slots; i++) {
+        st_io_slot *s = &io->slots[i];
+        if (s->state != SLOT_ACTIVE || s->req.tag != tag || s->urgent || s->cancel || s->failed) continue;
+        bool queued = s->queued;
+        if (queued) fifo_remove(io, i);
+        s->urgent = true; /* also for remainders of its pieces in the kernel */
+        if (queued) {
+            fifo_push(io, i, false);
+            promoted++;
+        }
+    }
+    io->stats.promoted += (uint64_t)promoted;
+    return promoted;
 }
 
 static st_io_slot *take_done(st_io *io, int32_t i, int32_t prev) {
@@ -367,7 +554,7 @@ static int copy_done(st_io *io, st_io_completion *out, int max) {
         c->bytes = (size_t)s->done;
         c->status = s->status;
         c->err = s->err;
-        snprintf(c->message, sizeof c->message, "%s", s->message ? s->message : s->status ? st_status_str(s->status) : "");
+        snprintf(c->message, sizeof c->message, "%s", s->status && s->message ? s->message : s->status ? st_status_str(s->status) : "");
         release(io, i);
     }
     return n;
@@ -436,20 +623,17 @@ int st_io_read_sync(st_io *io, int file, uint64_t offset, size_t length, void *d
 }
 
 void st_io_drain(st_io *io) {
-    for (int f = 0; f < io->n_files && io->slots; f++) {
-        int32_t i;
-        while ((i = fifo_pop(io, &io->files[f])) >= 0) finish(io, i, ST_ERR_CANCELLED, ECANCELED, NULL);
+    for (int32_t i = 0; i < io->n_slots; i++) {
+        st_io_slot *s = &io->slots[i];
+        if (s->state != SLOT_ACTIVE) continue;
+        s->cancel = true;
+        drop_queued(io, i);
+        settle(io, i);
     }
     if (!io->use_ring) return;
-    for (int32_t i = 0; i < io->n_slots; i++)
-        if (io->slots[i].state == SLOT_INFLIGHT) io->slots[i].cancel = true;
-    /* the kernel may still be writing into caller memory: wait for every read */
+    /* the kernel may still be writing into caller memory: wait for every piece */
     while (io->inflight + io->cancels_inflight > 0) {
         reap_ring(io);
-        for (int f = 0; f < io->n_files; f++) { /* requeued remainders of cancelled reads */
-            int32_t i;
-            while ((i = fifo_pop(io, &io->files[f])) >= 0) finish(io, i, ST_ERR_CANCELLED, ECANCELED, NULL);
-        }
         if (io->inflight + io->cancels_inflight == 0) break;
         io_uring_submit_and_wait(&io->ring, 1);
     }

@@ -562,6 +562,288 @@ static void bad_arguments_and_rules(void **state) {
     st_fault_free(&set);
 }
 
+/* ---- pieces, the in-flight byte cap, urgency, promotion ---- */
+
+static const bool pread_modes2[] = {false, true}; /* force_pread: io_uring (where it works), then pread */
+
+/* Waits for every outstanding read, completions in the order they came. */
+static int collect(st_io *io, st_io_completion *out, int max) {
+    int n = wait_all(io, out, max);
+    assert_int_equal(st_io_outstanding(io), 0);
+    return n;
+}
+
+/* Requests cut into pieces read the same bytes as whole reads (odd sizes, a
+ * partial last piece, short reads inside a piece), one completion each. */
+static void split_reads_match(void **state) {
+    (void)state;
+    for (int m = 0; m < 2; m++) {
+        for (int buffered = 0; buffered < 2; buffered++) {
+            /* O_DIRECT: pieces of 8 KiB; buffered: of 3000 bytes, at odd offsets */
+            size_t piece = buffered ? 3000 : 2 * K;
+            st_io_options opt = {.queue_depth = 8, .force_pread = pread_modes2[m], .buffered = buffered, .max_piece = piece,
+                                 .max_inflight_bytes = buffered ? 7000 : 5 * K,
+                                 /* a piece-aligned short read (stays O_DIRECT) and an odd one (remainder buffered) */
+                                 .faults = "short@106496:4096#0,short@204800:100#0"};
+            st_io *io = open_engine(&opt);
+            uint8_t *mem = st_aligned_alloc(K, 64 * K);
+            enum { N = 8 };
+            static const size_t direct_len[N] = {K, 2 * K, 3 * K, 17 * K, 2 * K, 5 * K, 12 * K, K};
+            static const size_t buffered_len[N] = {1, 2999, 3000, 3001, 10001, 6000, 9000, 12345};
+            st_io_read reqs[N];
+            size_t used = 0;
+            uint64_t want_pieces = 0;
+            for (int k = 0; k < N; k++) {
+                size_t len = buffered ? buffered_len[k] : direct_len[k];
+                uint64_t off = buffered ? 777 * (uint64_t)k + 13 : (uint64_t)k * 8 * K;
+                reqs[k] = (st_io_read){.file = k % N_FILES, .offset = off, .length = len, .dst = mem + used, .tag = 50 + (uint64_t)k};
+                used += ST_ALIGN_UP(len, K);
+                want_pieces += ST_DIV_UP(len, piece);
+            }
+            memset(mem, 0xC3, 64 * K);
+            assert_int_equal(st_io_submit(io, reqs, N), 0);
+            st_io_completion c[N];
+            assert_int_equal(collect(io, c, N), N);
+            bool seen[N] = {0};
+            for (int k = 0; k < N; k++) {
+                if (c[k].status) fprintf(stderr, "%s\n", c[k].message);
+                assert_int_equal(c[k].status, 0);
+                int t = (int)(c[k].tag - 50);
+                assert_true(t >= 0 && t < N && !seen[t]);
+                seen[t] = true;
+                assert_int_equal(c[k].bytes, reqs[t].length);
+                assert_memory_equal(reqs[t].dst, content[reqs[t].file] + reqs[t].offset, reqs[t].length);
+            }
+            st_io_stats st;
+            st_io_get_stats(io, &st);
+            assert_int_equal(st.reads_done, N);
+            assert_int_equal(st.max_piece, piece);
+            if (!buffered && st_io_file_direct(io, 0)) {
+                /* the two short reads each add one op for the remainder */
+                assert_int_equal(st.short_reads, 2);
+                assert_int_equal(st.pieces, want_pieces + 2);
+            } else {
+                assert_true(st.pieces >= want_pieces);
+            }
+            assert_true(st.peak_inflight_bytes <= opt.max_inflight_bytes);
+            assert_int_equal(st.inflight_bytes, 0);
+            st_io_close(io);
+            free(mem);
+        }
+    }
+    /* bad pieces are refused at open */
+    st_io *io = NULL;
+    if (st_odirect_probe(dir) == 0) {
+        assert_int_equal(st_io_open(path_list(), N_FILES, &(st_io_options){.max_piece = 1000}, &io), ST_ERR_INVALID);
+        assert_non_null(strstr(st_last_error(), "max_piece 1000"));
+        assert_non_null(strstr(st_last_error(), "alignment"));
+        assert_null(io);
+    }
+    assert_int_equal(st_io_open(path_list(), N_FILES, &(st_io_options){.max_piece = (size_t)2 << 30}, &io), ST_ERR_INVALID);
+    assert_non_null(strstr(st_last_error(), "max_piece"));
+    io = open_engine(&(st_io_options){.buffered = true, .max_piece = 1000}); /* any size when buffered */
+    st_io_close(io);
+}
+
+/* The kernel never holds more than max_inflight_bytes, and always one piece. */
+static void inflight_bytes_capped(void **state) {
+    (void)state;
+    for (int m = 0; m < 2; m++) {
+        struct { size_t piece, cap, want_peak; } cases[] = {{2 * K, 6 * K, 6 * K}, {2 * K, 7 * K, 6 * K}, {4 * K, 2 * K, 4 * K}, {2 * K, 0, 16 * 2 * K}};
+        for (size_t t = 0; t < ST_ARRAY_LEN(cases); t++) {
+            st_io *io = open_engine(&(st_io_options){.queue_depth = 16, .force_pread = pread_modes2[m], .buffer_bytes = 256 * K,
+                                                     .max_piece = cases[t].piece, .max_inflight_bytes = cases[t].cap});
+            uint8_t *pool = st_io_buffer(io, NULL);
+            enum { N = 8 };
+            st_io_read reqs[N];
+            for (int k = 0; k < N; k++)
+                reqs[k] = (st_io_read){.file = k % N_FILES, .offset = (uint64_t)k * 32 * K, .length = 32 * K, .dst = pool + k * 32 * K, .tag = (uint64_t)k};
+            assert_int_equal(st_io_submit(io, reqs, N), 0);
+            st_io_stats st;
+            st_io_get_stats(io, &st);
+            if (!pread_modes2[m]) assert_int_equal(st.inflight_bytes, cases[t].want_peak); /* filled at submit */
+            st_io_completion c[N];
+            assert_int_equal(collect(io, c, N), N);
+            for (int k = 0; k < N; k++) {
+                assert_int_equal(c[k].status, 0);
+                assert_memory_equal(reqs[c[k].tag].dst, content[reqs[c[k].tag].file] + reqs[c[k].tag].offset, 32 * K);
+            }
+            st_io_get_stats(io, &st);
+            /* pread: one op at a time, the peak is one piece */
+            assert_int_equal(st.peak_inflight_bytes, pread_modes2[m] ? cases[t].piece : cases[t].want_peak);
+            assert_int_equal(st.pieces, N * 32 * K / cases[t].piece);
+            st_io_close(io);
+        }
+    }
+}
+
+/* Ordered completions: one piece in the kernel at a time (the cap is one piece). */
+static st_io *open_one_at_a_time(bool force_pread) {
+    return open_engine(&(st_io_options){.queue_depth = 8, .force_pread = force_pread, .buffer_bytes = 256 * K,
+                                        .max_piece = 2 * K, .max_inflight_bytes = 2 * K});
+}
+
+static int position_of(const st_io_completion *c, int n, uint64_t tag) {
+    for (int k = 0; k < n; k++)
+        if (c[k].tag == tag) return k;
+    return -1;
+}
+
+static void urgent_reads_overtake(void **state) {
+    (void)state;
+    for (int m = 0; m < 2; m++) {
+        st_io *io = open_one_at_a_time(pread_modes2[m]);
+        uint8_t *pool = st_io_buffer(io, NULL);
+        enum { N = 6 };
+        st_io_read reqs[N + 2];
+        for (int k = 0; k < N; k++) /* normal reads on files 0 and 1, 2 pieces each */
+            reqs[k] = (st_io_read){.file = k % 2, .offset = (uint64_t)k * 4 * K, .length = 4 * K, .dst = pool + k * 4 * K, .tag = (uint64_t)k};
+        assert_int_equal(st_io_submit(io, reqs, N), 0);
+        /* then two urgent ones on file 2 (another file: urgency wins across the round-robin) */
+        for (int k = N; k < N + 2; k++)
+            reqs[k] = (st_io_read){.file = 2, .offset = (uint64_t)k * 4 * K, .length = 4 * K, .dst = pool + k * 4 * K,
+                                   .tag = 100 + (uint64_t)k, .urgent = true};
+        assert_int_equal(st_io_submit(io, reqs + N, 1), 0);
+        assert_int_equal(st_io_submit(io, reqs + N + 1, 1), 0);
+        st_io_completion c[N + 2];
+        assert_int_equal(collect(io, c, N + 2), N + 2);
+        /* the urgent ones first, in their order; the normal ones after (the ring
+         * had the first normal piece in the kernel already: it finishes later) */
+        assert_int_equal(c[0].tag, 100 + N);
+        assert_int_equal(c[1].tag, 101 + N);
+        for (int k = 0; k < N + 2; k++) {
+            assert_int_equal(c[k].status, 0);
+            const st_io_read *r = &reqs[c[k].tag >= 100 ? c[k].tag - 100 : c[k].tag];
+            assert_memory_equal(r->dst, content[r->file] + r->offset, r->length);
+        }
+        st_io_stats st;
+        st_io_get_stats(io, &st);
+        assert_int_equal(st.urgent, 2);
+        st_io_close(io);
+    }
+}
+
+static void promote_moves_queued_pieces_ahead(void **state) {
+    (void)state;
+    for (int m = 0; m < 2; m++) {
+        st_io *io = open_one_at_a_time(pread_modes2[m]);
+        uint8_t *pool = st_io_buffer(io, NULL);
+        enum { N = 6 };
+        st_io_read reqs[N];
+        for (int k = 0; k < N; k++)
+            reqs[k] = (st_io_read){.file = 0, .offset = (uint64_t)k * 4 * K, .length = 4 * K, .dst = pool + k * 4 * K, .tag = (uint64_t)k};
+        assert_int_equal(st_io_submit(io, reqs, N), 0);
+        assert_int_equal(st_io_promote(io, 4), 1);
+        assert_int_equal(st_io_promote(io, 4), 0); /* already urgent */
+        assert_int_equal(st_io_promote(io, 99), 0);
+        assert_int_equal(st_io_promote(io, 3), 1);
+        st_io_completion c[N];
+        assert_int_equal(collect(io, c, N), N);
+        assert_int_equal(c[0].tag, 4);
+        assert_int_equal(c[1].tag, 3);
+        for (int k = 0; k < N; k++) {
+            assert_int_equal(c[k].status, 0);
+            assert_memory_equal(reqs[c[k].tag].dst, content[0] + reqs[c[k].tag].offset, 4 * K);
+        }
+        /* the rest in submit order */
+        assert_true(position_of(c, N, 0) < position_of(c, N, 1) && position_of(c, N, 1) < position_of(c, N, 2) &&
+                    position_of(c, N, 2) < position_of(c, N, 5));
+        st_io_stats st;
+        st_io_get_stats(io, &st);
+        assert_int_equal(st.promoted, 2);
+        assert_int_equal(st.urgent, 0);
+        /* a request entirely in the kernel has nothing queued to promote */
+        if (pread_modes2[m] == false) {
+            st_io_read one = {.file = 0, .offset = 0, .length = 2 * K, .dst = pool, .tag = 0};
+            assert_int_equal(st_io_submit(io, &one, 1), 0);
+            assert_int_equal(st_io_promote(io, 0), 0);
+            assert_int_equal(collect(io, c, 1), 1);
+            assert_int_equal(c[0].status, 0);
+        }
+        st_io_close(io);
+    }
+}
+
+/* Cancel of a request with pieces in the kernel (ring) or already read
+ * (pread): its queued pieces are dropped, their bytes never written; it
+ * completes as cancelled once the issued pieces are back. */
+static void cancel_half_issued(void **state) {
+    (void)state;
+    for (int m = 0; m < 2; m++) {
+        st_io *io = open_engine(&(st_io_options){.queue_depth = 2, .force_pread = pread_modes2[m], .buffer_bytes = 64 * K,
+                                                 .max_piece = K, .max_inflight_bytes = 2 * K});
+        uint8_t *pool = st_io_buffer(io, NULL);
+        memset(pool, 0x5A, 64 * K);
+        st_io_read reqs[] = {{.file = 0, .offset = 0, .length = 8 * K, .dst = pool, .tag = 1},
+                             {.file = 0, .offset = 8 * K, .length = 4 * K, .dst = pool + 8 * K, .tag = 2}};
+        assert_int_equal(st_io_submit(io, reqs, 2), 0);
+        st_io_completion c[2];
+        if (pread_modes2[m]) assert_int_equal(st_io_poll(io, c, 2), 0); /* pread: runs the first 2 pieces (the depth) */
+        st_io_stats st;
+        st_io_get_stats(io, &st);
+        assert_int_equal(st.pieces, 2);
+        /* ring: the 2 pieces are in the kernel, the request waits for them */
+        assert_int_equal(st_io_cancel(io, 1), pread_modes2[m] ? 1 : 0);
+        assert_int_equal(collect(io, c, 2), 2);
+        assert_int_equal(c[0].tag, 1);
+        assert_int_equal(c[0].status, ST_ERR_CANCELLED);
+        assert_non_null(strstr(c[0].message, "cancelled"));
+        assert_true(c[0].bytes <= 2 * K);
+        if (pread_modes2[m]) {
+            assert_int_equal(c[0].bytes, 2 * K);
+            assert_memory_equal(pool, content[0], 2 * K);
+        }
+        static const uint8_t untouched[6 * K] = {[0 ... 6 * K - 1] = 0x5A};
+        assert_memory_equal(pool + 2 * K, untouched, 6 * K);
+        assert_int_equal(c[1].tag, 2);
+        assert_int_equal(c[1].status, 0);
+        assert_memory_equal(pool + 8 * K, content[0] + 8 * K, 4 * K);
+        st_io_get_stats(io, &st);
+        assert_int_equal(st.pieces, 2 + 4);
+        assert_int_equal(st.cancelled, 1);
+        st_io_close(io);
+    }
+}
+
+/* EIO in the 3rd piece fails the request naming file and offset; no piece
+ * writes after the completion (at depth 2 and with every piece in the kernel). */
+static void error_in_a_piece_fails_the_request(void **state) {
+    (void)state;
+    for (int m = 0; m < 2; m++) {
+        for (int depth = 2; depth <= 8; depth += 6) {
+            st_io *io = open_engine(&(st_io_options){.queue_depth = depth, .force_pread = pread_modes2[m], .buffer_bytes = 64 * K,
+                                                     .max_piece = K, .faults = "eio@0x2000#1"});
+            uint8_t *pool = st_io_buffer(io, NULL);
+            st_io_read r = {.file = 1, .offset = 0, .length = 6 * K, .dst = pool, .tag = 9};
+            assert_int_equal(st_io_submit(io, &r, 1), 0);
+            st_io_completion c;
+            assert_int_equal(collect(io, &c, 1), 1);
+            assert_int_equal(c.status, ST_ERR_IO);
+            assert_int_equal(c.err, EIO);
+            assert_int_equal(c.tag, 9);
+            assert_non_null(strstr(c.message, paths[1]));
+            assert_non_null(strstr(c.message, "offset 8192"));
+            assert_non_null(strstr(c.message, "errno 5"));
+            assert_non_null(strstr(c.message, "piece 3 of 6"));
+            st_io_stats st;
+            st_io_get_stats(io, &st);
+            assert_int_equal(st.inflight_bytes, 0);
+            assert_int_equal(st.errors, 1);
+            /* pread: pieces 1..3; depth 2: 3 and 4 went together; depth 8: all 6 */
+            assert_int_equal(st.pieces, pread_modes2[m] ? 3 : depth == 2 ? 4 : 6);
+            memset(pool, 0x11, 6 * K);
+            usleep(20000);
+            assert_int_equal(st_io_poll(io, &c, 1), 0);
+            static const uint8_t same[6 * K] = {[0 ... 6 * K - 1] = 0x11};
+            assert_memory_equal(pool, same, 6 * K);
+            /* the engine goes on: the next read is fine */
+            assert_int_equal(st_io_read_sync(io, 1, 3 * K, 3 * K, pool), 0);
+            assert_memory_equal(pool, content[1] + 3 * K, 3 * K);
+            st_io_close(io);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(reads_match_pread_at_many_depths),
@@ -577,6 +859,12 @@ int main(void) {
         cmocka_unit_test(cancellation),
         cmocka_unit_test(poll_wait_and_sync_reads),
         cmocka_unit_test(bad_arguments_and_rules),
+        cmocka_unit_test(split_reads_match),
+        cmocka_unit_test(inflight_bytes_capped),
+        cmocka_unit_test(urgent_reads_overtake),
+        cmocka_unit_test(promote_moves_queued_pieces_ahead),
+        cmocka_unit_test(cancel_half_issued),
+        cmocka_unit_test(error_in_a_piece_fails_the_request),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
