@@ -111,7 +111,8 @@ typedef struct st_io_read {
     size_t length;     /* bytes to read, > 0 */
     void *dst;         /* destination, `length` bytes */
     uint64_t tag;      /* caller's tag, returned in the completion and used by st_io_cancel/st_io_promote */
-    bool urgent;       /* its pieces go ahead of every normal piece not yet in the kernel (FIFO among urgent ones) */
+    bool urgent;       /* its pieces go ahead of every normal piece not yet in the kernel, on every file
+                          (urgent ones: FIFO per file, files taking turns piece by piece) */
 } st_io_read;
 
 typedef struct st_io_completion {

@@ -181,8 +181,8 @@ static void complete(st_io *io, int32_t i, int status, int err) {
 
 static void complete_cancelled(st_io *io, int32_t i) {
     st_io_slot *s = &io->slots[i];
-    set_message(s, "io: %s: read of %zu bytes at offset %llu cancelled%s", io->files[s->req.file].path, s->req.length,
-                (unsigned long long)s->req.offset, s->done ? "" : " before issue");
+    set_message(s, "io: %s: read of %zu bytes at offset %llu cancelled (%llu bytes of it read)", io->files[s->req.file].path,
+                s->req.length, (unsigned long long)s->req.offset, (unsigned long long)s->done);
     complete(io, i, ST_ERR_CANCELLED, ECANCELED);
 }
 
