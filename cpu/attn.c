@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/base.h"
 #include "cpu/attn_internal.h"
 #include "cpu/cpu.h"
 #include "cpu/formats.h"
@@ -22,9 +23,9 @@ void st_attn_heads(const float *q, int64_t nh, const float *const *rows, int64_t
         if (isa == ST_ISA_AVX512) st_attn_softmax_avx512(scratch + h * n, n, sink[h]);
         else st_attn_softmax_generic(scratch + h * n, n, sink[h]);
     }
-    if (isa == ST_ISA_AVX512) st_attn_wsum_avx512(scratch, nh, rows, n, d, o);
-    else if (isa == ST_ISA_AVX2) st_attn_wsum_avx2(scratch, nh, rows, n, d, o);
-    else st_attn_wsum_generic(scratch, nh, rows, n, d, o);
+    if (isa == ST_ISA_AVX512) st_attn_wsum_avx512(scratch, n, nh, rows, n, d, 0, o);
+    else if (isa == ST_ISA_AVX2) st_attn_wsum_avx2(scratch, n, nh, rows, n, d, 0, o);
+    else st_attn_wsum_generic(scratch, n, nh, rows, n, d, 0, o);
 }
 
 void st_attn_scores(const float *q, int64_t nh, const float *const *rows, int64_t n, int64_t d, float scale, float *s) {
@@ -45,9 +46,9 @@ void st_attn_wsum(const float *p, int64_t nh, const float *const *rows, int64_t 
     if (nh <= 0) return;
     if (n <= 0) { memset(o, 0, (size_t)(nh * d) * sizeof(float)); return; }
     const st_isa isa = st_cpu_isa();
-    if (isa == ST_ISA_AVX512) st_attn_wsum_avx512(p, nh, rows, n, d, o);
-    else if (isa == ST_ISA_AVX2) st_attn_wsum_avx2(p, nh, rows, n, d, o);
-    else st_attn_wsum_generic(p, nh, rows, n, d, o);
+    if (isa == ST_ISA_AVX512) st_attn_wsum_avx512(p, n, nh, rows, n, d, 0, o);
+    else if (isa == ST_ISA_AVX2) st_attn_wsum_avx2(p, n, nh, rows, n, d, 0, o);
+    else st_attn_wsum_generic(p, n, nh, rows, n, d, 0, o);
 }
 
 void st_attn_head(const float *q, const float *const *rows, int64_t n, int64_t d, float scale, float sink,
@@ -103,6 +104,27 @@ void st_e2m1_rows(const uint8_t *src, size_t stride, int64_t rows, int64_t d, fl
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *e = src + (size_t)r * stride;
         e2m1_row(e, e + (d + 1) / 2, d, x + r * d);
+    }
+}
+
+void st_kv_rows_cols(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, int64_t c0, int64_t c1,
+                     float *x) {
+    if (c1 <= c0) return;
+    if (st_cpu_isa() == ST_ISA_AVX512 && c0 % 16 == 0) {
+        st_kv_rows_cols_avx512(src, stride, rows, d, rope, c0, c1, x);
+        return;
+    }
+    const int64_t nope = d - rope, w = c1 - c0;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *e = src + (size_t)r * stride, *rp = e + nope + (nope + 63) / 64;
+        float *xr = x + r * w;
+        for (int64_t i = c0; i < ST_MIN(c1, nope); i++)
+            xr[i - c0] = e4m3_bits_to_f32(e[i]) * st_f32_from_bits((uint32_t)e[nope + i / 64] << 23);
+        for (int64_t i = ST_MAX(c0, nope); i < c1; i++) {
+            uint16_t h;
+            memcpy(&h, rp + 2 * (i - nope), 2);
+            xr[i - c0] = st_bf16_to_f32(h);
+        }
     }
 }
 

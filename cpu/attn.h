@@ -42,6 +42,9 @@ void st_e2m1_rows(const uint8_t *src, size_t stride, int64_t rows, int64_t d, fl
 /* KV row: d - rope e4m3 codes (0x7f/0xff: NaN), a scale per 64 of them, then
  * rope bf16 (little endian, unaligned). */
 void st_kv_rows(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, float *x);
+/* Columns [c0, c1) of the same rows: x (rows, c1 - c0), equal to st_kv_rows's. */
+void st_kv_rows_cols(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, int64_t c0, int64_t c1,
+                     float *x);
 
 /* ---- indexer scores over packed keys, exact block dot products ----
  * In official numerics the indexer's q and keys are both e2m1 values with a
@@ -75,5 +78,22 @@ void st_index_scores_e2m1(const st_index_q *q, const float *w, const uint8_t *ke
 /* The same, portable C, whatever st_cpu_isa() says (the reference of the tests). */
 void st_index_scores_e2m1_generic(const st_index_q *q, const float *w, const uint8_t *keys, size_t stride,
                                   int64_t n, float *out);
+
+/* ---- attention over packed KV rows ----
+ * Candidates rows[0..nf) are F32 rows (d), rows[nf..n) packed KV rows
+ * (st_kv_rows layout with d, rope). The packed rows are decoded a few at a
+ * time into tile (st_attn_kv_tile_floats(nh, d) floats, the caller's) and
+ * the F32 kernels run on them: the results are bit-identical to decoding
+ * every row first and calling st_attn_heads / st_attn_scores / st_attn_wsum
+ * (tested), with no decoded copy of all the rows. wsum_kv computes columns
+ * [col0, col0 + width) of o (nh, width) (the split of st_attn_wsum over
+ * column ranges). */
+size_t st_attn_kv_tile_floats(int64_t nh, int64_t d);
+void st_attn_heads_kv(const float *q, int64_t nh, const void *const *rows, int64_t nf, int64_t n, int64_t d,
+                      int64_t rope, float scale, const float *sink, float *tile, float *scratch, float *o);
+void st_attn_scores_kv(const float *q, int64_t nh, const void *const *rows, int64_t nf, int64_t n, int64_t d,
+                       int64_t rope, float scale, float *tile, float *s);
+void st_attn_wsum_kv(const float *p, int64_t nh, const void *const *rows, int64_t nf, int64_t n, int64_t d,
+                     int64_t rope, int64_t col0, int64_t width, float *tile, float *o);
 
 #endif

@@ -31,13 +31,21 @@ void st_attn_scores_avx2(const float *q, int64_t nh, const float *const *rows, i
         for (int64_t c = 0; c < n; c++) s[h * n + c] = dot8(q + h * d, rows[c], d) * scale;
 }
 
-void st_attn_wsum_avx2(const float *p, int64_t nh, const float *const *rows, int64_t n, int64_t d, float *o) {
-    if (d % 8) { st_attn_wsum_generic(p, nh, rows, n, d, o); return; }
+void st_attn_wsum_avx2(const float *p, int64_t ldp, int64_t nh, const float *const *rows, int64_t n, int64_t d,
+                       int acc, float *o) {
+    if (d % 8) { st_attn_wsum_generic(p, ldp, nh, rows, n, d, acc, o); return; }
     for (int64_t h = 0; h < nh; h++) {
-        const float *ph = p + h * n;
+        const float *ph = p + h * ldp;
         int64_t k = 0;
         for (; k + 32 <= d; k += 32) {
+            float *oh0 = o + h * d + k;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            if (acc) {
+                a0 = _mm256_loadu_ps(oh0);
+                a1 = _mm256_loadu_ps(oh0 + 8);
+                a2 = _mm256_loadu_ps(oh0 + 16);
+                a3 = _mm256_loadu_ps(oh0 + 24);
+            }
             for (int64_t c = 0; c < n; c++) {
                 const __m256 pc = _mm256_broadcast_ss(ph + c);
                 const float *v = rows[c] + k;
@@ -53,7 +61,7 @@ void st_attn_wsum_avx2(const float *p, int64_t nh, const float *const *rows, int
             _mm256_storeu_ps(oh + 24, a3);
         }
         for (; k < d; k += 8) {
-            __m256 a0 = _mm256_setzero_ps();
+            __m256 a0 = acc ? _mm256_loadu_ps(o + h * d + k) : _mm256_setzero_ps();
             for (int64_t c = 0; c < n; c++) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(ph + c), _mm256_loadu_ps(rows[c] + k), a0);
             _mm256_storeu_ps(o + h * d + k, a0);
         }

@@ -136,17 +136,25 @@ void st_attn_softmax_avx512(float *s, int64_t n, float sink) {
     }
 }
 
-void st_attn_wsum_avx512(const float *p, int64_t nh, const float *const *rows, int64_t n, int64_t d, float *o) {
-    if (d % 16) { st_attn_wsum_generic(p, nh, rows, n, d, o); return; }
+/* The accumulator of o[k..k+16): 0, or o's value when accumulating. */
+static inline __m512 acc_init(int acc, const float *o) { return acc ? _mm512_loadu_ps(o) : _mm512_setzero_ps(); }
+
+void st_attn_wsum_avx512(const float *p, int64_t ldp, int64_t nh, const float *const *rows, int64_t n, int64_t d,
+                         int acc, float *o) {
+    if (d % 16) { st_attn_wsum_generic(p, ldp, nh, rows, n, d, acc, o); return; }
     int64_t h = 0;
     for (; h + 4 <= nh; h += 4) {
-        const float *p0 = p + h * n, *p1 = p0 + n, *p2 = p1 + n, *p3 = p2 + n;
+        const float *p0 = p + h * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp;
         float *o0 = o + h * d, *o1 = o0 + d, *o2 = o1 + d, *o3 = o2 + d;
         int64_t k = 0;
         for (; k + 64 <= d; k += 64) {
             /* explicit accumulators: arrays of vectors may live in memory at -O2 */
-            __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
-                   a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+            __m512 a00 = acc_init(acc, o0 + k), a01 = acc_init(acc, o0 + k + 16), a02 = acc_init(acc, o0 + k + 32),
+                   a03 = acc_init(acc, o0 + k + 48), a10 = acc_init(acc, o1 + k), a11 = acc_init(acc, o1 + k + 16),
+                   a12 = acc_init(acc, o1 + k + 32), a13 = acc_init(acc, o1 + k + 48), a20 = acc_init(acc, o2 + k),
+                   a21 = acc_init(acc, o2 + k + 16), a22 = acc_init(acc, o2 + k + 32), a23 = acc_init(acc, o2 + k + 48),
+                   a30 = acc_init(acc, o3 + k), a31 = acc_init(acc, o3 + k + 16), a32 = acc_init(acc, o3 + k + 32),
+                   a33 = acc_init(acc, o3 + k + 48);
             for (int64_t c = 0; c < n; c++) {
                 const float *v = rows[c] + k;
                 const __m512 x0 = _mm512_loadu_ps(v), x1 = _mm512_loadu_ps(v + 16), x2 = _mm512_loadu_ps(v + 32),
@@ -190,7 +198,8 @@ void st_attn_wsum_avx512(const float *p, int64_t nh, const float *const *rows, i
             _mm512_storeu_ps(o3 + k + 48, a33);
         }
         for (; k < d; k += 16) {
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m512 a0 = acc_init(acc, o0 + k), a1 = acc_init(acc, o1 + k), a2 = acc_init(acc, o2 + k),
+                   a3 = acc_init(acc, o3 + k);
             for (int64_t c = 0; c < n; c++) {
                 const __m512 x = _mm512_loadu_ps(rows[c] + k);
                 a0 = _mm512_fmadd_ps(_mm512_set1_ps(p0[c]), x, a0);
@@ -205,9 +214,9 @@ void st_attn_wsum_avx512(const float *p, int64_t nh, const float *const *rows, i
         }
     }
     for (; h < nh; h++) {
-        const float *ph = p + h * n;
+        const float *ph = p + h * ldp;
         for (int64_t k = 0; k < d; k += 16) {
-            __m512 a0 = _mm512_setzero_ps();
+            __m512 a0 = acc_init(acc, o + h * d + k);
             for (int64_t c = 0; c < n; c++) a0 = _mm512_fmadd_ps(_mm512_set1_ps(ph[c]), _mm512_loadu_ps(rows[c] + k), a0);
             _mm512_storeu_ps(o + h * d + k, a0);
         }
@@ -405,6 +414,28 @@ void st_e2m1_rows_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *e = src + (size_t)r * stride;
         e2m1_row(e, e + d / 2, d, x + r * d);
+    }
+}
+
+void st_kv_rows_cols_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, int64_t c0,
+                            int64_t c1, float *x) {
+    const int64_t nope = d - rope, w = c1 - c0, e1 = c1 < nope ? c1 : nope, r0 = c0 > nope ? c0 : nope;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *e = src + (size_t)r * stride;
+        /* e4m3 columns [c0, e1) in 16s from c0 (a multiple of 16: inside one 64-block each) */
+        const __m512i m7f = _mm512_set1_epi32(0x7f), m80 = _mm512_set1_epi32(0x80);
+        const __m512 two120 = _mm512_set1_ps(0x1p120f), nan = _mm512_set1_ps(NAN);
+        for (int64_t k = c0; k < e1; k += 16) {
+            const int64_t m = e1 - k;
+            const __m512 scale = _mm512_castsi512_ps(_mm512_set1_epi32((int)((uint32_t)e[nope + k / 64] << 23)));
+            const __m512i c = _mm512_cvtepu8_epi32(load16_bytes(e + k, m));
+            const __m512i mag = _mm512_and_si512(c, m7f);
+            const __m512i bits = _mm512_or_si512(_mm512_slli_epi32(mag, 20), _mm512_slli_epi32(_mm512_and_si512(c, m80), 24));
+            __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_castsi512_ps(bits), two120), scale);
+            v = _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(mag, m7f), nan);
+            _mm512_mask_storeu_ps(x + r * w + (k - c0), first_mask(m), v);
+        }
+        if (c1 > r0) bf16_row(e + nope + (nope + 63) / 64 + 2 * (r0 - nope), c1 - r0, x + r * w + (r0 - c0));
     }
 }
 

@@ -36,12 +36,13 @@ void st_attn_softmax_generic(float *s, int64_t n, float sink) {
 /* AVX2 has no exp of its own: the generic softmax serves it. */
 void st_attn_softmax_avx2(float *s, int64_t n, float sink) { st_attn_softmax_generic(s, n, sink); }
 
-void st_attn_wsum_generic(const float *p, int64_t nh, const float *const *rows, int64_t n, int64_t d, float *o) {
+void st_attn_wsum_generic(const float *p, int64_t ldp, int64_t nh, const float *const *rows, int64_t n, int64_t d,
+                          int acc, float *o) {
     for (int64_t h = 0; h < nh; h++) {
         float *oh = o + h * d;
-        memset(oh, 0, (size_t)d * sizeof(float));
+        if (!acc) memset(oh, 0, (size_t)d * sizeof(float));
         for (int64_t c = 0; c < n; c++) {
-            const float pc = p[h * n + c], *v = rows[c];
+            const float pc = p[h * ldp + c], *v = rows[c];
             for (int64_t k = 0; k < d; k++) oh[k] += pc * v[k];
         }
     }

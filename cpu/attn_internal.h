@@ -3,7 +3,9 @@
  * _generic one; the order of the sums may differ.
  * st_attn_scores: s (nh, n) = scale * q (nh, d) . rows[c].
  * st_attn_softmax: s (n) -> exp(s - m) / (sum exp(s - m) + exp(sink - m)), m = max(s, sink).
- * st_attn_wsum:   o (nh, d) = sum_c p (nh, n)[h][c] * rows[c]. */
+ * st_attn_wsum:   o (nh, d) = sum_c p[h * ldp + c] * rows[c], c < n; acc: the sums
+ *                 start from o's values instead of 0 (rows taken in chunks give the
+ *                 same bits as one call). */
 #ifndef ST_CPU_ATTN_INTERNAL_H
 #define ST_CPU_ATTN_INTERNAL_H
 
@@ -14,7 +16,8 @@
     void st_attn_scores_##sfx(const float *q, int64_t nh, const float *const *rows, int64_t n, int64_t d,        \
                               float scale, float *s);                                                             \
     void st_attn_softmax_##sfx(float *s, int64_t n, float sink);                                                \
-    void st_attn_wsum_##sfx(const float *p, int64_t nh, const float *const *rows, int64_t n, int64_t d, float *o); \
+    void st_attn_wsum_##sfx(const float *p, int64_t ldp, int64_t nh, const float *const *rows, int64_t n,       \
+                            int64_t d, int acc, float *o);                                                     \
     void st_index_scores_##sfx(const float *q, const float *w, const float *k, int64_t H, int64_t d, int64_t n,  \
                                float *out);
 
@@ -25,6 +28,9 @@ ST_ATTN_DECLARE(avx512)
 /* Compact KV rows (contract in cpu/attn.h); e2m1: d a multiple of 32. */
 void st_e2m1_rows_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, float *x);
 void st_kv_rows_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, float *x);
+/* c0 a multiple of 16 */
+void st_kv_rows_cols_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, int64_t c0,
+                            int64_t c1, float *x);
 
 /* Indexer scores over packed keys (contract in cpu/attn.h); d a multiple of 32. */
 struct st_index_q;

@@ -289,10 +289,13 @@ static int comp_feed(const st_compressor_w *w, st_comp_state *s, const float *kv
 typedef struct attn_job {
     const st_attn_w *w;
     const float *q;          /* (n_heads, head_dim) of this token */
-    const float *const *cand;/* candidate KV rows */
-    int64_t n_cand;
+    const void *const *cand; /* candidate KV rows: n_f32 F32 rows, then packed entries (st_attn_heads_kv) */
+    int64_t n_cand, n_f32, rope;
     float *o;                /* (n_heads, head_dim) */
     float *scratch;          /* (n_heads, n_cand) */
+    float *tile;             /* packed rows decoded a chunk at a time: (nth or 1, tile_len) */
+    int64_t tile_len;
+    bool tile_per_thread;    /* run by the pool: thread ith uses tile ith */
 } attn_job;
 
 static void attn_heads(void *ctx, int ith, int nth) {
@@ -302,8 +305,9 @@ static void attn_heads(void *ctx, int ith, int nth) {
     int64_t h0, h1;
     st_split(w->n_heads, ith, nth, 4, &h0, &h1); /* the kernels take heads four at a time */
     if (h1 > h0)
-        st_attn_heads(j->q + h0 * hd, h1 - h0, j->cand, nc, hd, 1.0f / sqrtf((float)hd), w->sink + h0,
-                      j->scratch + h0 * nc, j->o + h0 * hd);
+        st_attn_heads_kv(j->q + h0 * hd, h1 - h0, j->cand, j->n_f32, nc, hd, j->rope, 1.0f / sqrtf((float)hd),
+                         w->sink + h0, j->tile + (j->tile_per_thread ? ith * j->tile_len : 0), j->scratch + h0 * nc,
+                         j->o + h0 * hd);
 }
 
 /* Indexer over a group of consecutive tokens of the chunk: the visible keys are
@@ -313,6 +317,7 @@ static void attn_heads(void *ctx, int ith, int nth) {
  * per-token computation. */
 enum { INDEX_GROUP = 8, INDEX_TILE = 512 };
 enum { KV_PREFETCH_AHEAD = 1 }; /* tokens read ahead: more would hold fast frames the next get needs (in-flight pages cannot be dropped) */
+enum { HCA_DECODE_MIN_T = 4 }; /* chunks of more tokens decode the packed HCA entries once for all of them */
 
 typedef struct index_job {
     const st_indexer_w *ix;
@@ -401,19 +406,21 @@ typedef struct chunk_attn {
     const int64_t *n_sel;    /* (T) */
     int64_t pos0, T, max_cand;
     float *o;                /* (T, n_heads*head_dim) */
-    const float **cand;      /* (nth, max_cand) */
+    const void **cand;       /* (nth, max_cand) */
     float *scratch;          /* (nth, max_cand * n_heads) */
     const void **paged;      /* (topk) */
-    float *dq;               /* (nth, topk, head_dim): a token's packed CSA rows, decoded */
-    const float *hca;        /* (n_entries, head_dim): packed HCA entries, decoded */
+    float *tile;             /* (nth, tile_len): packed rows decoded a chunk at a time */
+    int64_t tile_len;
+    const float *hca;        /* (n_entries, head_dim): packed HCA entries decoded once (prefill), or NULL */
     float *split_tmp;        /* (nth, split_len) for split_attn; NULL: never split */
-    const float **split_shift;/* (nth, max_cand) */
     int64_t split_len;
     st_numerics num;
     int rc;
 } chunk_attn;
 
-static int64_t token_cands(const chunk_attn *c, int64_t t, const float **cand, float *dq) {
+/* Candidates of token t into cand; *n_f32: how many of them (the first) are
+ * F32 rows, the rest being packed entries the kernels decode as they go. */
+static int64_t token_cands(const chunk_attn *c, int64_t t, const void **cand, int64_t *n_f32) {
     const st_attn_w *w = c->w;
     const st_layer_state *s = c->s;
     const int64_t hd = w->head_dim, W = w->window, p = c->pos0 + t;
@@ -421,21 +428,19 @@ static int64_t token_cands(const chunk_attn *c, int64_t t, const float **cand, f
     for (int64_t q = ST_MAX(0, p - W + 1); q <= p; q++)
         cand[nc++] = q >= c->pos0 ? c->kv + (q - c->pos0) * hd : s->window + (q % W) * hd;
     const st_comp_state *cs = &s->comp;
+    *n_f32 = nc;
     if (w->kind == ST_LAYER_CSA && !cs->pages) {
         const int32_t *sel = c->sel + t * w->idx.topk;
-        for (int64_t i = 0; i < c->n_sel[t]; i++) {
-            const uint8_t *e = (const uint8_t *)cs->entries + (size_t)sel[i] * cs->entry_bytes;
-            if (cs->packed) {
-                st_comp_entry_decode(cs, &w->comp, e, dq + i * hd);
-                cand[nc++] = dq + i * hd;
-            } else {
-                cand[nc++] = (const float *)e;
-            }
-        }
+        for (int64_t i = 0; i < c->n_sel[t]; i++)
+            cand[nc++] = (const uint8_t *)cs->entries + (size_t)sel[i] * cs->entry_bytes;
     } else if (w->kind == ST_LAYER_HCA) {
-        const float *ent = cs->packed ? c->hca : cs->entries;
-        for (int64_t i = 0; i < c->n_main[t]; i++) cand[nc++] = ent + i * hd;
+        const bool stored = cs->packed && !c->hca;
+        for (int64_t i = 0; i < c->n_main[t]; i++)
+            cand[nc++] = stored ? (const void *)((const uint8_t *)cs->entries + (size_t)i * cs->entry_bytes)
+                                : (const void *)((cs->packed ? c->hca : (const float *)cs->entries) + i * hd);
+        if (!stored) *n_f32 = nc;
     }
+    if (!cs->packed) *n_f32 = nc;
     return nc;
 }
 
@@ -454,13 +459,13 @@ static void attn_tokens(void *ctx, int ith, int nth) {
     chunk_attn *c = ctx;
     int64_t t0, t1;
     st_split(c->T, ith, nth, 1, &t0, &t1);
-    const float **cand = c->cand + ith * c->max_cand;
+    const void **cand = c->cand + ith * c->max_cand;
     float *scratch = c->scratch + ith * c->max_cand * c->w->n_heads;
-    float *dq = c->dq ? c->dq + (int64_t)ith * c->w->idx.topk * c->w->head_dim : NULL;
     const int64_t qh = (int64_t)c->w->n_heads * c->w->head_dim;
     for (int64_t t = t0; t < t1; t++) {
-        attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = cand, .n_cand = token_cands(c, t, cand, dq),
-                        .o = c->o + t * qh, .scratch = scratch};
+        attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = cand, .o = c->o + t * qh, .scratch = scratch,
+                        .rope = c->s->comp.rope_dims, .tile = c->tile + ith * c->tile_len, .tile_len = c->tile_len};
+        job.n_cand = token_cands(c, t, cand, &job.n_f32);
         for (int i = 0; i < nth; i++) attn_heads(&job, i, nth);
         token_finish(c, t);
     }
@@ -473,7 +478,6 @@ static void attn_tokens(void *ctx, int ith, int nth) {
 typedef struct split_attn {
     const attn_job *j;
     float *tmp;           /* (nth, tmp_len) */
-    const float **shift;  /* (nth, n_cand) */
     int64_t tmp_len;
 } split_attn;
 
@@ -484,7 +488,8 @@ static void split_scores(void *ctx, int ith, int nth) {
     const int64_t r0 = (n * ith / nth) / 4 * 4, r1 = ith + 1 == nth ? n : (n * (ith + 1) / nth) / 4 * 4;
     if (r1 <= r0) return;
     float *tmp = sa->tmp + ith * sa->tmp_len;
-    st_attn_scores(j->q, H, j->cand + r0, r1 - r0, hd, 1.0f / sqrtf((float)hd), tmp);
+    st_attn_scores_kv(j->q, H, j->cand + r0, ST_MIN(r1 - r0, ST_MAX(0, j->n_f32 - r0)), r1 - r0, hd, j->rope,
+                      1.0f / sqrtf((float)hd), j->tile + ith * j->tile_len, tmp);
     for (int64_t h = 0; h < H; h++) memcpy(j->scratch + h * n + r0, tmp + h * (r1 - r0), (size_t)(r1 - r0) * sizeof(float));
 }
 
@@ -501,9 +506,7 @@ static void split_wsum(void *ctx, int ith, int nth) {
     const int64_t k0 = (hd / 16 * ith / nth) * 16, k1 = (hd / 16 * (ith + 1) / nth) * 16;
     if (k1 <= k0) return;
     float *tmp = sa->tmp + ith * sa->tmp_len;
-    const float **shift = sa->shift + ith * n;
-    for (int64_t c = 0; c < n; c++) shift[c] = j->cand[c] + k0;
-    st_attn_wsum(j->scratch, H, shift, n, k1 - k0, tmp);
+    st_attn_wsum_kv(j->scratch, H, j->cand, j->n_f32, n, hd, j->rope, k0, k1 - k0, j->tile + ith * j->tile_len, tmp);
     for (int64_t h = 0; h < H; h++) memcpy(j->o + h * hd + k0, tmp + h * (k1 - k0), (size_t)(k1 - k0) * sizeof(float));
 }
 
@@ -529,31 +532,26 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
     const int64_t qh = (int64_t)c->w->n_heads * c->w->head_dim;
     st_comp_state *cs = &c->s->comp;
     for (int64_t t = 0; t < c->T; t++) {
-        int64_t nc = token_cands(c, t, c->cand, c->dq);
+        int64_t n_f32;
+        int64_t nc = token_cands(c, t, c->cand, &n_f32);
         if (c->w->kind == ST_LAYER_CSA && cs->pages) {
             const int32_t *sel = c->sel + t * c->w->idx.topk;
             int rc = st_kv_pages_get(cs->pages, cs->stream, sel, c->n_sel[t], c->paged);
             if (rc) return rc;
-            const int64_t hd = c->w->head_dim;
-            for (int64_t i = 0; i < c->n_sel[t]; i++) {
-                if (cs->packed) {
-                    st_comp_entry_decode(cs, &c->w->comp, c->paged[i], c->dq + i * hd);
-                    c->cand[nc++] = c->dq + i * hd;
-                } else {
-                    c->cand[nc++] = c->paged[i];
-                }
-            }
+            for (int64_t i = 0; i < c->n_sel[t]; i++) c->cand[nc++] = c->paged[i];
+            if (!cs->packed) n_f32 = nc;
             /* the next tokens' reads go out now and overlap this token's attention (prefetch is
              * advisory: pages it cannot place without touching pinned ones are left for their get) */
             for (int64_t u = t + 1; u < ST_MIN(c->T, t + 1 + KV_PREFETCH_AHEAD); u++)
                 if ((rc = st_kv_pages_prefetch(cs->pages, cs->stream, c->sel + u * c->w->idx.topk, c->n_sel[u])))
                     return rc;
         }
-        attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = c->cand, .n_cand = nc, .o = c->o + t * qh,
-                        .scratch = c->scratch};
+        attn_job job = {.w = c->w, .q = c->q + t * qh, .cand = c->cand, .n_cand = nc, .n_f32 = n_f32,
+                        .rope = cs->rope_dims, .o = c->o + t * qh, .scratch = c->scratch, .tile = c->tile,
+                        .tile_len = c->tile_len, .tile_per_thread = true};
         const int nth = st_pool_size(pool);
         if (c->split_tmp && nc >= 1024 && c->w->n_heads < 4 * nth) {
-            split_attn sa = {.j = &job, .tmp = c->split_tmp, .shift = c->split_shift, .tmp_len = c->split_len};
+            split_attn sa = {.j = &job, .tmp = c->split_tmp, .tmp_len = c->split_len};
             st_pool_run(pool, split_scores, &sa);
             st_pool_run(pool, split_softmax, &sa);
             st_pool_run(pool, split_wsum, &sa);
@@ -570,13 +568,13 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
 
 typedef struct attn_bufs {
     float *xq, *qa, *qaq, *q, *kv, *ckv, *csc, *iq, *iw, *ikv, *isc, *o, *og, *oa, *res, *scratch, *iscores;
-    float *dq, *idq, *hca; /* packed entries decoded: CSA rows (nth, topk, hd), index tiles, HCA (n, hd) */
+    float *idq, *hca;      /* packed entries decoded: index tiles, HCA (n, hd) for prefill */
+    float *kvtile;         /* (nth, st_attn_kv_tile_floats): packed CSA/HCA rows decoded a chunk at a time */
     unsigned char *iqp;    /* (INDEX_GROUP, st_index_q_bytes) indexer queries as integer codes (packed keys) */
     int32_t *sel;       /* (T, topk) */
     int64_t *n_main, *n_idx, *n_sel; /* (T) each */
     float *split_tmp;
-    const float **split_shift;
-    const float **cand;
+    const void **cand;
     const void **paged; /* (topk) entry pointers from kv_pages */
 } attn_bufs;
 
@@ -655,7 +653,9 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     /* one token split over the threads (decode over many entries) */
     const int64_t split_len = H * (ST_MAX(max_cand / nth + 8, hd));
     const bool can_split = nth > 1 && hd % 16 == 0 && max_cand >= 1024 && T < 2 * nth;
-    if (can_split && (!ALLOC(b.split_tmp, nth * split_len) || !ALLOC(b.split_shift, nth * max_cand))) goto oom;
+    if (can_split && !ALLOC(b.split_tmp, nth * split_len)) goto oom;
+    const int64_t tile_len = (int64_t)st_attn_kv_tile_floats(H, hd);
+    if (!ALLOC(b.kvtile, nth * tile_len)) goto oom;
     if (csa) {
         const int64_t ih = w->idx.n_heads, id = w->idx.head_dim;
         if (!ALLOC(b.iq, T * ih * id) || !ALLOC(b.iw, T * ih) || !ALLOC(b.ikv, T * icoff * id) ||
@@ -663,7 +663,6 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
             !ALLOC(b.sel, T * w->idx.topk) || !ALLOC(b.n_idx, T) || !ALLOC(b.n_sel, T))
             goto oom;
         if (s->comp.pages && !ALLOC(b.paged, w->idx.topk)) goto oom;
-        if (s->comp.packed && !ALLOC(b.dq, nth * w->idx.topk * hd)) goto oom;
         if (s->icomp.packed && !ALLOC(b.idq, nth * INDEX_TILE * id)) goto oom;
         if (s->icomp.packed && !ALLOC(b.iqp, INDEX_GROUP * st_index_q_bytes(ih, id))) goto oom;
     }
@@ -747,7 +746,9 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
             goto done;
         b.n_main[t] = has_comp ? s->comp.n_entries : 0;
     }
-    if (w->kind == ST_LAYER_HCA && s->comp.packed) { /* every token of the chunk reads a prefix of them */
+    /* HCA entries: a prefill chunk's tokens each read a prefix of them, so they are decoded
+     * once; a decode step's token reads them where they are stored (same bits) */
+    if (w->kind == ST_LAYER_HCA && s->comp.packed && T > HCA_DECODE_MIN_T) {
         const int64_t n = s->comp.n_entries;
         if (!ALLOC(b.hca, ST_MAX(n, 1) * hd)) goto oom;
         decode_job dj = {.s = &s->comp, .w = &w->comp, .n = n, .out = b.hca};
@@ -756,7 +757,7 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     }
     chunk_attn ca = {.w = w, .s = s, .q = b.q, .kv = b.kv, .n_main = b.n_main, .sel = b.sel, .n_sel = b.n_sel,
                      .pos0 = pos0, .T = T, .max_cand = max_cand, .o = b.o, .cand = b.cand, .scratch = b.scratch,
-                     .paged = b.paged, .dq = b.dq, .hca = b.hca, .split_tmp = b.split_tmp, .split_shift = b.split_shift,
+                     .paged = b.paged, .tile = b.kvtile, .tile_len = tile_len, .hca = b.hca, .split_tmp = b.split_tmp,
                      .split_len = split_len, .num = num};
     if ((csa && s->comp.pages) || T < 2 * nth) {
         if ((rc = attn_sequential(pool, &ca))) goto done;

@@ -6,6 +6,10 @@
  *   and odd d, n not a multiple of the SIMD width, heads not a multiple of 4),
  *   scales at the ends of the range (subnormal results), and within F32
  *   rounding of the decode-then-F32 st_index_scores;
+ * - st_attn_heads_kv / scores_kv / wsum_kv (packed e4m3 + bf16 KV rows read
+ *   where they are stored) bit-identical to decoding every row first, on every
+ *   ISA, with F32 rows first, row counts off the chunk and SIMD sizes, row
+ *   and column ranges as the split path uses them;
  * - official-numerics logits of a synthetic tiny model that agree between the
  *   avx2 and avx512 kernels until the other kernels' last-bit differences flip
  *   a discrete choice (generic is left out: its bf16 matmul trips UBSan). */
@@ -196,6 +200,117 @@ static void index_q_pack_rejects_what_is_not_e2m1(void **state) {
     free(buf);
 }
 
+/* ---- attention over packed KV rows ---- */
+
+static size_t kv_stride(int64_t d, int64_t rope) { return (size_t)((d - rope) + (d - rope + 63) / 64 + 2 * rope); }
+
+/* n packed KV rows (no NaN codes), scale bytes around 2^0. */
+static uint8_t *random_kv(int64_t n, int64_t d, int64_t rope) {
+    const int64_t nope = d - rope;
+    const size_t stride = kv_stride(d, rope);
+    uint8_t *k = malloc((size_t)n * stride);
+    for (int64_t r = 0; r < n; r++) {
+        uint8_t *e = k + (size_t)r * stride;
+        for (int64_t i = 0; i < nope; i++) {
+            e[i] = (uint8_t)rng_u64();
+            if ((e[i] & 0x7f) == 0x7f) e[i] ^= 1;
+        }
+        for (int64_t b = 0; b < (nope + 63) / 64; b++) e[nope + b] = (uint8_t)(118 + rng_u64() % 8);
+        for (int64_t i = 0; i < rope; i++) {
+            const uint16_t h = st_f32_to_bf16(rng_gauss());
+            memcpy(e + nope + (nope + 63) / 64 + 2 * i, &h, 2);
+        }
+    }
+    return k;
+}
+
+/* st_kv_rows_cols == the columns of st_kv_rows, any range, every ISA. */
+static void kv_rows_cols_equal_full_rows(void **state) {
+    (void)state;
+    const int64_t shapes[][2] = {{64, 16}, {512, 64}, {80, 16}, {40, 8}, {130, 2}, {48, 0}};
+    for (size_t si = 0; si < ST_ARRAY_LEN(shapes); si++) {
+        const int64_t d = shapes[si][0], rope = shapes[si][1], n = 5;
+        uint8_t *packed = random_kv(n, d, rope);
+        float *full = malloc((size_t)(n * d) * sizeof(float)), *part = malloc((size_t)(n * d) * sizeof(float));
+        for (size_t ii = 0; ii < ST_ARRAY_LEN(isas); ii++) {
+            if (st_cpu_set_isa(isas[ii])) continue;
+            st_kv_rows(packed, kv_stride(d, rope), n, d, rope, full);
+            for (int64_t c0 = 0; c0 < d; c0 += (c0 % 3 ? 7 : 16))
+                for (int64_t c1 = c0 + 1; c1 <= d; c1 += 13) {
+                    st_kv_rows_cols(packed, kv_stride(d, rope), n, d, rope, c0, c1, part);
+                    for (int64_t r = 0; r < n; r++)
+                        if (memcmp(part + r * (c1 - c0), full + r * d + c0, (size_t)(c1 - c0) * sizeof(float)))
+                            fail_msg("%s d=%lld rope=%lld cols [%lld, %lld) row %lld differ", st_isa_name(isas[ii]),
+                                     (long long)d, (long long)rope, (long long)c0, (long long)c1, (long long)r);
+                }
+        }
+        st_cpu_set_isa(st_cpu_isa_best());
+        free(packed); free(full); free(part);
+    }
+}
+
+/* st_attn_heads_kv / scores_kv / wsum_kv == decode every row, then the F32
+ * kernels, bit for bit, on every ISA: nf F32 rows first, n - nf packed. */
+static void kv_attention_equals_decode_first(void **state) {
+    (void)state;
+    const int64_t shapes[][5] = {/* nh, d, rope, n, nf */
+                                 {4, 64, 16, 300, 8},   {4, 64, 16, 5, 8},    {4, 64, 16, 131, 0},  {8, 128, 64, 70, 13},
+                                 {6, 96, 32, 67, 3},    {5, 80, 16, 129, 7},  {4, 40, 8, 33, 2},    {16, 512, 64, 150, 128},
+                                 {3, 48, 0, 64, 64},    {4, 64, 16, 1030, 8}};
+    for (size_t si = 0; si < ST_ARRAY_LEN(shapes); si++) {
+        const int64_t nh = shapes[si][0], d = shapes[si][1], rope = shapes[si][2], n = shapes[si][3];
+        const int64_t nf = ST_MIN(n, shapes[si][4]);
+        const size_t stride = kv_stride(d, rope);
+        uint8_t *packed = random_kv(n, d, rope);
+        float *f32 = malloc((size_t)(n * d) * sizeof(float)), *dec = malloc((size_t)(n * d) * sizeof(float));
+        float *q = malloc((size_t)(nh * d) * sizeof(float)), *sink = malloc((size_t)nh * sizeof(float));
+        for (int64_t i = 0; i < n * d; i++) f32[i] = rng_gauss();
+        for (int64_t i = 0; i < nh * d; i++) q[i] = rng_gauss();
+        for (int64_t h = 0; h < nh; h++) sink[h] = rng_gauss();
+        const void **rows = malloc((size_t)n * sizeof(void *));
+        const float **drows = malloc((size_t)n * sizeof(float *));
+        for (int64_t c = 0; c < n; c++) {
+            if (c < nf) {
+                rows[c] = drows[c] = f32 + c * d;
+            } else { /* odd shapes: stored rows in reverse order (CSA's top-k are scattered) */
+                const int64_t r = si % 2 ? n - 1 - (c - nf) : c;
+                rows[c] = packed + (size_t)r * stride;
+                st_kv_rows(packed + (size_t)r * stride, stride, 1, d, rope, dec + c * d);
+                drows[c] = dec + c * d;
+            }
+        }
+        float *tile = malloc(st_attn_kv_tile_floats(nh, d) * sizeof(float));
+        float *s1 = malloc((size_t)(nh * n) * sizeof(float)), *s2 = malloc((size_t)(nh * n) * sizeof(float));
+        float *o1 = malloc((size_t)(nh * d) * sizeof(float)), *o2 = malloc((size_t)(nh * d) * sizeof(float));
+        const float scale = 0.125f;
+        for (size_t ii = 0; ii < ST_ARRAY_LEN(isas); ii++) {
+            if (st_cpu_set_isa(isas[ii])) continue;
+            st_attn_heads(q, nh, drows, n, d, scale, sink, s1, o1);
+            st_attn_heads_kv(q, nh, rows, nf, n, d, rope, scale, sink, tile, s2, o2);
+            if (memcmp(o1, o2, (size_t)(nh * d) * sizeof(float)))
+                fail_msg("%s nh=%lld d=%lld n=%lld nf=%lld: st_attn_heads_kv differs", st_isa_name(isas[ii]),
+                         (long long)nh, (long long)d, (long long)n, (long long)nf);
+            /* scores on a row range starting at a multiple of 4, as the split path runs them */
+            const int64_t r0 = (n / 3) / 4 * 4, len = n - r0;
+            st_attn_scores(q, nh, drows + r0, len, d, scale, s1);
+            st_attn_scores_kv(q, nh, rows + r0, ST_MIN(len, ST_MAX(0, nf - r0)), len, d, rope, scale, tile, s2);
+            assert_memory_equal(s1, s2, (size_t)(nh * len) * sizeof(float));
+            /* weighted sums on a column range: p any weights (nh, n) */
+            for (int64_t i = 0; i < nh * n; i++) s1[i] = (float)rng_unif();
+            const int64_t k0 = d >= 32 ? 16 : 0, width = d >= 32 ? d - 16 : d;
+            const float **shift = malloc((size_t)n * sizeof(float *));
+            for (int64_t c = 0; c < n; c++) shift[c] = drows[c] + k0;
+            st_attn_wsum(s1, nh, shift, n, width, o1);
+            st_attn_wsum_kv(s1, nh, rows, nf, n, d, rope, k0, width, tile, o2);
+            assert_memory_equal(o1, o2, (size_t)(nh * width) * sizeof(float));
+            free(shift);
+        }
+        st_cpu_set_isa(st_cpu_isa_best());
+        free(packed); free(f32); free(dec); free(q); free(sink); free(rows); free(drows);
+        free(tile); free(s1); free(s2); free(o1); free(o2);
+    }
+}
+
 /* End to end: a synthetic tiny model's official-numerics logits over a prompt
  * long enough that the indexer picks 3 of up to 50 keys, on every ISA. The
  * other kernels (matmul, norms) differ across ISAs in the last bits, which
@@ -254,6 +369,8 @@ int main(void) {
         cmocka_unit_test(index_e2m1_range_ends),
         cmocka_unit_test(index_e2m1_close_to_f32_path),
         cmocka_unit_test(index_q_pack_rejects_what_is_not_e2m1),
+        cmocka_unit_test(kv_rows_cols_equal_full_rows),
+        cmocka_unit_test(kv_attention_equals_decode_first),
         cmocka_unit_test(official_logits_independent_of_isa),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,77 @@
+/* Attention over candidate rows of which the last ones are packed KV rows (the
+ * official cache layout, st_kv_rows): the packed rows are decoded a chunk at a
+ * time (only the columns a call needs) into a caller's tile that stays in
+ * cache, and the F32 kernels run on the chunk, so there is no decoded copy of every entry in memory and the
+ * results are bit-identical to decoding every row first (contract in attn.h). */
+#include <string.h>
+
+#include "base/base.h"
+#include "cpu/attn.h"
+#include "cpu/attn_internal.h"
+#include "cpu/cpu.h"
+
+/* Rows a chunk: a multiple of 4, so the scores kernels group rows (4 at a time
+ * from the start of a call) as they would in one call. */
+enum { KV_CHUNK = 64 };
+
+size_t st_attn_kv_tile_floats(int64_t nh, int64_t d) { return (size_t)(KV_CHUNK * (d + nh)); }
+
+/* ptr[0..len) = rows c0.. of the candidates, columns [col0, col0 + width):
+ * F32 rows shifted, packed rows decoded into tile (len, width) (runs of
+ * consecutive stored rows in one call). */
+static void chunk_rows(const void *const *rows, int64_t nf, int64_t c0, int64_t len, int64_t d, int64_t rope,
+                       int64_t col0, int64_t width, float *tile, const float **ptr) {
+    const size_t stride = (size_t)((d - rope) + (d - rope + 63) / 64 + 2 * rope);
+    for (int64_t c = 0; c < len;) {
+        if (c0 + c < nf) {
+            ptr[c] = (const float *)rows[c0 + c] + col0;
+            c++;
+            continue;
+        }
+        const uint8_t *first = rows[c0 + c];
+        int64_t run = 1;
+        while (c + run < len && (const uint8_t *)rows[c0 + c + run] == first + (size_t)run * stride) run++;
+        st_kv_rows_cols(first, stride, run, d, rope, col0, col0 + width, tile + c * width);
+        for (int64_t i = 0; i < run; i++) ptr[c + i] = tile + (c + i) * width;
+        c += run;
+    }
+}
+
+void st_attn_scores_kv(const float *q, int64_t nh, const void *const *rows, int64_t nf, int64_t n, int64_t d,
+                       int64_t rope, float scale, float *tile, float *s) {
+    if (nh <= 0 || n <= 0) return;
+    if (nf >= n) { st_attn_scores(q, nh, (const float *const *)rows, n, d, scale, s); return; }
+    const float *ptr[KV_CHUNK];
+    float *tmp = tile + KV_CHUNK * d; /* (nh, len) scores of a chunk */
+    for (int64_t c0 = 0; c0 < n; c0 += KV_CHUNK) {
+        const int64_t len = ST_MIN(KV_CHUNK, n - c0);
+        chunk_rows(rows, nf, c0, len, d, rope, 0, d, tile, ptr);
+        st_attn_scores(q, nh, ptr, len, d, scale, tmp);
+        for (int64_t h = 0; h < nh; h++) memcpy(s + h * n + c0, tmp + h * len, (size_t)len * sizeof(float));
+    }
+}
+
+void st_attn_wsum_kv(const float *p, int64_t nh, const void *const *rows, int64_t nf, int64_t n, int64_t d,
+                     int64_t rope, int64_t col0, int64_t width, float *tile, float *o) {
+    if (nh <= 0) return;
+    if (n <= 0) { memset(o, 0, (size_t)(nh * width) * sizeof(float)); return; }
+    const st_isa isa = st_cpu_isa();
+    const float *ptr[KV_CHUNK];
+    for (int64_t c0 = 0; c0 < n; c0 += KV_CHUNK) {
+        const int64_t len = ST_MIN(KV_CHUNK, n - c0);
+        chunk_rows(rows, nf, c0, len, d, rope, col0, width, tile, ptr);
+        const int acc = c0 > 0; /* later chunks add to the sums so far, in row order */
+        if (isa == ST_ISA_AVX512) st_attn_wsum_avx512(p + c0, n, nh, ptr, len, width, acc, o);
+        else if (isa == ST_ISA_AVX2) st_attn_wsum_avx2(p + c0, n, nh, ptr, len, width, acc, o);
+        else st_attn_wsum_generic(p + c0, n, nh, ptr, len, width, acc, o);
+    }
+}
+
+void st_attn_heads_kv(const float *q, int64_t nh, const void *const *rows, int64_t nf, int64_t n, int64_t d,
+                      int64_t rope, float scale, const float *sink, float *tile, float *scratch, float *o) {
+    if (nh <= 0) return;
+    if (n <= 0) { memset(o, 0, (size_t)(nh * d) * sizeof(float)); return; }
+    st_attn_scores_kv(q, nh, rows, nf, n, d, rope, scale, tile, scratch);
+    for (int64_t h = 0; h < nh; h++) st_attn_softmax(scratch + h * n, n, sink[h]);
+    st_attn_wsum_kv(scratch, nh, rows, nf, n, d, rope, 0, d, tile, o);
+}
