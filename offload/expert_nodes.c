@@ -298,6 +298,8 @@ void st_expert_nodes_get_stats(const st_expert_nodes *s, st_stream_stats *out) {
         out->wanted_evictions += x.wanted_evictions;
         out->kept_evictions += x.kept_evictions;
         out->io_depth += x.io_depth;
+        out->io_promoted += x.io_promoted;
+        out->io_peak_inflight += x.io_peak_inflight;
         out->prefetch_depth += x.prefetch_depth;
         out->files += x.files;
         out->direct_files += x.direct_files;

@@ -59,6 +59,8 @@ static int64_t deadline(const st_expert_stream *s, int layer) { return s->step *
 
 /* ---- the transfer: one key = its spans, done when every span is --------------------- */
 
+enum { IO_PIECE = 4 << 20, IO_INFLIGHT = 32 << 20 }; /* bench io: >= 0.95 of whole reads on a pack */
+
 static int xfer_start(void *ctx, uint64_t key, void *dst, uint64_t bytes, uint64_t tag) {
     st_expert_stream *s = ctx;
     int layer = st_cache_key_layer(key), expert = st_cache_key_index(key);
@@ -126,6 +128,15 @@ static int xfer_cancel(void *ctx, uint64_t tag) {
     st_expert_stream *s = ctx;
     st_io_cancel(s->io, tag);
     if (s->io_tail) st_io_cancel(s->io_tail, tag);
+    return 0;
+}
+
+/* A load the engine waits for (demand, or a late prefetch): its pieces not yet
+ * in the kernel overtake the speculative ones. */
+static int xfer_promote(void *ctx, uint64_t tag) {
+    st_expert_stream *s = ctx;
+    st_io_promote(s->io, tag);
+    if (s->io_tail) st_io_promote(s->io_tail, tag);
     return 0;
 }
 
@@ -217,7 +228,12 @@ int st_expert_stream_new(const st_stream_desc *d, const st_stream_opts *o, st_ex
         rc = st_error(ST_ERR_NOMEM, "expert stream: out of memory for %zu experts", ne);
         goto fail;
     }
-    st_io_options io_opt = {.queue_depth = opt.io_depth ? opt.io_depth : 32, .buffered = opt.buffered, .faults = opt.faults};
+    /* reads go to the kernel in pieces, a few MiB at a time: enough to keep the disk busy, while the
+     * rest waits in the engine's queue where a read the engine waits for overtakes speculative ones
+     * (xfer_promote) and a prediction proved wrong is dropped before it costs disk time */
+    st_io_options io_opt = {.queue_depth = opt.io_depth ? opt.io_depth : 32, .buffered = opt.buffered, .faults = opt.faults,
+                            .max_piece = getenv("STRATA_IO_PIECE") ? (size_t)atoll(getenv("STRATA_IO_PIECE")) : IO_PIECE,
+                            .max_inflight_bytes = getenv("STRATA_IO_INFLIGHT") ? (size_t)atoll(getenv("STRATA_IO_INFLIGHT")) : IO_INFLIGHT};
     if ((rc = st_io_open(d->paths, d->n_files, &io_opt, &s->io))) goto fail;
     for (int f = 0; f < d->n_files; f++) fsize[f] = st_io_file_size(s->io, f);
     bool tails = false;
@@ -263,7 +279,7 @@ int st_expert_stream_new(const st_stream_desc *d, const st_stream_opts *o, st_ex
         for (uint64_t k = 0; k < s->slot_bytes; k += ALIGN) b[k] = 0;
     }
     if (!(s->loads = calloc((size_t)n_slots, sizeof *s->loads))) { rc = st_error(ST_ERR_NOMEM, "expert stream: out of memory"); goto fail; }
-    s->xfer = (st_transfer){xfer_start, xfer_poll, xfer_cancel, s};
+    s->xfer = (st_transfer){xfer_start, xfer_poll, xfer_cancel, s, xfer_promote};
     st_prefetch_options po = {.queue_depth = opt.queue_depth ? opt.queue_depth : 8, .horizon = 2,
                               .demand_first = true};
     s->prefetch_depth = po.queue_depth;
@@ -467,6 +483,8 @@ void st_expert_stream_get_stats(const st_expert_stream *s, st_stream_stats *out)
     st_io_get_stats(s->io, &is);
     out->io_backend = is.backend;
     out->io_depth = is.queue_depth;
+    out->io_promoted = is.promoted;
+    out->io_peak_inflight = is.peak_inflight_bytes;
     out->prefetch_depth = s->prefetch_depth;
     out->files = is.files;
     out->direct_files = is.direct_files;

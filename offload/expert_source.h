@@ -32,6 +32,13 @@
  * step to step, and the layer's groups (half the other slots each) stream
  * through the rest.
  *
+ * Reads reach the kernel in pieces of 4 MiB, 32 MiB at a time (io/uring.h
+ * max_piece, max_inflight_bytes: >= 0.95 of whole-read throughput on a pack);
+ * the rest waits in the io engine's queue, where the loads the engine waits
+ * for (demand loads, late prefetches: st_transfer.promote) overtake the
+ * speculative ones. STRATA_IO_PIECE / STRATA_IO_INFLIGHT (bytes, 0: off) change
+ * this for A/B measurements.
+ *
  * Threads: one owner thread (the engine's), like st_prefetch.
  */
 #ifndef ST_OFFLOAD_EXPERT_SOURCE_H
@@ -89,6 +96,8 @@ typedef struct st_stream_stats {
     uint64_t wanted_evictions;    /* slot cache: evictions of a wanted (predicted / needed) expert */
     uint64_t kept_evictions;      /* slot cache: evictions from the kept subset (st_slot_cache_set_keep) */
     int io_depth;                 /* reads in the kernel at most (several nodes: summed) */
+    uint64_t io_promoted;         /* loads moved ahead of speculative ones (st_io_promote) */
+    uint64_t io_peak_inflight;    /* most bytes in the kernel at once (several nodes: summed) */
     int prefetch_depth;           /* prefetch loads in flight at most (several nodes: summed) */
     const char *io_backend;       /* "io_uring" or "pread" */
     int direct_files, files;

@@ -284,7 +284,11 @@ static int pin(st_prefetch *pf, uint64_t key, int *slot) {
             break;
         }
     if (r == ST_SLOT_HIT) { pf->st.hits++; return 0; }
-    if (r == ST_SLOT_PENDING) { pf->st.late++; return 0; }
+    if (r == ST_SLOT_PENDING) { /* a prefetch still on its way: what is left of it goes first now */
+        pf->st.late++;
+        if (pf->xfer.promote && pf->in_flight[*slot] == PREFETCH_LOAD) pf->xfer.promote(pf->xfer.ctx, (uint64_t)*slot);
+        return 0;
+    }
     int q = find_queued(pf, key);
     if (q >= 0) {
         pf->st.late++;
@@ -295,6 +299,7 @@ static int pin(st_prefetch *pf, uint64_t key, int *slot) {
     }
     pf->st.demand_loads++;
     int rc = start(pf, key, *slot, DEMAND_LOAD, pf->now);
+    if (!rc && pf->xfer.promote) pf->xfer.promote(pf->xfer.ctx, (uint64_t)*slot); /* ahead of speculative reads */
     if (rc) {
         st_slot_cache_release(pf->cache, *slot);
         *slot = -1;
@@ -482,13 +487,18 @@ static int uring_cancel(void *ctx, uint64_t tag) {
     return 0;
 }
 
+static int uring_promote(void *ctx, uint64_t tag) {
+    st_io_promote(((st_uring_transfer *)ctx)->io, tag);
+    return 0;
+}
+
 int st_uring_transfer_new(st_io *io, st_extent_fn locate, void *ctx, st_uring_transfer **out, st_transfer *xfer) {
     *out = NULL;
     if (!io || !locate) return st_error(ST_ERR_INVALID, "uring transfer: needs a read engine and a locate function");
     st_uring_transfer *t = malloc(sizeof *t);
     if (!t) return st_error(ST_ERR_NOMEM, "uring transfer: out of memory");
     *t = (st_uring_transfer){io, locate, ctx};
-    *xfer = (st_transfer){uring_start, uring_poll, uring_cancel, t};
+    *xfer = (st_transfer){uring_start, uring_poll, uring_cancel, t, uring_promote};
     *out = t;
     return 0;
 }

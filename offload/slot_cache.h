@@ -72,6 +72,9 @@ typedef struct st_transfer {
      * transfer; its completion still arrives (ST_ERR_CANCELLED or 0). */
     int (*cancel)(void *ctx, uint64_t tag);
     void *ctx;
+    /* Optional (NULL: transfers keep their order). The transfer is now waited
+     * for: what of it has not started moving goes ahead of other transfers. */
+    int (*promote)(void *ctx, uint64_t tag);
 } st_transfer;
 
 /* ---- the cache --------------------------------------------------------------- */

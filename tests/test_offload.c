@@ -118,6 +118,32 @@ static void tiny_bit_identical(void **state) {
     identical(tiny, v, (int)ST_ARRAY_LEN(v), 24, 6);
 }
 
+/* Reads in small pieces with a small cap on the bytes in the kernel (most of a
+ * load waits in the io engine's queue): demand loads and late prefetches are
+ * promoted ahead of speculative ones, the cap holds, the logits do not move. */
+static void small_io_pieces(void **state) {
+    (void)state;
+    setenv("STRATA_IO_PIECE", "4096", 1);
+    setenv("STRATA_IO_INFLIGHT", "8192", 1);
+    st_model_opts v[] = {{.expert_slots = 3}, {.expert_slots = 2, .no_prefetch = true}};
+    identical(tiny, v, (int)ST_ARRAY_LEN(v), 12, 6);
+    st_model *m = load(tiny, &v[0]);
+    int32_t ids[12];
+    ids_for(m, ids, 12);
+    free(run(m, ids, 12, 6));
+    st_stream_stats ss;
+    assert_int_equal(st_model_offload_stats(m, &ss), 0);
+    print_message("pieces of 4 KiB, 8 KiB in the kernel: %llu loads promoted, peak %llu bytes in flight, %llu demand loads\n",
+                  (unsigned long long)ss.io_promoted, (unsigned long long)ss.io_peak_inflight,
+                  (unsigned long long)ss.pf.demand_loads);
+    assert_true(ss.pf.demand_loads > 0);
+    assert_true(ss.io_promoted > 0);
+    assert_true(ss.io_peak_inflight <= 8192);
+    st_model_free(m);
+    unsetenv("STRATA_IO_PIECE");
+    unsetenv("STRATA_IO_INFLIGHT");
+}
+
 static void tiny_pack_bit_identical(void **state) {
     (void)state;
     st_model_opts v[] = {{.expert_slots = 2}, {.expert_slots = 4, .no_prefetch = true}};
@@ -496,6 +522,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(stream_serves_the_file_bytes),
         cmocka_unit_test(tiny_bit_identical),
+        cmocka_unit_test(small_io_pieces),
         cmocka_unit_test(tiny_pack_bit_identical),
         cmocka_unit_test(fused_layout_bit_identical),
         cmocka_unit_test(mini_quarter_budget_bit_identical),

@@ -39,6 +39,7 @@ typedef struct {
     uint64_t order[MAXF]; int n_order;       /* keys in start order */
     uint64_t fail_key, fail_start_key;
     int blocking_polls, cancels;
+    uint64_t promoted[MAXF]; int n_promoted; /* keys of loads promoted while in flight */
 } fake;
 
 static void fake_finish_at(fake *f, int i, int status) {
@@ -82,13 +83,20 @@ static int fake_cancel(void *ctx, uint64_t tag) {
     return ST_ERR_NOT_FOUND;
 }
 
+static int fake_promote(void *ctx, uint64_t tag) {
+    fake *f = ctx;
+    for (int i = 0; i < f->n_started; i++)
+        if (f->started[i].tag == tag) { f->promoted[f->n_promoted++] = f->started[i].key; return 0; }
+    return 0; /* finished, not reaped yet: nothing left to move */
+}
+
 typedef struct { st_slot_cache *c; st_prefetch *pf; fake f; st_transfer x; } rig;
 
 static void rig_up(rig *r, int slots, int depth, bool cancel_in_flight) {
     memset(r, 0, sizeof *r);
     st_slot_cache_options o = {.name = "pf", .n_slots = slots, .slot_bytes = SLOT};
     assert_int_equal(st_slot_cache_new(&o, &r->c), 0);
-    r->x = (st_transfer){fake_start, fake_poll, fake_cancel, &r->f};
+    r->x = (st_transfer){fake_start, fake_poll, fake_cancel, &r->f, fake_promote};
     st_prefetch_options po = {.queue_depth = depth, .cancel_in_flight = cancel_in_flight};
     assert_int_equal(st_prefetch_new(r->c, &r->x, &po, &r->pf), 0);
 }
@@ -139,6 +147,37 @@ static void deadline_order_and_depth(void **state) {
     assert_int_equal(st.issued, 5);
     assert_int_equal(st.in_flight, 2);
     assert_int_equal(st.queued, 0);
+    rig_down(&r);
+}
+
+/* A load the engine waits for is promoted at the transfer (its rest overtakes
+ * speculative reads): a late prefetch when it is needed, a demand load when it
+ * starts; a hit or a prefetch nobody waits for is not. */
+static void waited_loads_are_promoted(void **state) {
+    (void)state;
+    rig r;
+    rig_up(&r, 16, 4, false);
+    assert_int_equal(st_prefetch_request(r.pf, 1, 1, 0), 0);
+    assert_int_equal(st_prefetch_request(r.pf, 2, 1, 0), 0);
+    assert_int_equal(st_prefetch_request(r.pf, 3, 1, 0), 0);
+    assert_int_equal(st_prefetch_pump(r.pf), 0);
+    assert_int_equal(r.f.n_order, 3);
+    assert_int_equal(r.f.n_promoted, 0); /* speculative: not promoted */
+    fake_finish(&r.f, 1);
+    assert_int_equal(st_prefetch_pump(r.pf), 0); /* reaped: resident */
+    need_ok(&r, 1);                       /* a hit: nothing to promote */
+    assert_int_equal(r.f.n_promoted, 0);
+    need_ok(&r, 3);                       /* still in flight: late, promoted before the wait */
+    assert_int_equal(r.f.n_promoted, 1);
+    assert_int_equal(r.f.promoted[0], 3);
+    need_ok(&r, 9);                       /* never requested: a demand load, promoted as it starts */
+    assert_int_equal(r.f.n_promoted, 2);
+    assert_int_equal(r.f.promoted[1], 9);
+    st_prefetch_stats st;
+    st_prefetch_get_stats(r.pf, &st);
+    assert_int_equal(st.hits, 1);
+    assert_int_equal(st.late, 1);
+    assert_int_equal(st.misses, 1);
     rig_down(&r);
 }
 
@@ -409,7 +448,7 @@ static void threaded_transfer(void **state) {
     st_slot_cache *c;
     st_slot_cache_options o = {.name = "threaded", .n_slots = 6, .slot_bytes = SLOT, .policy = ST_POLICY_LFRU};
     assert_int_equal(st_slot_cache_new(&o, &c), 0);
-    st_transfer x = {th_start, th_poll, NULL, &t};
+    st_transfer x = {th_start, th_poll, NULL, &t, NULL};
     st_prefetch *pf;
     st_prefetch_options po = {.queue_depth = 2};
     assert_int_equal(st_prefetch_new(c, &x, &po, &pf), 0);
@@ -518,7 +557,7 @@ static void rig_up_opts(rig *r, int slots, const st_prefetch_options *po) {
     memset(r, 0, sizeof *r);
     st_slot_cache_options o = {.name = "pf", .n_slots = slots, .slot_bytes = SLOT};
     assert_int_equal(st_slot_cache_new(&o, &r->c), 0);
-    r->x = (st_transfer){fake_start, fake_poll, fake_cancel, &r->f};
+    r->x = (st_transfer){fake_start, fake_poll, fake_cancel, &r->f, fake_promote};
     assert_int_equal(st_prefetch_new(r->c, &r->x, po, &r->pf), 0);
 }
 
@@ -690,6 +729,7 @@ static void predicted_keys_survive_eviction(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(deadline_order_and_depth),
+        cmocka_unit_test(waited_loads_are_promoted),
         cmocka_unit_test(newer_prediction_cancels),
         cmocka_unit_test(accounting),
         cmocka_unit_test(demand_first_order),

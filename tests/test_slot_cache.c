@@ -414,7 +414,7 @@ static void get_through_transfer(void **state) {
     (void)state;
     st_slot_cache *c = make(2, 8192, NULL);
     sync_xfer x = {.fail_key = 13};
-    st_transfer xf = {sync_start, sync_poll, NULL, &x};
+    st_transfer xf = {sync_start, sync_poll, NULL, &x, NULL};
     int s;
     for (int rep = 0; rep < 2; rep++) {
         assert_int_equal(st_slot_cache_get(c, 11, &xf, &s), 0);
