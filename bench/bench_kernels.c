@@ -146,7 +146,8 @@ static double bench_sgemm(int nth, int64_t n, int64_t dim) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: strata bench kernels [--json] [--threads N] [--gib G]\n\n"
-               "Measures DRAM read bandwidth, then FP4/FP8 GEMV over >= G GiB of weights (default 1)\n"
+               "Measures DRAM read bandwidth, then FP4/FP8 GEMV and BF16 GEMV (output head shape) over\n"
+               ">= G GiB of weights (default 1)\n"
                "and the V4-Flash routed-expert FFN (FP4, 6 experts/token) as a ratio to it, then\n"
                "512-token GEMM on 4096x4096 FP4/FP8 weights as a ratio to OpenBLAS sgemm (F32).\n"
                "  --threads N   threads (default: one per core)\n"
@@ -182,6 +183,9 @@ int bench_kernels(int argc, char **argv) {
         res[nres++] = (result){"fp4_gemv", gbs, gf, 0, 0, "DRAM"};
     if (!rc && !(rc = bench_gemv(pool, ST_WF_FP8, 4096, 8192, total, &gbs, &gf)))
         res[nres++] = (result){"fp8_gemv", gbs, gf, 0, 0, "DRAM"};
+    /* the output head's shape (vocab, dim): BF16 weights, F32 activations */
+    if (!rc && !(rc = bench_gemv(pool, ST_WF_BF16, 129280, 4096, total, &gbs, &gf)))
+        res[nres++] = (result){"bf16_gemv", gbs, gf, 0, 0, "DRAM"};
     if (!rc && !(rc = bench_experts(pool, total, &tok, &gbs, &gf)))
         res[nres++] = (result){"flash_expert_ffn", gbs, gf, 0, tok, "DRAM"};
     /* DRAM again after the memory-bound kernels: this shared VM's bandwidth
