@@ -540,6 +540,8 @@ int cmd_run(int argc, char **argv) {
             cJSON_AddNumberToObject(ox, "predictions_used", (double)ss.pf.predictions_used);
             cJSON_AddNumberToObject(ox, "superseded", (double)ss.pf.superseded);
             cJSON_AddNumberToObject(ox, "unneeded_in_flight", (double)ss.pf.unneeded_in_flight);
+            cJSON_AddNumberToObject(ox, "cancelled_in_flight", (double)ss.pf.cancelled_in_flight);
+            cJSON_AddNumberToObject(ox, "io_promoted", (double)ss.io_promoted);
             cJSON_AddNumberToObject(ox, "wanted_evictions", (double)ss.wanted_evictions);
             if (streamed) { /* the same counters over the decode loop only (the totals include the prefill) */
                 cJSON *dx = cJSON_AddObjectToObject(ox, "decode");
@@ -557,6 +559,9 @@ int cmd_run(int argc, char **argv) {
                 cJSON_AddNumberToObject(dx, "superseded", (double)(ss.pf.superseded - ss_prefill.pf.superseded));
                 cJSON_AddNumberToObject(dx, "unneeded_in_flight",
                                         (double)(ss.pf.unneeded_in_flight - ss_prefill.pf.unneeded_in_flight));
+                cJSON_AddNumberToObject(dx, "cancelled_in_flight",
+                                        (double)(ss.pf.cancelled_in_flight - ss_prefill.pf.cancelled_in_flight));
+                cJSON_AddNumberToObject(dx, "io_promoted", (double)(ss.io_promoted - ss_prefill.io_promoted));
                 cJSON_AddNumberToObject(dx, "wanted_evictions", (double)(ss.wanted_evictions - ss_prefill.wanted_evictions));
             }
         }

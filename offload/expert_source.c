@@ -280,8 +280,10 @@ int st_expert_stream_new(const st_stream_desc *d, const st_stream_opts *o, st_ex
     }
     if (!(s->loads = calloc((size_t)n_slots, sizeof *s->loads))) { rc = st_error(ST_ERR_NOMEM, "expert stream: out of memory"); goto fail; }
     s->xfer = (st_transfer){xfer_start, xfer_poll, xfer_cancel, s, xfer_promote};
+    /* cancel_in_flight: a started prefetch the router proved unneeded gives up the pieces it has
+     * not read yet (most of it, with reads in pieces) instead of taking disk time from needed ones */
     st_prefetch_options po = {.queue_depth = opt.queue_depth ? opt.queue_depth : 8, .horizon = 2,
-                              .demand_first = true};
+                              .demand_first = true, .cancel_in_flight = true};
     s->prefetch_depth = po.queue_depth;
     if ((rc = st_prefetch_new(s->cache, &s->xfer, &po, &s->pf))) goto fail;
     free(fsize);
