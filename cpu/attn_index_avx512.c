@@ -1,6 +1,7 @@
 /* Indexer scores over packed e2m1 keys, AVX-512 VNNI (contract in cpu/attn.h,
  * same bits as st_index_scores_e2m1_generic). Lanes are 16 keys: each packed
- * key dword (8 nibbles) is gathered for the 16 keys, its low and high nibbles
+ * key dword (8 nibbles) is brought to the 16 lanes (rows loaded whole and
+ * transposed; gathers for a last partial group), its low and high nibbles
  * looked up (vpshufb) to 2 * e2m1 + 12 as u8, and vpdpbusd multiplies them by
  * one head's 4 q codes broadcast (s8); the +12 offset is taken out by starting
  * the accumulator at -12 * sum(q codes). Heads go four at a time so each
@@ -11,6 +12,14 @@
 #include "cpu/attn_internal.h"
 
 enum { MAX_NB = 16 }; /* d <= 512: the decoded keys of 16 rows stay on the stack */
+
+/* 128-bit lane L = the 16 bytes at src of key 4L + k (of 16 keys stride apart). */
+static inline __m512i load4keys(const uint8_t *src, size_t stride, int k) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(src + (size_t)k * stride)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(4 + k) * stride)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(8 + k) * stride)), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(12 + k) * stride)), 3);
+}
 
 static inline __m512 block_term(__m512i idot, float qscale, __m512 kscale) {
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(idot), _mm512_set1_ps(qscale)), kscale);
@@ -34,10 +43,23 @@ void st_index_scores_e2m1_avx512(const st_index_q *q, const float *w, const uint
         const __mmask16 m = n - s0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - s0)) - 1u);
         const uint8_t *base = keys + (size_t)s0 * stride;
         for (int64_t b = 0; b < nb; b++) {
+            __m512i x[4]; /* x[j] lane l: packed dword j of the block of key s0 + l */
+            if (m == 0xffff) { /* 16 rows of 16 bytes loaded whole and transposed (fewer uops than gathers) */
+                __m512i z[4];
+                for (int k = 0; k < 4; k++) z[k] = load4keys(base + b * 16, stride, k);
+                const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+                const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+                x[0] = _mm512_unpacklo_epi64(t0, t2);
+                x[1] = _mm512_unpackhi_epi64(t0, t2);
+                x[2] = _mm512_unpacklo_epi64(t1, t3);
+                x[3] = _mm512_unpackhi_epi64(t1, t3);
+            } else {
+                for (int j = 0; j < 4; j++)
+                    x[j] = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, offs, base + b * 16 + 4 * j, 1);
+            }
             for (int j = 0; j < 4; j++) {
-                const __m512i x = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, offs, base + b * 16 + 4 * j, 1);
-                kb[b * 8 + 2 * j] = _mm512_shuffle_epi8(lut, _mm512_and_si512(x, nib));
-                kb[b * 8 + 2 * j + 1] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi32(x, 4), nib));
+                kb[b * 8 + 2 * j] = _mm512_shuffle_epi8(lut, _mm512_and_si512(x[j], nib));
+                kb[b * 8 + 2 * j + 1] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi32(x[j], 4), nib));
             }
             /* the scale byte is the top byte of the dword ending at it (d >= 32: inside the row) */
             const __m512i sc = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, offs, base + d / 2 + b - 3, 1);
