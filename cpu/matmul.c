@@ -199,9 +199,8 @@ int st_mm_job_rows(const st_mm_job *j, int64_t r0, int64_t r1) {
  * evenly up front: on a shared machine one thread often loses its core for a
  * while, and with a fixed split the whole product waits for it (the decode
  * head, 1 GB BF16, under load: mean 47 -> 33 ms in an interleaved A/B). Blocks
- * stay large enough
- * that each thread still streams long runs of a weight (the prefetch running
- * past a block's end is then a few percent at most). */
+ * stay large enough that each thread still streams long runs of a weight (the
+ * prefetch running past a block's end is then a few percent at most). */
 #define MM_BLOCK_BYTES ((int64_t)2 << 20) /* most weight bytes per block */
 #define MM_BLOCKS_PER_THREAD 4            /* fewest blocks per thread, for balance */
 
