@@ -15,6 +15,10 @@
 
 #include "base/base.h"
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14; older kernels answer EINVAL */
+#endif
+
 #define PAGE_4K 4096ull
 #define PAGE_2M (2ull << 20)
 
@@ -241,4 +245,22 @@ void st_mem_free(st_budget *b, void *ptr, uint64_t bytes) {
     forget_placement(ptr);
     munmap(ptr, len);
     st_budget_release(b, len);
+}
+
+/* ---- file mappings ------------------------------------------------------------- */
+
+uint64_t st_mem_populate(const void *p, uint64_t len) {
+    if (!p || !len) return 0;
+    const uintptr_t lo = (uintptr_t)p & ~(uintptr_t)(PAGE_4K - 1), hi = ST_ALIGN_UP((uintptr_t)p + len, PAGE_4K);
+    if (madvise((void *)lo, hi - lo, MADV_POPULATE_READ) != 0) {
+        ST_DEBUG("madvise(MADV_POPULATE_READ) refused (%s): pages fault in on first use", strerror(errno));
+        return 0;
+    }
+    return hi - lo;
+}
+
+void st_mem_drop_pages(const void *p, uint64_t len) {
+    if (!p || !len) return;
+    const uintptr_t lo = ST_ALIGN_UP((uintptr_t)p, PAGE_4K), hi = ((uintptr_t)p + len) & ~(uintptr_t)(PAGE_4K - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED); /* best effort: only RSS is at stake */
 }

@@ -64,6 +64,19 @@ void st_mem_set_numa_enabled(bool on);
  * allocation succeeds, its placement is only recorded). 0: back to normal. */
 void st_mem_set_virtual_nodes(int n);
 
+/* ---- file mappings ------------------------------------------------------------ */
+
+/* Fills the page tables of the pages overlapping [p, p + len) of a mapping
+ * (MADV_POPULATE_READ: reads what the page cache lacks), so first use costs no
+ * page faults. Returns the bytes populated, 0 when refused (old kernel: the
+ * pages then fault in on first use, as before). */
+uint64_t st_mem_populate(const void *p, uint64_t len);
+/* Drops this process's page-table entries for the whole pages inside
+ * [p, p + len) of a file mapping (MADV_DONTNEED: the bytes stay readable, the
+ * page cache keeps them, they no longer count in this process's RSS). Pages
+ * shared with bytes outside the range are kept. */
+void st_mem_drop_pages(const void *p, uint64_t len);
+
 /* Where an ST_MEM_NODE allocation was asked to live. */
 typedef struct st_mem_placement {
     int node;   /* the node asked for */

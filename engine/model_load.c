@@ -3,11 +3,14 @@
  * Owns the checkpoint handle and every buffer it allocates; st_model_free
  * releases them. Never runs anything on a model that failed a check. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/base.h"
 #include "cpu/formats.h"
+#include "cpu/mem.h"
 #include "cpu/numa.h"
 #include "engine/config.h"
 #include "engine/model.h"
@@ -22,6 +25,8 @@ typedef struct loader {
     void **owned; /* buffers to free */
     int n_owned, cap_owned;
     st_model_stream *stream; /* routed experts from the NVMe tier (NULL: all resident) */
+    struct dram_copy *copies; /* dense matrices copied out of the mapping (make_resident) */
+    int n_copies, cap_copies;
 } loader;
 
 static int own(loader *ld, void *p) {
@@ -308,6 +313,177 @@ static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
     return st_model_stream_attach(m, ld->ck, &ld->cfg, o, cache, &ld->stream);
 }
 
+/* ---- resident weights ----
+ * Weights that stay in DRAM for the whole run (everything but the embedding
+ * table, and the routed experts when they do not stream) are read by every
+ * decode token. Left as views of the checkpoint's file mapping, each 4 KiB page
+ * costs a minor fault the first time a token touches it (the routed experts
+ * fault in over the first hundreds of tokens: a tenth of the CPU time of a
+ * 48-token run of flash-2l), and every read goes through 4 KiB TLB entries
+ * (the 1 GB BF16 head: ~5% slower than from huge pages, interleaved A/B).
+ * So at load:
+ *  - the dense matrices (head, attention, compressors, indexer, router, shared
+ *    experts) are copied, one at a time, into anonymous 2 MiB huge-page memory
+ *    (the DRAM tier; interleaved over the NUMA nodes, or on --numa N's node),
+ *    and the checkpoint pages they came from are dropped from this process's
+ *    page tables, so the two copies coexist for one matrix at most. The
+ *    pinned-bytes budget already counts these bytes. Only where huge pages can
+ *    be had (else the mapping is as good) and unless STRATA_DENSE_COPY=0.
+ *  - whatever is still read through the mapping is populated
+ *    (MADV_POPULATE_READ): page tables filled once, nothing faults later.
+ * Neither changes a single value the kernels read. */
+
+typedef struct dram_copy { void *p; uint64_t bytes; } dram_copy;
+
+static bool dense_copy_wanted(void) {
+    const char *env = getenv("STRATA_DENSE_COPY");
+    if (env && (!strcmp(env, "0") || !strcmp(env, "off"))) return false;
+    return st_mem_hugepages();
+}
+
+/* Pieces of at most 8 MiB, shared out to the pool threads in order: copied to
+ * dst (then dropped from the mapping) or, dst NULL, only populated. */
+typedef struct { uint8_t *dst; const uint8_t *src; uint64_t len; } byte_piece;
+typedef struct { byte_piece *p; int n, cap; } piece_list;
+typedef struct { const piece_list *l; _Atomic int next; _Atomic uint64_t done; } piece_work;
+
+#define PIECE_BYTES (8ull << 20)
+
+static int add_pieces(piece_list *l, uint8_t *dst, const void *src, uint64_t len) {
+    for (uint64_t off = 0; src && off < len; off += PIECE_BYTES) {
+        if (l->n == l->cap) {
+            int cap = l->cap ? l->cap * 2 : 256;
+            byte_piece *p = realloc(l->p, (size_t)cap * sizeof *p);
+            if (!p) return st_error(ST_ERR_NOMEM, "loader: out of memory");
+            l->p = p;
+            l->cap = cap;
+        }
+        l->p[l->n++] = (byte_piece){dst ? dst + off : NULL, (const uint8_t *)src + off, ST_MIN(PIECE_BYTES, len - off)};
+    }
+    return 0;
+}
+
+static void piece_task(void *c, int ith, int nth) {
+    piece_work *w = c;
+    for (int i; (i = atomic_fetch_add(&w->next, 1)) < w->l->n;) {
+        const byte_piece *p = &w->l->p[i];
+        atomic_fetch_add(&w->done, st_mem_populate(p->src, p->len)); /* one pass over the page tables */
+        if (p->dst) {
+            memcpy(p->dst, p->src, p->len);
+            st_mem_drop_pages(p->src, p->len);
+        }
+    }
+}
+
+/* Runs and empties l; returns the bytes populated. */
+static uint64_t run_pieces(st_pool *pool, piece_list *l) {
+    piece_work w = {.l = l};
+    st_pool_run(pool, piece_task, &w);
+    l->n = 0;
+    return atomic_load(&w.done);
+}
+
+static bool owned_by_loader(const loader *ld, const void *p) {
+    for (int i = 0; i < ld->n_owned; i++)
+        if (ld->owned[i] == p) return true;
+    return false;
+}
+
+/* Allocates w's DRAM copy (data, then scales at a 64-byte boundary), queues the
+ * copy in l and points w at it (valid once l has run). No memory for it: w
+ * stays a view of the mapping (a warning, once). */
+static int plan_copy(loader *ld, piece_list *l, st_weight *w, st_mem_policy policy, int node) {
+    if (!w->data || owned_by_loader(ld, w->data)) return 0; /* e.g. wo_a dequantised: already a copy */
+    const uint64_t db = st_weight_data_bytes(w->fmt, w->rows, w->cols),
+                   sb = w->scale ? st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols) : 0,
+                   off = ST_ALIGN_UP(db, 64), total = off + sb;
+    if (ld->n_copies == ld->cap_copies) {
+        int cap = ld->cap_copies ? ld->cap_copies * 2 : 64;
+        dram_copy *c = realloc(ld->copies, (size_t)cap * sizeof *c);
+        if (!c) return st_error(ST_ERR_NOMEM, "loader: out of memory");
+        ld->copies = c;
+        ld->cap_copies = cap;
+    }
+    void *p;
+    if (st_mem_alloc(NULL, total, policy, node, &p)) {
+        static atomic_flag warned = ATOMIC_FLAG_INIT;
+        if (!atomic_flag_test_and_set(&warned)) ST_WARN("%s: weights stay in the checkpoint's mapping", st_last_error());
+        st_error_clear();
+        return 0;
+    }
+    ld->copies[ld->n_copies++] = (dram_copy){p, total};
+    int rc = add_pieces(l, p, w->data, db);
+    if (!rc) rc = add_pieces(l, (uint8_t *)p + off, w->scale, sb);
+    if (rc) return rc;
+    w->data = p;
+    w->scale = sb ? (uint8_t *)p + off : NULL;
+    return 0;
+}
+
+/* Calls f on every matrix a decode token may read (the routed experts only
+ * when with_experts; never the embedding table: one row per token). */
+#define FOR_RESIDENT_WEIGHTS(m, with_experts, f)                                                                \
+    do {                                                                                                        \
+        f(&(m)->head);                                                                                          \
+        for (int l_ = 0; l_ < (m)->n_layers; l_++) {                                                            \
+            st_layer_w *L_ = &(m)->layers[l_];                                                                  \
+            st_attn_w *a_ = &L_->attn;                                                                          \
+            st_weight *ws_[] = {&a_->wq_a, &a_->wq_b, &a_->wkv, &a_->wo_a, &a_->wo_b, &a_->comp.wkv,            \
+                                &a_->comp.wgate, &a_->idx.wq_b, &a_->idx.weights_proj, &a_->idx.comp.wkv,        \
+                                &a_->idx.comp.wgate, &L_->moe.gate, &L_->moe.shared.w1, &L_->moe.shared.w2,      \
+                                &L_->moe.shared.w3};                                                            \
+            for (size_t i_ = 0; i_ < sizeof ws_ / sizeof *ws_; i_++) f(ws_[i_]);                               \
+            for (int e_ = 0; (with_experts) && e_ < L_->moe.n_experts; e_++) {                                  \
+                f(&L_->moe.experts[e_].w1);                                                                     \
+                f(&L_->moe.experts[e_].w2);                                                                     \
+                f(&L_->moe.experts[e_].w3);                                                                     \
+            }                                                                                                   \
+        }                                                                                                       \
+    } while (0)
+
+static int make_resident(st_model *m, loader *ld, const st_model_opts *o) {
+    const bool experts = ld->stream == NULL;
+    piece_list l = {0};
+    int rc = 0;
+    double t0 = st_time_s();
+    uint64_t copied = 0;
+    if (dense_copy_wanted()) {
+        st_mem_policy policy = ST_MEM_DEFAULT;
+        int node = 0;
+        if (o && o->numa > 0) policy = ST_MEM_NODE, node = o->numa - 1;
+        else if ((!o || o->numa == 0) && st_mem_numa_nodes() > 1) policy = ST_MEM_INTERLEAVE;
+        /* one matrix at a time: its mapping pages are dropped before the next is read */
+#define COPY(w) if (!rc && !(rc = plan_copy(ld, &l, (w), policy, node))) copied += run_pieces(m->pool, &l)
+        FOR_RESIDENT_WEIGHTS(m, false, COPY);
+#undef COPY
+    }
+    /* what is left in the mapping (the routed experts; populating the copies costs nothing,
+     * their pages are present), unless it cannot all fit in memory */
+    uint64_t want = 0, populated = 0;
+#define COUNT(w) want += (w)->data ? weight_bytes(w) : 0
+    FOR_RESIDENT_WEIGHTS(m, experts, COUNT);
+#undef COUNT
+    const long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    const uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+    if (!rc && ram && want > ram / 10 * 9) {
+        char a[32], b[32];
+        ST_DEBUG("weights read through the mapping (%s) do not fit in memory (%s): not populated",
+                 st_fmt_size(want, a, sizeof a), st_fmt_size(ram, b, sizeof b));
+    } else if (!rc) {
+#define POPULATE(w)                                                                                                    \
+    if (!rc && !(rc = add_pieces(&l, NULL, (w)->data, st_weight_data_bytes((w)->fmt, (w)->rows, (w)->cols))))       \
+        rc = add_pieces(&l, NULL, (w)->scale, st_weight_scale_bytes((w)->fmt, (w)->scale_fmt, (w)->rows, (w)->cols));
+        FOR_RESIDENT_WEIGHTS(m, experts, POPULATE);
+#undef POPULATE
+        if (!rc) populated = run_pieces(m->pool, &l);
+    }
+    free(l.p);
+    char a[32], b[32];
+    ST_DEBUG("resident weights: %d dense matrices (%s) copied to DRAM, %s of mappings populated, in %.2f s",
+             ld->n_copies, st_fmt_size(copied, a, sizeof a), st_fmt_size(populated, b, sizeof b), st_time_s() - t0);
+    return rc;
+}
+
 /* --numa N names a node of this machine (or of STRATA_TOPOLOGY) even when nothing streams:
  * a typo must not pass silently because the model happened to fit. */
 static int check_numa_node(int node) {
@@ -367,6 +543,7 @@ int st_model_load(const char *path, const st_model_opts *opts, st_model **out) {
     if ((rc = st_pool_new(opts ? opts->threads : 0, true, &m->pool))) goto fail;
     m->bytes_per_token = decode_bytes(m);
     if (opts && (rc = place_experts(m, ld, opts))) goto fail;
+    if ((rc = make_resident(m, ld, opts))) goto fail;
     *out = m;
     return 0;
 fail:
@@ -382,6 +559,8 @@ void st_model_free(st_model *m) {
     if (ld) {
         st_model_stream_free(ld->stream);
         for (int i = 0; i < ld->n_owned; i++) free(ld->owned[i]);
+        for (int i = 0; i < ld->n_copies; i++) st_mem_free(NULL, ld->copies[i].p, ld->copies[i].bytes);
+        free(ld->copies);
         free(ld->owned);
         st_checkpoint_close(ld->ck);
         st_config_free(&ld->cfg);
