@@ -176,6 +176,7 @@ int cmd_plan(int argc, char **argv) {
             cJSON_AddNumberToObject(pj, "fast_tier_share", pl.fast_share);
             cJSON_AddNumberToObject(pj, "decode_tok_s", pl.tok_s);
             cJSON_AddNumberToObject(pj, "decode_tok_s_no_overlap", pl.tok_s_serial);
+            cJSON_AddNumberToObject(pj, "decode_tok_s_head_serial", pl.tok_s_dependent);
         }
         char *t = cJSON_Print(o);
         puts(t);
@@ -219,6 +220,8 @@ int cmd_plan(int argc, char **argv) {
                    st_fmt_size(pl.expert_cache_bytes, a, sizeof a), 100.0 * pl.fast_share);
             printf("predicted decode: %.2f tok/s with prefetch overlap, %.2f tok/s without (memory-bound cost model)\n",
                    pl.tok_s, pl.tok_s_serial);
+            printf("                  %.2f tok/s when the next token's reads wait for the head to pick it\n"
+                   "                  (what prefetch can reach without guessing the next token)\n", pl.tok_s_dependent);
         }
     }
     st_config_free(&cfg);

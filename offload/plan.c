@@ -75,7 +75,18 @@ int st_plan_compute(const st_plan_input *in, st_plan *out) {
         out->seconds_serial += s;
         out->seconds_overlap = ST_MAX(out->seconds_overlap, s);
     }
+    /* the head's read on its tier, then every tier's other reads overlapped */
+    const int ht = out->class_tier[ST_PLAN_HEAD];
+    const double head_read = (double)in->class_read[ST_PLAN_HEAD], head_s = head_read / in->bandwidth[ht];
+    double rest = 0;
+    for (int t = 0; t < ST_TIER_COUNT; t++) {
+        double r = out->read[t] - (t == ht ? head_read : 0);
+        if (r <= 0) continue;
+        rest = ST_MAX(rest, r / (in->bandwidth[t] > 0 ? in->bandwidth[t] : in->bandwidth[ST_TIER_DRAM]));
+    }
+    out->seconds_dependent = ST_MAX(out->seconds_overlap, head_s + rest);
     out->tok_s = out->seconds_overlap > 0 ? 1.0 / out->seconds_overlap : 0;
     out->tok_s_serial = out->seconds_serial > 0 ? 1.0 / out->seconds_serial : 0;
+    out->tok_s_dependent = out->seconds_dependent > 0 ? 1.0 / out->seconds_dependent : 0;
     return 0;
 }

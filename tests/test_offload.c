@@ -479,6 +479,12 @@ static void plan_places_and_costs(void **state) {
     /* DRAM: 2010 pinned + 100 from its experts + 100 of NVMe experts computed in slots; NVMe 100 */
     assert_true(fabs(p.read[ST_TIER_DRAM] - 2210) < 1e-9 && fabs(p.read[ST_TIER_NVME] - 100) < 1e-9);
     assert_true(fabs(p.seconds_overlap - 0.221) < 1e-12 && fabs(p.seconds_serial - 0.321) < 1e-12);
+    assert_true(fabs(p.seconds_dependent - 0.221) < 1e-12); /* DRAM-bound: the head's read overlaps nothing anyway */
+    in.bandwidth[ST_TIER_NVME] = 500; /* NVMe-bound: 0.2 s of reads after the head's 0.075 s, not beside them */
+    assert_int_equal(st_plan_compute(&in, &p), 0);
+    assert_true(fabs(p.seconds_overlap - 0.221) < 1e-12 && fabs(p.seconds_dependent - (0.075 + 0.2)) < 1e-12);
+    assert_true(fabs(p.tok_s_dependent - 1 / 0.275) < 1e-9);
+    in.bandwidth[ST_TIER_NVME] = 1e3;
     in.budget[ST_TIER_DRAM] = 5000; /* the pinned classes alone need 6000 */
     assert_int_equal(st_plan_compute(&in, &p), ST_ERR_BUDGET);
     assert_non_null(strstr(st_last_error(), "embeddings"));
