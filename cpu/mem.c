@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "base/base.h"
 
@@ -263,4 +264,52 @@ void st_mem_drop_pages(const void *p, uint64_t len) {
     if (!p || !len) return;
     const uintptr_t lo = ST_ALIGN_UP((uintptr_t)p, PAGE_4K), hi = ((uintptr_t)p + len) & ~(uintptr_t)(PAGE_4K - 1);
     if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED); /* best effort: only RSS is at stake */
+}
+
+/* A cgroup limit file's value; UINT64_MAX when absent, unreadable or "max". */
+static uint64_t read_limit(const char *path) {
+    FILE *f = fopen(path, "r");
+    char buf[64] = "";
+    if (!f) return UINT64_MAX;
+    if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+    fclose(f);
+    char *end;
+    unsigned long long v = strtoull(buf, &end, 10);
+    return end == buf ? UINT64_MAX : (uint64_t)v;
+}
+
+/* The lowest limit named `file` on the cgroup path `dir` (under root) and its ancestors. */
+static uint64_t cgroup_limit(const char *root, const char *dir, const char *file) {
+    char path[512], sub[400];
+    snprintf(sub, sizeof sub, "%s", dir);
+    uint64_t lim = UINT64_MAX;
+    for (;;) {
+        snprintf(path, sizeof path, "%s%s/%s", root, strcmp(sub, "/") ? sub : "", file);
+        lim = ST_MIN(lim, read_limit(path));
+        char *slash = strrchr(sub, '/');
+        if (!slash || slash == sub) break;
+        *slash = 0;
+    }
+    snprintf(path, sizeof path, "%s/%s", root, file);
+    return ST_MIN(lim, read_limit(path));
+}
+
+uint64_t st_mem_limit(void) {
+    const long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    uint64_t lim = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2) continue;
+        *c2 = 0;
+        const char *ctrl = c1 + 1, *dir = c2 + 1;
+        uint64_t cg = UINT64_MAX;
+        if (!strcmp(line, "0") && !*ctrl) cg = cgroup_limit("/sys/fs/cgroup", dir, "memory.max");
+        else if (strstr(ctrl, "memory")) cg = cgroup_limit("/sys/fs/cgroup/memory", dir, "memory.limit_in_bytes");
+        if (cg < (1ull << 60) && (!lim || cg < lim)) lim = cg; /* v1 "unlimited" is near 2^63 */
+    }
+    if (f) fclose(f);
+    return lim;
 }

@@ -71,6 +71,10 @@ void st_mem_set_virtual_nodes(int n);
  * page faults. Returns the bytes populated, 0 when refused (old kernel: the
  * pages then fault in on first use, as before). */
 uint64_t st_mem_populate(const void *p, uint64_t len);
+/* Memory this process may fill: physical RAM, or less when the memory cgroup
+ * holding it (v1 memory.limit_in_bytes or v2 memory.max, or an ancestor's) has
+ * a lower limit. 0: unknown. */
+uint64_t st_mem_limit(void);
 /* Drops this process's page-table entries for the whole pages inside
  * [p, p + len) of a file mapping (MADV_DONTNEED: the bytes stay readable, the
  * page cache keeps them, they no longer count in this process's RSS). Pages

@@ -6,7 +6,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "base/base.h"
 #include "cpu/formats.h"
@@ -463,11 +462,10 @@ static int make_resident(st_model *m, loader *ld, const st_model_opts *o) {
 #define COUNT(w) want += (w)->data ? weight_bytes(w) : 0
     FOR_RESIDENT_WEIGHTS(m, experts, COUNT);
 #undef COUNT
-    const long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-    const uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+    const uint64_t ram = st_mem_limit(); /* the memory cgroup's limit, if lower than RAM */
     if (!rc && ram && want > ram / 10 * 9) {
         char a[32], b[32];
-        ST_DEBUG("weights read through the mapping (%s) do not fit in memory (%s): not populated",
+        ST_DEBUG("resident weights (%s) do not fit in this process's memory (%s): the mapping is not populated",
                  st_fmt_size(want, a, sizeof a), st_fmt_size(ram, b, sizeof b));
     } else if (!rc) {
 #define POPULATE(w)                                                                                                    \

@@ -10,6 +10,8 @@
  *   - weights left in the mapping have their page-table entries present right
  *     after load (/proc/self/pagemap bit 63), before anything reads them.
  *   - st_mem_drop_pages keeps the bytes readable and drops only whole pages.
+ *   - st_mem_limit (what populating may fill) is at most RAM, and inside a
+ *     memory cgroup limited to 300 MiB it is that limit.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,9 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "base/base.h"
+#include "bench/memcg.h"
 #include "cpu/cpu.h"
 #include "cpu/formats.h"
 #include "cpu/mem.h"
@@ -214,12 +218,38 @@ static void drop_pages_keeps_bytes(void **state) {
     unlink(path);
 }
 
+static void mem_limit_follows_cgroup(void **state) {
+    (void)state;
+    const uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    assert_true(st_mem_limit() > 0 && st_mem_limit() <= ram);
+    bench_memcg g;
+    const uint64_t limit = 300ull << 20;
+    if (bench_memcg_create("resident", limit, &g)) { st_error_clear(); skip(); } /* no writable memory cgroup */
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        uint64_t got = bench_memcg_join(&g) == 0 ? st_mem_limit() : 0;
+        _exit(write(fds[1], &got, sizeof got) == sizeof got ? 0 : 1);
+    }
+    uint64_t got = 0;
+    assert_int_equal(read(fds[0], &got, sizeof got), (ssize_t)sizeof got);
+    int st;
+    waitpid(pid, &st, 0);
+    close(fds[0]);
+    close(fds[1]);
+    bench_memcg_remove(&g);
+    assert_int_equal(got, limit);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matmul_row_blocks),
         cmocka_unit_test(dense_weights_copied_logits_identical),
         cmocka_unit_test(mapped_weights_populated_at_load),
         cmocka_unit_test(drop_pages_keeps_bytes),
+        cmocka_unit_test(mem_limit_follows_cgroup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
