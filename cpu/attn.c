@@ -114,6 +114,10 @@ void st_kv_rows_cols(const uint8_t *src, size_t stride, int64_t rows, int64_t d,
         st_kv_rows_cols_avx512(src, stride, rows, d, rope, c0, c1, x);
         return;
     }
+    if (st_cpu_isa() == ST_ISA_AVX2 && c0 % 8 == 0) {
+        st_kv_rows_cols_avx2(src, stride, rows, d, rope, c0, c1, x);
+        return;
+    }
     const int64_t nope = d - rope, w = c1 - c0;
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *e = src + (size_t)r * stride, *rp = e + nope + (nope + 63) / 64;
@@ -130,6 +134,7 @@ void st_kv_rows_cols(const uint8_t *src, size_t stride, int64_t rows, int64_t d,
 
 void st_kv_rows(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, float *x) {
     if (st_cpu_isa() == ST_ISA_AVX512) { st_kv_rows_avx512(src, stride, rows, d, rope, x); return; }
+    if (st_cpu_isa() == ST_ISA_AVX2) { st_kv_rows_cols_avx2(src, stride, rows, d, rope, 0, d, x); return; }
     const int64_t nope = d - rope;
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *e = src + (size_t)r * stride, *rp = e + nope + (nope + 63) / 64;

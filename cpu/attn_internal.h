@@ -31,6 +31,9 @@ void st_kv_rows_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t 
 /* c0 a multiple of 16 */
 void st_kv_rows_cols_avx512(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, int64_t c0,
                             int64_t c1, float *x);
+/* c0 a multiple of 8 */
+void st_kv_rows_cols_avx2(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, int64_t c0,
+                          int64_t c1, float *x);
 
 /* Indexer scores over packed keys (contract in cpu/attn.h); d a multiple of 32. */
 struct st_index_q;

@@ -10,6 +10,8 @@
  *   where they are stored) bit-identical to decoding every row first, on every
  *   ISA, with F32 rows first, row counts off the chunk and SIMD sizes, row
  *   and column ranges as the split path uses them;
+ * - the e4m3 + bf16 row decoders of every ISA equal the generic one (and the
+ *   scalar st_e4m3_to_f32) for all 256 codes under all 256 scale bytes;
  * - official-numerics logits of a synthetic tiny model that agree between the
  *   avx2 and avx512 kernels until the other kernels' last-bit differences flip
  *   a discrete choice (generic is left out: its bf16 matmul trips UBSan). */
@@ -249,6 +251,65 @@ static void kv_rows_cols_equal_full_rows(void **state) {
     }
 }
 
+/* Every e4m3 code (NaN codes 0x7f/0xff included) under every scale byte, odd
+ * lengths and bf16 rope tails: st_kv_rows and st_kv_rows_cols on each ISA equal
+ * the generic decoder bit for bit, and the generic decoder equals the scalar
+ * st_e4m3_to_f32 times 2^(s-127) (scale byte 0 reads as 0, 255 as infinity). */
+static void kv_decode_every_code_and_scale(void **state) {
+    (void)state;
+    const int64_t shapes[][2] = {{256 + 16, 16}, {250 + 3, 3}, {37, 0}, {64 + 64, 64}, {200 + 1, 1}};
+    for (size_t si = 0; si < ST_ARRAY_LEN(shapes); si++) {
+        const int64_t d = shapes[si][0], rope = shapes[si][1], nope = d - rope, n = 256;
+        const size_t stride = kv_stride(d, rope);
+        uint8_t *packed = malloc((size_t)n * stride);
+        for (int64_t r = 0; r < n; r++) { /* row r: scale bytes r, r+1, ..; codes rotated by r */
+            uint8_t *e = packed + (size_t)r * stride;
+            for (int64_t i = 0; i < nope; i++) e[i] = (uint8_t)(i + r * 7);
+            for (int64_t b = 0; b < (nope + 63) / 64; b++) e[nope + b] = (uint8_t)(r + b);
+            for (int64_t i = 0; i < rope; i++) {
+                const uint16_t h = (uint16_t)(i % 5 == 4 ? 0x7fc0 + i : st_f32_to_bf16(rng_gauss())); /* a NaN too */
+                memcpy(e + nope + (nope + 63) / 64 + 2 * i, &h, 2);
+            }
+        }
+        float *ref = malloc((size_t)(n * d) * sizeof(float)), *got = malloc((size_t)(n * d + 1) * sizeof(float));
+        assert_int_equal(st_cpu_set_isa(ST_ISA_GENERIC), 0);
+        st_kv_rows(packed, stride, n, d, rope, ref);
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t i = 0; i < nope; i++) {
+                const uint8_t code = packed[(size_t)r * stride + i], sb = packed[(size_t)r * stride + nope + i / 64];
+                const float sc = sb == 0 ? 0.0f : sb == 255 ? INFINITY : ldexpf(1.0f, sb - 127);
+                const float want = st_e4m3_to_f32(code) * sc, v = ref[r * d + i];
+                if (isnan(want) != isnan(v) || (!isnan(want) && memcmp(&want, &v, sizeof v)))
+                    fail_msg("generic decode of code 0x%02x scale %d: %a, want %a", code, sb, (double)v, (double)want);
+            }
+        for (size_t ii = 1; ii < ST_ARRAY_LEN(isas); ii++) {
+            if (st_cpu_set_isa(isas[ii])) continue;
+            memset(got, 0xa5, (size_t)(n * d + 1) * sizeof(float));
+            st_kv_rows(packed, stride, n, d, rope, got);
+            if (memcmp(ref, got, (size_t)(n * d) * sizeof(float)))
+                fail_msg("%s st_kv_rows d=%lld rope=%lld differs from generic", st_isa_name(isas[ii]), (long long)d,
+                         (long long)rope);
+            const int64_t ranges[][2] = {{0, d}, {8, d - 1}, {16, nope}, {nope / 16 * 16, d}, {0, 5}, {24, 33}};
+            for (size_t ri = 0; ri < ST_ARRAY_LEN(ranges); ri++) {
+                const int64_t c0 = ranges[ri][0], c1 = ranges[ri][1], w = c1 - c0;
+                if (c1 <= c0) continue;
+                memset(got, 0xa5, (size_t)(n * d + 1) * sizeof(float));
+                st_kv_rows_cols(packed, stride, n, d, rope, c0, c1, got);
+                for (int64_t r = 0; r < n; r++)
+                    if (memcmp(got + r * w, ref + r * d + c0, (size_t)w * sizeof(float)))
+                        fail_msg("%s st_kv_rows_cols d=%lld rope=%lld [%lld, %lld) row %lld differs",
+                                 st_isa_name(isas[ii]), (long long)d, (long long)rope, (long long)c0, (long long)c1,
+                                 (long long)r);
+                /* nothing written past the range */
+                const uint32_t canary = 0xa5a5a5a5u;
+                assert_memory_equal(got + n * w, &canary, sizeof canary);
+            }
+        }
+        st_cpu_set_isa(st_cpu_isa_best());
+        free(packed); free(ref); free(got);
+    }
+}
+
 /* st_attn_heads_kv / scores_kv / wsum_kv == decode every row, then the F32
  * kernels, bit for bit, on every ISA: nf F32 rows first, n - nf packed. */
 static void kv_attention_equals_decode_first(void **state) {
@@ -370,6 +431,7 @@ int main(void) {
         cmocka_unit_test(index_e2m1_close_to_f32_path),
         cmocka_unit_test(index_q_pack_rejects_what_is_not_e2m1),
         cmocka_unit_test(kv_rows_cols_equal_full_rows),
+        cmocka_unit_test(kv_decode_every_code_and_scale),
         cmocka_unit_test(kv_attention_equals_decode_first),
         cmocka_unit_test(official_logits_independent_of_isa),
     };
