@@ -35,6 +35,18 @@ void st_kv_rows_cols_avx512(const uint8_t *src, size_t stride, int64_t rows, int
 void st_kv_rows_cols_avx2(const uint8_t *src, size_t stride, int64_t rows, int64_t d, int64_t rope, int64_t c0,
                           int64_t c1, float *x);
 
+/* Attention over packed KV rows decoded in registers (cpu/attn_kv_avx512.c);
+ * d and rope multiples of 16. scores: s[h * lds + c] as st_attn_scores_avx512
+ * on the decoded rows; wsum: st_attn_wsum_avx512 on their columns
+ * [col0, col0 + width) (col0, width multiples of 16), o (nh, width). */
+void st_attn_scores_kv_avx512(const float *q, int64_t nh, const uint8_t *const *rows, int64_t n, int64_t d,
+                              int64_t rope, float scale, float *s, int64_t lds);
+/* st_attn_scores_avx2 on the decoded rows (cpu/attn_kv_avx2.c); d and rope multiples of 8. */
+void st_attn_scores_kv_avx2(const float *q, int64_t nh, const uint8_t *const *rows, int64_t n, int64_t d,
+                            int64_t rope, float scale, float *s, int64_t lds);
+void st_attn_wsum_kv_avx512(const float *p, int64_t ldp, int64_t nh, const uint8_t *const *rows, int64_t n,
+                            int64_t d, int64_t rope, int64_t col0, int64_t width, int acc, float *o);
+
 /* Indexer scores over packed keys (contract in cpu/attn.h); d a multiple of 32. */
 struct st_index_q;
 void st_index_scores_e2m1_avx2(const struct st_index_q *q, const float *w, const uint8_t *keys, size_t stride,

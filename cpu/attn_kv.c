@@ -2,7 +2,13 @@
  * official cache layout, st_kv_rows): the packed rows are decoded a chunk at a
  * time (only the columns a call needs) into a caller's tile that stays in
  * cache, and the F32 kernels run on the chunk, so there is no decoded copy of every entry in memory and the
- * results are bit-identical to decoding every row first (contract in attn.h). */
+ * results are bit-identical to decoding every row first (contract in attn.h).
+ * On AVX-512 and AVX2 (d and rope multiples of the vector), the chunks made
+ * only of packed rows skip the tile: cpu/attn_kv_avx512.c / _avx2.c decode
+ * them in registers inside the scores kernel (and, AVX-512, the weighted sums
+ * of up to 4 heads, where each column is decoded once either way), with the
+ * same bits. */
+#include <stdbool.h>
 #include <string.h>
 
 #include "base/base.h"
@@ -13,6 +19,15 @@
 /* Rows a chunk: a multiple of 4, so the scores kernels group rows (4 at a time
  * from the start of a call) as they would in one call. */
 enum { KV_CHUNK = 64 };
+
+/* The packed rows can be decoded in registers (cpu/attn_kv_avx512.c,
+ * cpu/attn_kv_avx2.c): the F32 kernel of the ISA takes the width (AVX-512
+ * d % 16, AVX2 d % 8) and every SIMD vector of columns is all e4m3 in one
+ * 64-block or all bf16 (rope a multiple of the vector). */
+static bool in_registers(st_isa isa, int64_t d, int64_t rope) {
+    if (isa == ST_ISA_AVX512) return d % 16 == 0 && rope % 16 == 0;
+    return isa == ST_ISA_AVX2 && d % 8 == 0 && rope % 8 == 0;
+}
 
 size_t st_attn_kv_tile_floats(int64_t nh, int64_t d) { return (size_t)(KV_CHUNK * (d + nh)); }
 
@@ -43,7 +58,15 @@ void st_attn_scores_kv(const float *q, int64_t nh, const void *const *rows, int6
     if (nf >= n) { st_attn_scores(q, nh, (const float *const *)rows, n, d, scale, s); return; }
     const float *ptr[KV_CHUNK];
     float *tmp = tile + KV_CHUNK * d; /* (nh, len) scores of a chunk */
+    const st_isa isa = st_cpu_isa();
+    const bool fused = in_registers(isa, d, rope);
     for (int64_t c0 = 0; c0 < n; c0 += KV_CHUNK) {
+        if (fused && c0 >= nf) { /* the rest, rows in groups of 4 from c0 as in chunks */
+            const uint8_t *const *packed = (const uint8_t *const *)rows + c0;
+            if (isa == ST_ISA_AVX512) st_attn_scores_kv_avx512(q, nh, packed, n - c0, d, rope, scale, s + c0, n);
+            else st_attn_scores_kv_avx2(q, nh, packed, n - c0, d, rope, scale, s + c0, n);
+            return;
+        }
         const int64_t len = ST_MIN(KV_CHUNK, n - c0);
         chunk_rows(rows, nf, c0, len, d, rope, 0, d, tile, ptr);
         st_attn_scores(q, nh, ptr, len, d, scale, tmp);
@@ -57,10 +80,15 @@ void st_attn_wsum_kv(const float *p, int64_t nh, const void *const *rows, int64_
     if (n <= 0) { memset(o, 0, (size_t)(nh * width) * sizeof(float)); return; }
     const st_isa isa = st_cpu_isa();
     const float *ptr[KV_CHUNK];
+    const bool fused = nh <= 4 && isa == ST_ISA_AVX512 && in_registers(isa, d, rope) && col0 % 16 == 0 && width % 16 == 0;
     for (int64_t c0 = 0; c0 < n; c0 += KV_CHUNK) {
+        const int acc = c0 > 0; /* later chunks add to the sums so far, in row order */
+        if (fused && c0 >= nf) {
+            st_attn_wsum_kv_avx512(p + c0, n, nh, (const uint8_t *const *)rows + c0, n - c0, d, rope, col0, width, acc, o);
+            return;
+        }
         const int64_t len = ST_MIN(KV_CHUNK, n - c0);
         chunk_rows(rows, nf, c0, len, d, rope, col0, width, tile, ptr);
-        const int acc = c0 > 0; /* later chunks add to the sums so far, in row order */
         if (isa == ST_ISA_AVX512) st_attn_wsum_avx512(p + c0, n, nh, ptr, len, width, acc, o);
         else if (isa == ST_ISA_AVX2) st_attn_wsum_avx2(p + c0, n, nh, ptr, len, width, acc, o);
         else st_attn_wsum_generic(p + c0, n, nh, ptr, len, width, acc, o);

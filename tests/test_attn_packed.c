@@ -9,7 +9,9 @@
  * - st_attn_heads_kv / scores_kv / wsum_kv (packed e4m3 + bf16 KV rows read
  *   where they are stored) bit-identical to decoding every row first, on every
  *   ISA, with F32 rows first, row counts off the chunk and SIMD sizes, row
- *   and column ranges as the split path uses them;
+ *   and column ranges as the split path uses them; on AVX-512 and AVX2 these
+ *   decode in registers inside the kernels (cpu/attn_kv_avx*.c), checked
+ *   over heads 1..9, many widths, NaN codes and every scale byte;
  * - the e4m3 + bf16 row decoders of every ISA equal the generic one (and the
  *   scalar st_e4m3_to_f32) for all 256 codes under all 256 scale bytes;
  * - official-numerics logits of a synthetic tiny model that agree between the
@@ -372,6 +374,94 @@ static void kv_attention_equals_decode_first(void **state) {
     }
 }
 
+/* Packed rows with every code possible (NaN codes if nan) and scale bytes in
+ * [lo, hi]. */
+static uint8_t *random_kv_codes(int64_t n, int64_t d, int64_t rope, bool nan, int lo, int hi) {
+    const int64_t nope = d - rope;
+    uint8_t *k = random_kv(n, d, rope);
+    for (int64_t r = 0; r < n; r++) {
+        uint8_t *e = k + (size_t)r * kv_stride(d, rope);
+        if (nan) e[rng_u64() % (uint64_t)ST_MAX(nope, 1)] |= 0x7f;
+        for (int64_t b = 0; b < (nope + 63) / 64; b++) e[nope + b] = (uint8_t)(lo + (int)(rng_u64() % (uint64_t)(hi - lo + 1)));
+    }
+    return k;
+}
+
+/* a and b (n) the same bits, except that a NaN may be any NaN: with NaN inputs
+ * the payload and sign of the result depend on which operand of an FMA the
+ * compiler puts first, which nothing fixes. */
+static bool same_bits_or_nan(const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (isnan(a[i]) ? !isnan(b[i]) : memcmp(a + i, b + i, sizeof(float))) return false;
+    return true;
+}
+
+/* The kernels that decode packed rows in registers (AVX-512) or through the
+ * tile (others) == decode every row, then st_attn_scores / st_attn_wsum, bit
+ * for bit on every ISA: heads 1..9 (the 4-head groups and the rest), row
+ * counts around 4, 64 and the chunk, F32 rows first in counts that leave a
+ * mixed chunk, the row ranges (multiples of 4) and 16-column ranges the split
+ * path gives 2..4 threads, NaN codes (NaN where the reference has NaN) and
+ * scale bytes 0..255. */
+static void kv_kernels_equal_decode_first_every_shape(void **state) {
+    (void)state;
+    const int64_t dims[][2] = {{64, 16}, {128, 64}, {96, 32}, {512, 64}, {80, 0}, {64, 48}, {40, 8}, {72, 24}, {24, 8}};
+    const int64_t ns[] = {1, 3, 4, 5, 63, 64, 65, 131, 257};
+    for (size_t di = 0; di < ST_ARRAY_LEN(dims); di++) {
+        const int64_t d = dims[di][0], rope = dims[di][1];
+        const size_t stride = kv_stride(d, rope);
+        for (size_t ni = 0; ni < ST_ARRAY_LEN(ns); ni++) {
+            const int64_t n = ns[ni], nh = 1 + (int64_t)((di * 5 + ni) % 9), nf = (int64_t)(ni % 4 == 1 ? 0 : (ni * 13) % 70);
+            const int64_t nfe = ST_MIN(n, nf);
+            const bool nan = ni % 3 == 2;
+            uint8_t *packed = ni % 2 ? random_kv_codes(n, d, rope, nan, 0, 255) : random_kv_codes(n, d, rope, nan, 100, 140);
+            float *dec = malloc((size_t)(n * d) * sizeof(float)), *q = malloc((size_t)(nh * d) * sizeof(float));
+            float *p = malloc((size_t)(nh * n) * sizeof(float));
+            const void **rows = malloc((size_t)n * sizeof(void *));
+            const float **drows = malloc((size_t)n * sizeof(float *)), **shift = malloc((size_t)n * sizeof(float *));
+            for (int64_t i = 0; i < nh * d; i++) q[i] = rng_gauss();
+            for (int64_t i = 0; i < nh * n; i++) p[i] = (float)rng_unif();
+            float *tile = malloc(st_attn_kv_tile_floats(nh, d) * sizeof(float));
+            float *s1 = malloc((size_t)(nh * n) * sizeof(float)), *s2 = malloc((size_t)(nh * n) * sizeof(float));
+            float *o1 = malloc((size_t)(nh * d) * sizeof(float)), *o2 = malloc((size_t)(nh * d) * sizeof(float));
+            for (size_t ii = 0; ii < ST_ARRAY_LEN(isas); ii++) {
+                if (st_cpu_set_isa(isas[ii])) continue;
+                for (int64_t c = 0; c < n; c++) { /* F32 rows: the decoded values of other stored rows */
+                    const int64_t r = (c * 7 + 3) % n;
+                    st_kv_rows(packed + (size_t)r * stride, stride, 1, d, rope, dec + c * d);
+                    drows[c] = dec + c * d;
+                    rows[c] = c < nfe ? (const void *)(dec + c * d) : (const void *)(packed + (size_t)r * stride);
+                }
+                for (int nth = 1; nth <= 4; nth++)
+                    for (int ith = 0; ith < nth; ith++) {
+                        const int64_t r0 = (n * ith / nth) / 4 * 4, r1 = ith + 1 == nth ? n : (n * (ith + 1) / nth) / 4 * 4;
+                        if (r1 > r0) {
+                            st_attn_scores(q, nh, drows + r0, r1 - r0, d, 0.125f, s1);
+                            st_attn_scores_kv(q, nh, rows + r0, ST_MIN(r1 - r0, ST_MAX(0, nfe - r0)), r1 - r0, d, rope,
+                                              0.125f, tile, s2);
+                            if (!same_bits_or_nan(s1, s2, nh * (r1 - r0)))
+                                fail_msg("%s scores nh=%lld d=%lld rope=%lld n=%lld nf=%lld rows [%lld, %lld) differ",
+                                         st_isa_name(isas[ii]), (long long)nh, (long long)d, (long long)rope,
+                                         (long long)n, (long long)nfe, (long long)r0, (long long)r1);
+                        }
+                        const int64_t k0 = (d / 16 * ith / nth) * 16, k1 = (d / 16 * (ith + 1) / nth) * 16;
+                        if (k1 <= k0) continue;
+                        for (int64_t c = 0; c < n; c++) shift[c] = drows[c] + k0;
+                        st_attn_wsum(p, nh, shift, n, k1 - k0, o1);
+                        st_attn_wsum_kv(p, nh, rows, nfe, n, d, rope, k0, k1 - k0, tile, o2);
+                        if (!same_bits_or_nan(o1, o2, nh * (k1 - k0)))
+                            fail_msg("%s wsum nh=%lld d=%lld rope=%lld n=%lld nf=%lld cols [%lld, %lld) differ",
+                                     st_isa_name(isas[ii]), (long long)nh, (long long)d, (long long)rope, (long long)n,
+                                     (long long)nfe, (long long)k0, (long long)k1);
+                    }
+            }
+            st_cpu_set_isa(st_cpu_isa_best());
+            free(packed); free(dec); free(q); free(p); free(rows); free(drows); free(shift);
+            free(tile); free(s1); free(s2); free(o1); free(o2);
+        }
+    }
+}
+
 /* End to end: a synthetic tiny model's official-numerics logits over a prompt
  * long enough that the indexer picks 3 of up to 50 keys, on every ISA. The
  * other kernels (matmul, norms) differ across ISAs in the last bits, which
@@ -433,6 +523,7 @@ int main(void) {
         cmocka_unit_test(kv_rows_cols_equal_full_rows),
         cmocka_unit_test(kv_decode_every_code_and_scale),
         cmocka_unit_test(kv_attention_equals_decode_first),
+        cmocka_unit_test(kv_kernels_equal_decode_first_every_shape),
         cmocka_unit_test(official_logits_independent_of_isa),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
