@@ -41,9 +41,12 @@ void st_kv_rows_cols_avx2(const uint8_t *src, size_t stride, int64_t rows, int64
  * [col0, col0 + width) (col0, width multiples of 16), o (nh, width). */
 void st_attn_scores_kv_avx512(const float *q, int64_t nh, const uint8_t *const *rows, int64_t n, int64_t d,
                               int64_t rope, float scale, float *s, int64_t lds);
-/* st_attn_scores_avx2 on the decoded rows (cpu/attn_kv_avx2.c); d and rope multiples of 8. */
+/* st_attn_scores_avx2 / st_attn_wsum_avx2 on the decoded rows
+ * (cpu/attn_kv_avx2.c); d, rope, col0 and width multiples of 8. */
 void st_attn_scores_kv_avx2(const float *q, int64_t nh, const uint8_t *const *rows, int64_t n, int64_t d,
                             int64_t rope, float scale, float *s, int64_t lds);
+void st_attn_wsum_kv_avx2(const float *p, int64_t ldp, int64_t nh, const uint8_t *const *rows, int64_t n, int64_t d,
+                          int64_t rope, int64_t col0, int64_t width, int acc, float *o);
 void st_attn_wsum_kv_avx512(const float *p, int64_t ldp, int64_t nh, const uint8_t *const *rows, int64_t n,
                             int64_t d, int64_t rope, int64_t col0, int64_t width, int acc, float *o);
 

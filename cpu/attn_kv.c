@@ -5,9 +5,8 @@
  * results are bit-identical to decoding every row first (contract in attn.h).
  * On AVX-512 and AVX2 (d and rope multiples of the vector), the chunks made
  * only of packed rows skip the tile: cpu/attn_kv_avx512.c / _avx2.c decode
- * them in registers inside the scores kernel (and, AVX-512, the weighted sums
- * of up to 4 heads, where each column is decoded once either way), with the
- * same bits. */
+ * them in registers inside the scores kernel (and the weighted sums of up to
+ * 4 heads, where each column is decoded once either way), with the same bits. */
 #include <stdbool.h>
 #include <string.h>
 
@@ -80,11 +79,14 @@ void st_attn_wsum_kv(const float *p, int64_t nh, const void *const *rows, int64_
     if (n <= 0) { memset(o, 0, (size_t)(nh * width) * sizeof(float)); return; }
     const st_isa isa = st_cpu_isa();
     const float *ptr[KV_CHUNK];
-    const bool fused = nh <= 4 && isa == ST_ISA_AVX512 && in_registers(isa, d, rope) && col0 % 16 == 0 && width % 16 == 0;
+    const int64_t vec = isa == ST_ISA_AVX512 ? 16 : 8; /* columns a vector */
+    const bool fused = nh <= 4 && in_registers(isa, d, rope) && col0 % vec == 0 && width % vec == 0;
     for (int64_t c0 = 0; c0 < n; c0 += KV_CHUNK) {
         const int acc = c0 > 0; /* later chunks add to the sums so far, in row order */
         if (fused && c0 >= nf) {
-            st_attn_wsum_kv_avx512(p + c0, n, nh, (const uint8_t *const *)rows + c0, n - c0, d, rope, col0, width, acc, o);
+            const uint8_t *const *packed = (const uint8_t *const *)rows + c0;
+            if (isa == ST_ISA_AVX512) st_attn_wsum_kv_avx512(p + c0, n, nh, packed, n - c0, d, rope, col0, width, acc, o);
+            else st_attn_wsum_kv_avx2(p + c0, n, nh, packed, n - c0, d, rope, col0, width, acc, o);
             return;
         }
         const int64_t len = ST_MIN(KV_CHUNK, n - c0);

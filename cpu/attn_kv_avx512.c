@@ -1,7 +1,7 @@
 /* Attention over packed KV rows (st_kv_rows layout: e4m3 codes, a ue8m0 scale
  * per 64, bf16 rope tail), AVX-512, with the rows decoded in registers: each
- * 16 columns are decoded by the same operations as st_kv_rows_avx512 (so to
- * the same floats) and fed straight to the FMAs of st_attn_scores_avx512 /
+ * 16 columns are decoded to the same floats as st_kv_rows_avx512 gives (by
+ * fewer operations, see kv16) and fed straight to the FMAs of st_attn_scores_avx512 /
  * st_attn_wsum_avx512, in their order (4 heads x 4 rows with the same
  * reductions; 4 heads x 64 or 16 columns), so the results are bit-identical
  * to decode-then-F32 (tested) without writing the decoded rows to a tile and
@@ -13,16 +13,29 @@
 #include "cpu/attn_internal.h"
 
 /* Columns [k, k+16) of a packed row e (nope = d - rope e4m3 codes, then
- * (nope + 63) / 64 scale bytes, then the bf16 tail). Reads only the row. */
+ * (nope + 63) / 64 scale bytes, then the bf16 tail). Reads only the row.
+ * The same floats as st_kv_rows_avx512 by fewer operations: the codes
+ * sign-extended and shifted put sign and magnitude in place at once; the NaN
+ * codes are a byte compare whose mask the last multiply takes; and for scale
+ * bytes s <= 134 (and 0: scale 0, 255: infinity) 2^120 * 2^(s-127) is exact,
+ * so one multiply rounds the exact product exactly as two do (the first,
+ * by 2^120, is exact). */
 static inline __attribute__((always_inline)) __m512 kv16(const uint8_t *e, int64_t k, int64_t nope) {
     if (k < nope) {
-        const __m512i m7f = _mm512_set1_epi32(0x7f), m80 = _mm512_set1_epi32(0x80);
-        const __m512 scale = _mm512_castsi512_ps(_mm512_set1_epi32((int)((uint32_t)e[nope + k / 64] << 23)));
-        const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(e + k)));
-        const __m512i mag = _mm512_and_si512(c, m7f);
-        const __m512i bits = _mm512_or_si512(_mm512_slli_epi32(mag, 20), _mm512_slli_epi32(_mm512_and_si512(c, m80), 24));
-        const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(0x1p120f)), scale);
-        return _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(mag, m7f), _mm512_set1_ps(NAN));
+        const __m128i b = _mm_loadu_si128((const __m128i *)(e + k));
+        const __mmask16 num = _mm_cmpneq_epi8_mask(_mm_or_si128(b, _mm_set1_epi8((char)0x80)), _mm_set1_epi8((char)0xff));
+        const __m512 x = _mm512_castsi512_ps(
+            _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi8_epi32(b), 20), _mm512_set1_epi32((int)0x87f00000u)));
+        const uint32_t sb = e[nope + k / 64];
+        uint32_t factor; /* the bits of 2^120 * scale */
+        if (sb - 1u < 134u) factor = (sb + 120u) << 23;
+        else if (sb == 0) factor = 0;
+        else if (sb == 255) factor = 0x7f800000u;
+        else { /* 2^120 * scale would overflow where the value does not: two multiplies */
+            const __m512 scale = _mm512_castsi512_ps(_mm512_set1_epi32((int)(sb << 23)));
+            return _mm512_mask_mul_ps(_mm512_set1_ps(NAN), num, _mm512_mul_ps(x, _mm512_set1_ps(0x1p120f)), scale);
+        }
+        return _mm512_mask_mul_ps(_mm512_set1_ps(NAN), num, x, _mm512_castsi512_ps(_mm512_set1_epi32((int)factor)));
     }
     const uint8_t *rp = e + nope + (nope + 63) / 64 + 2 * (k - nope);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)rp)), 16));

@@ -415,6 +415,10 @@ static void kv_kernels_equal_decode_first_every_shape(void **state) {
             const int64_t nfe = ST_MIN(n, nf);
             const bool nan = ni % 3 == 2;
             uint8_t *packed = ni % 2 ? random_kv_codes(n, d, rope, nan, 0, 255) : random_kv_codes(n, d, rope, nan, 100, 140);
+            if (n == 257) /* every scale byte in every block position */
+                for (int64_t r = 0; r < n; r++)
+                    for (int64_t b = 0; b < (d - rope + 63) / 64; b++)
+                        packed[(size_t)r * stride + (size_t)(d - rope + b)] = (uint8_t)(r + 37 * b);
             float *dec = malloc((size_t)(n * d) * sizeof(float)), *q = malloc((size_t)(nh * d) * sizeof(float));
             float *p = malloc((size_t)(nh * n) * sizeof(float));
             const void **rows = malloc((size_t)n * sizeof(void *));
@@ -432,6 +436,12 @@ static void kv_kernels_equal_decode_first_every_shape(void **state) {
                     drows[c] = dec + c * d;
                     rows[c] = c < nfe ? (const void *)(dec + c * d) : (const void *)(packed + (size_t)r * stride);
                 }
+                /* every column (st_attn_heads_kv: widths that are not a multiple of 16) */
+                st_attn_wsum(p, nh, drows, n, d, o1);
+                st_attn_wsum_kv(p, nh, rows, nfe, n, d, rope, 0, d, tile, o2);
+                if (!same_bits_or_nan(o1, o2, nh * d))
+                    fail_msg("%s wsum nh=%lld d=%lld rope=%lld n=%lld nf=%lld all columns differ", st_isa_name(isas[ii]),
+                             (long long)nh, (long long)d, (long long)rope, (long long)n, (long long)nfe);
                 for (int nth = 1; nth <= 4; nth++)
                     for (int ith = 0; ith < nth; ith++) {
                         const int64_t r0 = (n * ith / nth) / 4 * 4, r1 = ith + 1 == nth ? n : (n * (ith + 1) / nth) / 4 * 4;
