@@ -260,6 +260,26 @@ uint64_t st_mem_populate(const void *p, uint64_t len) {
     return hi - lo;
 }
 
+uint64_t st_mem_populate_cached(const void *p, uint64_t len) {
+    if (!p || !len) return 0;
+    const uintptr_t lo = (uintptr_t)p & ~(uintptr_t)(PAGE_4K - 1), hi = ST_ALIGN_UP((uintptr_t)p + len, PAGE_4K);
+    uint64_t done = 0;
+    unsigned char vec[512]; /* pages per mincore call: 2 MiB */
+    for (uintptr_t a = lo; a < hi;) {
+        const uintptr_t end = ST_MIN(hi, a + sizeof vec * PAGE_4K);
+        const size_t n = (end - a) / PAGE_4K;
+        if (mincore((void *)a, end - a, vec) != 0) return done + st_mem_populate((void *)a, hi - a); /* cannot tell */
+        for (size_t i = 0; i < n;) { /* each run of resident pages */
+            size_t j = i;
+            while (j < n && (vec[j] & 1)) j++;
+            if (j > i) done += st_mem_populate((void *)(a + i * PAGE_4K), (j - i) * PAGE_4K);
+            i = j + 1;
+        }
+        a = end;
+    }
+    return done;
+}
+
 void st_mem_drop_pages(const void *p, uint64_t len) {
     if (!p || !len) return;
     const uintptr_t lo = ST_ALIGN_UP((uintptr_t)p, PAGE_4K), hi = ((uintptr_t)p + len) & ~(uintptr_t)(PAGE_4K - 1);

@@ -71,6 +71,9 @@ void st_mem_set_virtual_nodes(int n);
  * page faults. Returns the bytes populated, 0 when refused (old kernel: the
  * pages then fault in on first use, as before). */
 uint64_t st_mem_populate(const void *p, uint64_t len);
+/* st_mem_populate for only the pages of [p, p + len) the page cache already
+ * holds (mincore): never reads the disk. Returns the bytes populated. */
+uint64_t st_mem_populate_cached(const void *p, uint64_t len);
 /* Memory this process may fill: physical RAM, or less when the memory cgroup
  * holding it (v1 memory.limit_in_bytes or v2 memory.max, or an ancestor's) has
  * a lower limit. 0: unknown. */

@@ -328,8 +328,9 @@ static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
  *    page tables, so the two copies coexist for one matrix at most. The
  *    pinned-bytes budget already counts these bytes. Only where huge pages can
  *    be had (else the mapping is as good) and unless STRATA_DENSE_COPY=0.
- *  - whatever is still read through the mapping is populated
- *    (MADV_POPULATE_READ): page tables filled once, nothing faults later.
+ *  - whatever is still read through the mapping and already in the page cache
+ *    is populated (MADV_POPULATE_READ): page tables filled once, nothing
+ *    faults later (what is not cached is still read from disk on first use).
  * Neither changes a single value the kernels read. */
 
 typedef struct dram_copy { void *p; uint64_t bytes; } dram_copy;
@@ -366,7 +367,9 @@ static void piece_task(void *c, int ith, int nth) {
     piece_work *w = c;
     for (int i; (i = atomic_fetch_add(&w->next, 1)) < w->l->n;) {
         const byte_piece *p = &w->l->p[i];
-        atomic_fetch_add(&w->done, st_mem_populate(p->src, p->len)); /* one pass over the page tables */
+        /* copies: one pass over the page tables, then read; the rest: only what the page cache
+         * holds (a load that is not followed by decode, e.g. for shapes, must not read every expert) */
+        atomic_fetch_add(&w->done, p->dst ? st_mem_populate(p->src, p->len) : st_mem_populate_cached(p->src, p->len));
         if (p->dst) {
             memcpy(p->dst, p->src, p->len);
             st_mem_drop_pages(p->src, p->len);

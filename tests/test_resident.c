@@ -10,6 +10,8 @@
  *   - weights left in the mapping have their page-table entries present right
  *     after load (/proc/self/pagemap bit 63), before anything reads them.
  *   - st_mem_drop_pages keeps the bytes readable and drops only whole pages.
+ *   - st_mem_populate_cached fills the page tables of cached pages only and
+ *     reads nothing into the page cache.
  *   - st_mem_limit (what populating may fill) is at most RAM, and inside a
  *     memory cgroup limited to 300 MiB it is that limit.
  */
@@ -218,6 +220,43 @@ static void drop_pages_keeps_bytes(void **state) {
     unlink(path);
 }
 
+/* Page i of p is in the page cache. */
+static bool cached(const uint8_t *p, int i) {
+    unsigned char v = 0;
+    assert_int_equal(mincore((void *)(p + (size_t)i * 4096), 4096, &v), 0);
+    return v & 1;
+}
+
+static void populate_cached_reads_nothing(void **state) {
+    (void)state;
+    if (!populate_supported()) skip();
+    char path[] = "build/strata-resident-XXXXXX"; /* not /tmp: tmpfs pages cannot leave the cache */
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    uint8_t buf[4 * 4096];
+    memset(buf, 7, sizeof buf);
+    assert_int_equal(write(fd, buf, sizeof buf), (ssize_t)sizeof buf);
+    assert_int_equal(fdatasync(fd), 0);
+    /* the whole file out of the cache, then pages 0 and 1 back in without readahead */
+    assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM), 0);
+    assert_int_equal(pread(fd, buf, 2 * 4096, 0), 2 * 4096);
+    const uint8_t *p = mmap(NULL, sizeof buf, PROT_READ, MAP_PRIVATE, fd, 0);
+    assert_true(p != MAP_FAILED);
+    const bool evicted = !cached(p, 2) && !cached(p, 3);
+    if (evicted) {
+        assert_true(cached(p, 0) && cached(p, 1));
+        assert_int_equal(st_mem_populate_cached(p, sizeof buf), 2 * 4096);
+        assert_true(pages_present(p, 2 * 4096));
+        assert_false(pages_present(p + 2 * 4096, 1));
+        assert_false(cached(p, 2) || cached(p, 3)); /* nothing was read */
+    }
+    munmap((void *)p, sizeof buf);
+    close(fd);
+    unlink(path);
+    if (!evicted) skip(); /* this file system keeps the pages cached */
+}
+
 static void mem_limit_follows_cgroup(void **state) {
     (void)state;
     const uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
@@ -249,6 +288,7 @@ int main(void) {
         cmocka_unit_test(dense_weights_copied_logits_identical),
         cmocka_unit_test(mapped_weights_populated_at_load),
         cmocka_unit_test(drop_pages_keeps_bytes),
+        cmocka_unit_test(populate_cached_reads_nothing),
         cmocka_unit_test(mem_limit_follows_cgroup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
