@@ -21,7 +21,11 @@ static void dequant_generic(const st_weight *w, int64_t r0, int64_t r1, int64_t 
         switch (w->fmt) {
         case ST_WF_F32: memcpy(o, (const float *)w->data + r * cols + c0, (size_t)(c1 - c0) * sizeof(float)); break;
         case ST_WF_BF16:
-            for (int64_t c = c0; c < c1; c++) o[c - c0] = st_bf16_to_f32(((const uint16_t *)w->data)[r * cols + c]);
+            for (int64_t c = c0; c < c1; c++) { /* memcpy: a checkpoint's BF16 tensor may start at an odd byte */
+                uint16_t v;
+                memcpy(&v, (const uint8_t *)w->data + 2 * (r * cols + c), sizeof v);
+                o[c - c0] = st_bf16_to_f32(v);
+            }
             break;
         case ST_WF_FP8:
             for (int64_t c = c0; c < c1; c++)
