@@ -59,7 +59,10 @@ static int64_t deadline(const st_expert_stream *s, int layer) { return s->step *
 
 /* ---- the transfer: one key = its spans, done when every span is --------------------- */
 
-enum { IO_PIECE = 4 << 20, IO_INFLIGHT = 32 << 20 }; /* bench io: >= 0.95 of whole reads on a pack */
+/* 16 MiB is ~5 ms of this disk: about how long the engine takes to learn that a speculative read is
+ * wrong (at 32 MiB, flash-2l read 133 MB per token at a 25% cache against 121 at 8 and 127 at 16,
+ * with the same speed); bench io: 4 MiB pieces keep 0.92-0.99 of whole reads on a pack at 16 MiB */
+enum { IO_PIECE = 4 << 20, IO_INFLIGHT = 16 << 20 };
 
 static int xfer_start(void *ctx, uint64_t key, void *dst, uint64_t bytes, uint64_t tag) {
     st_expert_stream *s = ctx;

@@ -32,8 +32,8 @@
  * step to step, and the layer's groups (half the other slots each) stream
  * through the rest.
  *
- * Reads reach the kernel in pieces of 4 MiB, 32 MiB at a time (io/uring.h
- * max_piece, max_inflight_bytes: >= 0.95 of whole-read throughput on a pack);
+ * Reads reach the kernel in pieces of 4 MiB, 16 MiB at a time (io/uring.h
+ * max_piece, max_inflight_bytes: 0.92-0.99 of whole-read throughput on a pack);
  * the rest waits in the io engine's queue, where the loads the engine waits
  * for (demand loads, late prefetches: st_transfer.promote) overtake the
  * speculative ones. STRATA_IO_PIECE / STRATA_IO_INFLIGHT (bytes, 0: off) change
