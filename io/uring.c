@@ -154,6 +154,8 @@ static int setup_buffers(st_io *io, const st_io_options *opt) {
 static int check_pieces(st_io *io, const st_io_options *opt) {
     io->piece_max = opt->max_piece ? opt->max_piece : ST_IO_MAX_PIECE;
     io->max_inflight_bytes = opt->max_inflight_bytes;
+    io->max_inflight_urgent_bytes = !opt->max_inflight_bytes ? 0
+                                    : ST_MAX(opt->max_inflight_bytes, opt->max_inflight_urgent_bytes);
     if (opt->max_piece > ST_IO_MAX_PIECE)
         return st_error(ST_ERR_INVALID, "io: max_piece must be at most %llu bytes (1 GiB, one read op), found %zu",
                         (unsigned long long)ST_IO_MAX_PIECE, opt->max_piece);

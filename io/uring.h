@@ -10,7 +10,8 @@
  * Reads are queued without blocking. The engine owns the order in which
  * queued bytes reach the kernel; the kernel only sees what the limits let in:
  *   - `queue_depth` read ops and, if set, `max_inflight_bytes` bytes in the
- *     kernel at once (at least one piece always goes, however large);
+ *     kernel at once (at least one piece always goes, however large); while
+ *     the next piece is urgent, `max_inflight_urgent_bytes` if set;
  *   - with `max_piece` set, a request is cut into pieces of at most that many
  *     bytes, issued in order; otherwise a request is one read op;
  *   - per file, a FIFO of urgent requests and a FIFO of normal ones; the next
@@ -103,6 +104,9 @@ typedef struct st_io_options {
                                      0: one read op per request */
     size_t max_inflight_bytes;    /* bytes in the kernel at once (at least one piece always goes);
                                      0: only queue_depth limits */
+    size_t max_inflight_urgent_bytes; /* the same bound while the next piece is urgent (> max_inflight_bytes:
+                                     reads the caller waits for may fill the disk's queue deeper than
+                                     speculative ones); 0: max_inflight_bytes */
 } st_io_options;
 
 typedef struct st_io_read {

@@ -99,6 +99,7 @@ struct st_io {
 
     uint64_t piece_max;   /* bytes of one piece (max_piece, or ST_IO_MAX_PIECE) */
     uint64_t max_inflight_bytes; /* 0: no limit but the depth */
+    uint64_t max_inflight_urgent_bytes; /* while the next piece is urgent (>= max_inflight_bytes) */
     uint64_t inflight_bytes;     /* bytes asked by the ops in the kernel */
 
     st_io_slot *slots;

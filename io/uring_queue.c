@@ -357,10 +357,11 @@ static struct io_uring_sqe *get_sqe(st_io *io) {
     return sqe;
 }
 
-/* May the next piece (`bytes`) go to the kernel now? */
-static bool room_for(const st_io *io, uint64_t bytes) {
+/* May the next piece (`bytes`, of the urgent class or not) go to the kernel now? */
+static bool room_for(const st_io *io, uint64_t bytes, bool urgent) {
     if (io->inflight >= io->depth) return false;
-    return !io->max_inflight_bytes || io->inflight == 0 || io->inflight_bytes + bytes <= io->max_inflight_bytes;
+    const uint64_t cap = urgent ? io->max_inflight_urgent_bytes : io->max_inflight_bytes;
+    return !cap || io->inflight == 0 || io->inflight_bytes + bytes <= cap;
 }
 
 static int issue_ring(st_io *io) {
@@ -369,7 +370,7 @@ static int issue_ring(st_io *io) {
         int cls, file;
         int32_t i = next_request(io, &cls, &file);
         /* in order: a piece that does not fit waits, nothing smaller overtakes it */
-        if (!room_for(io, next_piece_bytes(io, &io->slots[i]))) break;
+        if (!room_for(io, next_piece_bytes(io, &io->slots[i]), cls == URGENT)) break;
         int rc = reserve_piece(io);
         if (rc) return rc;
         struct io_uring_sqe *sqe = get_sqe(io);

@@ -62,7 +62,7 @@ static int64_t deadline(const st_expert_stream *s, int layer) { return s->step *
 /* 16 MiB is ~5 ms of this disk: about how long the engine takes to learn that a speculative read is
  * wrong (at 32 MiB, flash-2l read 133 MB per token at a 25% cache against 121 at 8 and 127 at 16,
  * with the same speed); bench io: 4 MiB pieces keep 0.92-0.99 of whole reads on a pack at 16 MiB */
-enum { IO_PIECE = 4 << 20, IO_INFLIGHT = 16 << 20 };
+enum { IO_PIECE = 4 << 20, IO_INFLIGHT = 16 << 20, IO_INFLIGHT_URGENT = 64 << 20 };
 
 static int xfer_start(void *ctx, uint64_t key, void *dst, uint64_t bytes, uint64_t tag) {
     st_expert_stream *s = ctx;
@@ -236,7 +236,9 @@ int st_expert_stream_new(const st_stream_desc *d, const st_stream_opts *o, st_ex
      * (xfer_promote) and a prediction proved wrong is dropped before it costs disk time */
     st_io_options io_opt = {.queue_depth = opt.io_depth ? opt.io_depth : 32, .buffered = opt.buffered, .faults = opt.faults,
                             .max_piece = getenv("STRATA_IO_PIECE") ? (size_t)atoll(getenv("STRATA_IO_PIECE")) : IO_PIECE,
-                            .max_inflight_bytes = getenv("STRATA_IO_INFLIGHT") ? (size_t)atoll(getenv("STRATA_IO_INFLIGHT")) : IO_INFLIGHT};
+                            .max_inflight_bytes = getenv("STRATA_IO_INFLIGHT") ? (size_t)atoll(getenv("STRATA_IO_INFLIGHT")) : IO_INFLIGHT,
+                            .max_inflight_urgent_bytes = getenv("STRATA_IO_INFLIGHT_URGENT")
+                                                             ? (size_t)atoll(getenv("STRATA_IO_INFLIGHT_URGENT")) : IO_INFLIGHT_URGENT};
     if ((rc = st_io_open(d->paths, d->n_files, &io_opt, &s->io))) goto fail;
     for (int f = 0; f < d->n_files; f++) fsize[f] = st_io_file_size(s->io, f);
     bool tails = false;

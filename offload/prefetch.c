@@ -148,6 +148,8 @@ static void issue(st_prefetch *pf) {
             pf->st.issue_errors++;
             continue;
         }
+        /* for the layer being served (certain, e.g. a hash layer's or a later group's): not speculative */
+        if (best_deadline <= pf->now && pf->xfer.promote) pf->xfer.promote(pf->xfer.ctx, (uint64_t)s);
         st_slot_cache_want(pf->cache, key, true); /* until its use: not the victim of the next load */
         pf->st.issued++;
     }
@@ -258,6 +260,9 @@ int st_prefetch_settle(st_prefetch *pf, int64_t deadline, const uint64_t *keys, 
 
 void st_prefetch_advance(st_prefetch *pf, int64_t now) {
     pf->now = now;
+    /* loads for the layer that is now served are no longer speculative: they go first */
+    for (int s = 0; pf->xfer.promote && s < pf->n_slots; s++)
+        if (pf->in_flight[s] == PREFETCH_LOAD && pf->load_deadline[s] <= now) pf->xfer.promote(pf->xfer.ctx, (uint64_t)s);
     for (int i = 0; i < pf->n_queue;) {
         if (pf->queue[i].deadline < now) { unqueue(pf, i); pf->st.stale++; }
         else i++;

@@ -677,6 +677,36 @@ static void inflight_bytes_capped(void **state) {
     }
 }
 
+/* max_inflight_urgent_bytes: normal pieces fill the kernel up to max_inflight_bytes,
+ * urgent ones up to the urgent cap (io_uring: filled at submit). */
+static void urgent_reads_go_deeper(void **state) {
+    (void)state;
+    st_io *io = open_engine(&(st_io_options){.queue_depth = 16, .buffer_bytes = 256 * K, .max_piece = 2 * K,
+                                             .max_inflight_bytes = 4 * K, .max_inflight_urgent_bytes = 10 * K});
+    uint8_t *pool = st_io_buffer(io, NULL);
+    enum { N = 4 };
+    st_io_read reqs[2 * N];
+    for (int k = 0; k < 2 * N; k++)
+        reqs[k] = (st_io_read){.file = k % N_FILES, .offset = (uint64_t)k * 8 * K, .length = 8 * K, .dst = pool + k * 8 * K,
+                               .tag = (uint64_t)k, .urgent = k >= N};
+    assert_int_equal(st_io_submit(io, reqs, N), 0); /* normal ones: 2 pieces of 2 KiB in the kernel */
+    st_io_stats st;
+    st_io_get_stats(io, &st);
+    assert_int_equal(st.inflight_bytes, 4 * K);
+    assert_int_equal(st_io_submit(io, reqs + N, N), 0); /* urgent ones: up to 10 KiB */
+    st_io_get_stats(io, &st);
+    assert_int_equal(st.inflight_bytes, 10 * K);
+    st_io_completion c[2 * N];
+    assert_int_equal(collect(io, c, 2 * N), 2 * N);
+    for (int k = 0; k < 2 * N; k++) {
+        assert_int_equal(c[k].status, 0);
+        assert_memory_equal(reqs[c[k].tag].dst, content[reqs[c[k].tag].file] + reqs[c[k].tag].offset, 8 * K);
+    }
+    st_io_get_stats(io, &st);
+    assert_int_equal(st.peak_inflight_bytes, 10 * K);
+    st_io_close(io);
+}
+
 /* Ordered completions: one piece in the kernel at a time (the cap is one piece). */
 static st_io *open_one_at_a_time(bool force_pread) {
     return open_engine(&(st_io_options){.queue_depth = 8, .force_pread = force_pread, .buffer_bytes = 256 * K,
@@ -863,6 +893,7 @@ int main(void) {
         cmocka_unit_test(bad_arguments_and_rules),
         cmocka_unit_test(split_reads_match),
         cmocka_unit_test(inflight_bytes_capped),
+        cmocka_unit_test(urgent_reads_go_deeper),
         cmocka_unit_test(urgent_reads_overtake),
         cmocka_unit_test(promote_moves_queued_pieces_ahead),
         cmocka_unit_test(cancel_half_issued),
