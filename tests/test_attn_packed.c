@@ -33,16 +33,6 @@
 #include "cpu/formats.h"
 #include "cpu/quant.h"
 
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static uint64_t rng_u64(void) {
-    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static double rng_unif(void) { return (double)(rng_u64() >> 11) * 0x1p-53; }
-static float rng_gauss(void) {
-    double u = rng_unif() + 1e-300, v = rng_unif();
-    return (float)(sqrt(-2 * log(u)) * cos(2 * M_PI * v));
-}
 
 static const st_isa isas[] = {ST_ISA_GENERIC, ST_ISA_AVX2, ST_ISA_AVX512};
 
@@ -52,11 +42,11 @@ static size_t e2m1_stride(int64_t d) { return (size_t)((d + 1) / 2 + (d + 31) / 
 static uint8_t *random_keys(int64_t n, int64_t d, int lo, int hi) {
     const size_t stride = e2m1_stride(d);
     uint8_t *k = malloc((size_t)n * stride + 64);
-    for (size_t i = 0; i < (size_t)n * stride; i++) k[i] = (uint8_t)rng_u64();
+    for (size_t i = 0; i < (size_t)n * stride; i++) k[i] = (uint8_t)tu_rng_u64();
     for (int64_t s = 0; s < n; s++) {
         if (d & 1) k[s * stride + d / 2] &= 0x0f; /* the unused high nibble of an odd row */
         for (int64_t b = 0; b < (d + 31) / 32; b++)
-            k[s * stride + (d + 1) / 2 + b] = (uint8_t)(lo + (int)(rng_u64() % (uint64_t)(hi - lo + 1)));
+            k[s * stride + (d + 1) / 2 + b] = (uint8_t)(lo + (int)(tu_rng_u64() % (uint64_t)(hi - lo + 1)));
     }
     return k;
 }
@@ -64,8 +54,8 @@ static uint8_t *random_keys(int64_t n, int64_t d, int lo, int hi) {
 /* q (H, d): gaussian times 2^e_h, quantised as the official indexer does. */
 static void random_q(float *q, int64_t H, int64_t d, int e_lo, int e_hi) {
     for (int64_t h = 0; h < H; h++) {
-        const int e = e_lo + (int)(rng_u64() % (uint64_t)(e_hi - e_lo + 1));
-        for (int64_t i = 0; i < d; i++) q[h * d + i] = ldexpf(rng_gauss(), e);
+        const int e = e_lo + (int)(tu_rng_u64() % (uint64_t)(e_hi - e_lo + 1));
+        for (int64_t i = 0; i < d; i++) q[h * d + i] = ldexpf(tu_rng_gauss(), e);
         if (h % 5 == 3) for (int64_t i = 0; i < ST_MIN(d, 32); i++) q[h * d + i] = 0; /* an all-zero block */
         st_quant_sim_e2m1(q + h * d, d, 32);
     }
@@ -103,7 +93,7 @@ static void check_shape(int64_t H, int64_t d, int64_t n, int q_elo, int q_ehi, i
     float *q = malloc((size_t)(H * d) * sizeof(float)), *w = malloc((size_t)H * sizeof(float));
     float *ref = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
     random_q(q, H, d, q_elo, q_ehi);
-    for (int64_t h = 0; h < H; h++) w[h] = rng_gauss() * 0.3f;
+    for (int64_t h = 0; h < H; h++) w[h] = tu_rng_gauss() * 0.3f;
     uint8_t *keys = random_keys(n, d, k_lo, k_hi);
     void *buf = aligned_alloc(64, st_index_q_bytes(H, d));
     st_index_q qp;
@@ -159,7 +149,7 @@ static void index_e2m1_close_to_f32_path(void **state) {
     float *q = malloc(H * d * sizeof(float)), w[8], *k = malloc(n * d * sizeof(float));
     float a[200], f[200];
     random_q(q, H, d, -2, 2);
-    for (int h = 0; h < H; h++) w[h] = fabsf(rng_gauss());
+    for (int h = 0; h < H; h++) w[h] = fabsf(tu_rng_gauss());
     uint8_t *keys = random_keys(n, d, 120, 130);
     st_e2m1_rows(keys, e2m1_stride(d), n, d, k);
     void *buf = aligned_alloc(64, st_index_q_bytes(H, d));
@@ -185,7 +175,7 @@ static void index_q_pack_rejects_what_is_not_e2m1(void **state) {
     float q[128];
     void *buf = aligned_alloc(64, st_index_q_bytes(H, d));
     st_index_q qp;
-    for (int i = 0; i < 128; i++) q[i] = rng_gauss();
+    for (int i = 0; i < 128; i++) q[i] = tu_rng_gauss();
     assert_int_equal(st_index_q_pack(q, H, d, buf, &qp), 0); /* not quantised */
     st_quant_sim_e2m1(q, 128, 32);
     assert_int_equal(st_index_q_pack(q, H, d, buf, &qp), 1);
@@ -196,7 +186,7 @@ static void index_q_pack_rejects_what_is_not_e2m1(void **state) {
     q[70] = 0;
     assert_int_equal(st_index_q_pack(q, H, d, buf, &qp), 1);
     /* any 4-bit integers times a power of two are exact too (e2m1 * 2 are some of them) */
-    for (int i = 0; i < 128; i++) q[i] = (float)((int)(rng_u64() % 31) - 15) * 0x1p-9f;
+    for (int i = 0; i < 128; i++) q[i] = (float)((int)(tu_rng_u64() % 31) - 15) * 0x1p-9f;
     q[0] = q[40] = q[64] = q[100] = 15 * 0x1p-9f;
     assert_int_equal(st_index_q_pack(q, H, d, buf, &qp), 1);
     q[5] = 0x1p-12f; /* finer than the block's unit */
@@ -216,12 +206,12 @@ static uint8_t *random_kv(int64_t n, int64_t d, int64_t rope) {
     for (int64_t r = 0; r < n; r++) {
         uint8_t *e = k + (size_t)r * stride;
         for (int64_t i = 0; i < nope; i++) {
-            e[i] = (uint8_t)rng_u64();
+            e[i] = (uint8_t)tu_rng_u64();
             if ((e[i] & 0x7f) == 0x7f) e[i] ^= 1;
         }
-        for (int64_t b = 0; b < (nope + 63) / 64; b++) e[nope + b] = (uint8_t)(118 + rng_u64() % 8);
+        for (int64_t b = 0; b < (nope + 63) / 64; b++) e[nope + b] = (uint8_t)(118 + tu_rng_u64() % 8);
         for (int64_t i = 0; i < rope; i++) {
-            const uint16_t h = st_f32_to_bf16(rng_gauss());
+            const uint16_t h = st_f32_to_bf16(tu_rng_gauss());
             memcpy(e + nope + (nope + 63) / 64 + 2 * i, &h, 2);
         }
     }
@@ -269,7 +259,7 @@ static void kv_decode_every_code_and_scale(void **state) {
             for (int64_t i = 0; i < nope; i++) e[i] = (uint8_t)(i + r * 7);
             for (int64_t b = 0; b < (nope + 63) / 64; b++) e[nope + b] = (uint8_t)(r + b);
             for (int64_t i = 0; i < rope; i++) {
-                const uint16_t h = (uint16_t)(i % 5 == 4 ? 0x7fc0 + i : st_f32_to_bf16(rng_gauss())); /* a NaN too */
+                const uint16_t h = (uint16_t)(i % 5 == 4 ? 0x7fc0 + i : st_f32_to_bf16(tu_rng_gauss())); /* a NaN too */
                 memcpy(e + nope + (nope + 63) / 64 + 2 * i, &h, 2);
             }
         }
@@ -327,9 +317,9 @@ static void kv_attention_equals_decode_first(void **state) {
         uint8_t *packed = random_kv(n, d, rope);
         float *f32 = malloc((size_t)(n * d) * sizeof(float)), *dec = malloc((size_t)(n * d) * sizeof(float));
         float *q = malloc((size_t)(nh * d) * sizeof(float)), *sink = malloc((size_t)nh * sizeof(float));
-        for (int64_t i = 0; i < n * d; i++) f32[i] = rng_gauss();
-        for (int64_t i = 0; i < nh * d; i++) q[i] = rng_gauss();
-        for (int64_t h = 0; h < nh; h++) sink[h] = rng_gauss();
+        for (int64_t i = 0; i < n * d; i++) f32[i] = tu_rng_gauss();
+        for (int64_t i = 0; i < nh * d; i++) q[i] = tu_rng_gauss();
+        for (int64_t h = 0; h < nh; h++) sink[h] = tu_rng_gauss();
         const void **rows = malloc((size_t)n * sizeof(void *));
         const float **drows = malloc((size_t)n * sizeof(float *));
         for (int64_t c = 0; c < n; c++) {
@@ -359,7 +349,7 @@ static void kv_attention_equals_decode_first(void **state) {
             st_attn_scores_kv(q, nh, rows + r0, ST_MIN(len, ST_MAX(0, nf - r0)), len, d, rope, scale, tile, s2);
             assert_memory_equal(s1, s2, (size_t)(nh * len) * sizeof(float));
             /* weighted sums on a column range: p any weights (nh, n) */
-            for (int64_t i = 0; i < nh * n; i++) s1[i] = (float)rng_unif();
+            for (int64_t i = 0; i < nh * n; i++) s1[i] = (float)tu_rng_unif();
             const int64_t k0 = d >= 32 ? 16 : 0, width = d >= 32 ? d - 16 : d;
             const float **shift = malloc((size_t)n * sizeof(float *));
             for (int64_t c = 0; c < n; c++) shift[c] = drows[c] + k0;
@@ -381,8 +371,8 @@ static uint8_t *random_kv_codes(int64_t n, int64_t d, int64_t rope, bool nan, in
     uint8_t *k = random_kv(n, d, rope);
     for (int64_t r = 0; r < n; r++) {
         uint8_t *e = k + (size_t)r * kv_stride(d, rope);
-        if (nan) e[rng_u64() % (uint64_t)ST_MAX(nope, 1)] |= 0x7f;
-        for (int64_t b = 0; b < (nope + 63) / 64; b++) e[nope + b] = (uint8_t)(lo + (int)(rng_u64() % (uint64_t)(hi - lo + 1)));
+        if (nan) e[tu_rng_u64() % (uint64_t)ST_MAX(nope, 1)] |= 0x7f;
+        for (int64_t b = 0; b < (nope + 63) / 64; b++) e[nope + b] = (uint8_t)(lo + (int)(tu_rng_u64() % (uint64_t)(hi - lo + 1)));
     }
     return k;
 }
@@ -423,8 +413,8 @@ static void kv_kernels_equal_decode_first_every_shape(void **state) {
             float *p = malloc((size_t)(nh * n) * sizeof(float));
             const void **rows = malloc((size_t)n * sizeof(void *));
             const float **drows = malloc((size_t)n * sizeof(float *)), **shift = malloc((size_t)n * sizeof(float *));
-            for (int64_t i = 0; i < nh * d; i++) q[i] = rng_gauss();
-            for (int64_t i = 0; i < nh * n; i++) p[i] = (float)rng_unif();
+            for (int64_t i = 0; i < nh * d; i++) q[i] = tu_rng_gauss();
+            for (int64_t i = 0; i < nh * n; i++) p[i] = (float)tu_rng_unif();
             float *tile = malloc(st_attn_kv_tile_floats(nh, d) * sizeof(float));
             float *s1 = malloc((size_t)(nh * n) * sizeof(float)), *s2 = malloc((size_t)(nh * n) * sizeof(float));
             float *o1 = malloc((size_t)(nh * d) * sizeof(float)), *o2 = malloc((size_t)(nh * d) * sizeof(float));
@@ -525,6 +515,7 @@ static void official_logits_independent_of_isa(void **state) {
 }
 
 int main(void) {
+    tu_rng_set(0x2545F4914F6CDD1Dull); /* this suite's stream */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(index_e2m1_equals_reference_on_every_isa),
         cmocka_unit_test(index_e2m1_range_ends),

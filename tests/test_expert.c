@@ -21,25 +21,18 @@
 #include "base/base.h"
 #include "cpu/cpu.h"
 #include "cpu/formats.h"
+#include "util.h"
 
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static uint32_t rnd(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
-static float frand(void) { return (float)((rnd() & 0xffffff) / 16777216.0 * 2.0 - 1.0); }
 
 static st_weight make_w(st_wfmt fmt, int64_t rows, int64_t cols, int scale_e) {
     st_weight w = {.fmt = fmt, .rows = rows, .cols = cols, .scale_fmt = ST_SCALE_E8M0};
     size_t db = st_weight_data_bytes(fmt, rows, cols), sb = st_weight_scale_bytes(fmt, ST_SCALE_E8M0, rows, cols);
     uint8_t *d = malloc(db), *s = malloc(sb ? sb : 1);
     for (size_t i = 0; i < db; i++) {
-        d[i] = (uint8_t)rnd();
+        d[i] = (uint8_t)tu_rnd();
         if (fmt == ST_WF_FP8 && (d[i] & 0x7f) == 0x7f) d[i] = 0x70;
     }
-    for (size_t i = 0; i < sb; i++) s[i] = (uint8_t)(scale_e + (int)(rnd() % 3));
+    for (size_t i = 0; i < sb; i++) s[i] = (uint8_t)(scale_e + (int)(tu_rnd() % 3));
     w.data = d;
     w.scale = s;
     return w;
@@ -98,7 +91,7 @@ static void check_expert(st_wfmt fmt, int64_t dim, int64_t inter, int64_t n, flo
                          st_act act) {
     st_expert_w e = {make_w(fmt, inter, dim, 124), make_w(fmt, inter, dim, 124), make_w(fmt, dim, inter, 122)};
     float *x = malloc((size_t)(n * dim) * sizeof(float)), coef[64];
-    for (int64_t i = 0; i < n * dim; i++) x[i] = frand() * amp;
+    for (int64_t i = 0; i < n * dim; i++) x[i] = tu_frand() * amp;
     for (int i = 0; i < 64; i++) coef[i] = 0.1f + 0.05f * (float)i;
     double *ref = malloc((size_t)(n * dim) * sizeof(double));
     ref_expert(&e, x, n, use_coef ? coef : NULL, limit, ref);
@@ -149,7 +142,7 @@ static void expert_clamp(void **state) {
     /* and the clamp really changes the result */
     st_expert_w e = {make_w(ST_WF_FP4, 64, 256, 124), make_w(ST_WF_FP4, 64, 256, 124), make_w(ST_WF_FP4, 256, 64, 122)};
     float x[256], y0[256] = {0}, y1[256] = {0};
-    for (int i = 0; i < 256; i++) x[i] = frand() * 40.0f;
+    for (int i = 0; i < 256; i++) x[i] = tu_frand() * 40.0f;
     assert_int_equal(st_expert_ffn(pools[2], &e, x, 1, NULL, 10.0f, y0, ST_ACT_F32), 0);
     assert_int_equal(st_expert_ffn(pools[2], &e, x, 1, NULL, 0.0f, y1, ST_ACT_F32), 0);
     assert_true(memcmp(y0, y1, sizeof(y0)) != 0);
@@ -163,7 +156,7 @@ static void expert_equals_matmuls(void **state) {
     st_expert_w e = {make_w(ST_WF_FP4, inter, dim, 124), make_w(ST_WF_FP4, inter, dim, 124), make_w(ST_WF_FP4, dim, inter, 122)};
     float *x = malloc(n * dim * sizeof(float)), *g = malloc(n * inter * sizeof(float)), *u = malloc(n * inter * sizeof(float));
     float *o = malloc(n * dim * sizeof(float)), *y = calloc(n * dim, sizeof(float)), coef[11];
-    for (int64_t i = 0; i < n * dim; i++) x[i] = frand() * 8.0f;
+    for (int64_t i = 0; i < n * dim; i++) x[i] = tu_frand() * 8.0f;
     for (int i = 0; i < n; i++) coef[i] = 0.3f + 0.1f * (float)i;
     for (int isa = 0; isa <= (int)st_cpu_isa_best(); isa++)
         for (int a = 0; a < 2; a++) {
@@ -202,7 +195,7 @@ static void experts_multi_equals_single(void **state) {
     for (int64_t n = 1; n <= 9; n += 8) {
         float *x = malloc(n * dim * sizeof(float)), *y0 = malloc(n * dim * sizeof(float)), *y1 = malloc(n * dim * sizeof(float));
         float coef[NE * 9];
-        for (int64_t i = 0; i < n * dim; i++) x[i] = frand() * 4.0f;
+        for (int64_t i = 0; i < n * dim; i++) x[i] = tu_frand() * 4.0f;
         for (int i = 0; i < NE * 9; i++) coef[i] = 0.05f * (float)(i + 1);
         for (int isa = 0; isa <= (int)st_cpu_isa_best(); isa++)
             for (int a = 0; a < 2; a++) {
@@ -241,7 +234,7 @@ static void expert_bad_shapes(void **state) {
 
 /* ---- batch invariance: token i's output never depends on the batch it came in ---- */
 
-static int64_t rnd_in(int64_t lo, int64_t hi) { return lo + (int64_t)(rnd() % (uint32_t)(hi - lo + 1)); }
+static int64_t rnd_in(int64_t lo, int64_t hi) { return lo + (int64_t)(tu_rnd() % (uint32_t)(hi - lo + 1)); }
 
 /* y += FFN of tokens [0, n) through calls of the given sizes (cycling; 0 ends).
  * ne == 0: st_expert_ffn on e[0]; else st_experts_ffn on ne experts. coef (max(ne, 1), n). */
@@ -282,8 +275,8 @@ static void expert_batch_invariant(void **state) {
                 const int64_t n = ns[i];
                 float *x = malloc((size_t)(n * dim) * sizeof(float)), *coef = malloc((size_t)(NE * n) * sizeof(float));
                 float *ya = malloc((size_t)(n * dim) * sizeof(float)), *yb = malloc((size_t)(n * dim) * sizeof(float));
-                for (int64_t q = 0; q < n * dim; q++) x[q] = frand() * 8.0f; /* the clamp at 10 acts on some units */
-                for (int64_t q = 0; q < NE * n; q++) coef[q] = 0.05f + 0.3f * (frand() + 1.0f);
+                for (int64_t q = 0; q < n * dim; q++) x[q] = tu_frand() * 8.0f; /* the clamp at 10 acts on some units */
+                for (int64_t q = 0; q < NE * n; q++) coef[q] = 0.05f + 0.3f * (tu_frand() + 1.0f);
                 for (int multi = 0; multi < 2; multi++) {
                     int ne = multi ? NE : 0;
                     for (int64_t q = 0; q < n * dim; q++) ya[q] = 0.25f;
@@ -308,6 +301,7 @@ static void expert_batch_invariant(void **state) {
 }
 
 int main(void) {
+    tu_rng_set(0x2545F4914F6CDD1Dull); /* this suite's stream */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(expert_one_token),
         cmocka_unit_test(expert_batch),

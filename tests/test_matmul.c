@@ -23,15 +23,8 @@
 #include "base/base.h"
 #include "cpu/cpu.h"
 #include "cpu/formats.h"
+#include "util.h"
 
-static uint64_t rng_state = 88172645463325252ull;
-static uint32_t rnd(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
-static float frand(void) { return (float)((rnd() & 0xffffff) / 16777216.0 * 2.0 - 1.0); }
 
 typedef struct {
     st_weight w;
@@ -45,27 +38,27 @@ static owned_w make_w(st_wfmt fmt, st_scale_fmt sf, int64_t rows, int64_t cols, 
     o.data = malloc(db);
     o.scale = sb ? malloc(sb) : NULL;
     uint8_t *d8 = o.data;
-    for (size_t i = 0; i < db; i++) d8[i] = (uint8_t)rnd();
+    for (size_t i = 0; i < db; i++) d8[i] = (uint8_t)tu_rnd();
     if (fmt == ST_WF_F32)
-        for (int64_t i = 0; i < rows * cols; i++) ((float *)o.data)[i] = frand();
+        for (int64_t i = 0; i < rows * cols; i++) ((float *)o.data)[i] = tu_frand();
     if (fmt == ST_WF_BF16)
-        for (int64_t i = 0; i < rows * cols; i++) ((uint16_t *)o.data)[i] = st_f32_to_bf16(frand());
+        for (int64_t i = 0; i < rows * cols; i++) ((uint16_t *)o.data)[i] = st_f32_to_bf16(tu_frand());
     if (fmt == ST_WF_FP8) {
         for (int64_t i = 0; i < rows * cols; i++) {
-            uint8_t b = kind ? (uint8_t)((i * 7 + i / cols) & 255) : (uint8_t)rnd();
+            uint8_t b = kind ? (uint8_t)((i * 7 + i / cols) & 255) : (uint8_t)tu_rnd();
             if (!kind && (b & 0x7f) == 0x7f) b ^= 1; /* no NaN in random data */
             d8[i] = b;
         }
         int64_t ns = (int64_t)sb / (sf == ST_SCALE_F32 ? 4 : 1);
         for (int64_t i = 0; i < ns; i++) {
-            if (sf == ST_SCALE_F32) ((float *)o.scale)[i] = ldexpf(1.0f + frand() * 0.5f, (int)(rnd() % 8) - 12);
-            else ((uint8_t *)o.scale)[i] = (uint8_t)(127 - 12 + rnd() % 8);
+            if (sf == ST_SCALE_F32) ((float *)o.scale)[i] = ldexpf(1.0f + tu_frand() * 0.5f, (int)(tu_rnd() % 8) - 12);
+            else ((uint8_t *)o.scale)[i] = (uint8_t)(127 - 12 + tu_rnd() % 8);
         }
     }
     if (fmt == ST_WF_FP4) {
         if (kind)
             for (size_t i = 0; i < db; i++) d8[i] = (uint8_t)(i * 17 + i / 7);
-        for (size_t i = 0; i < sb; i++) ((uint8_t *)o.scale)[i] = (uint8_t)(127 - 8 + rnd() % 6);
+        for (size_t i = 0; i < sb; i++) ((uint8_t *)o.scale)[i] = (uint8_t)(127 - 8 + tu_rnd() % 6);
     }
     o.w.data = o.data;
     o.w.scale = o.scale;
@@ -115,7 +108,7 @@ static double nmse_f(const float *y, const float *ref, int64_t n) {
 
 static float *rand_x(int64_t count, float amp) {
     float *x = malloc((size_t)count * sizeof(float));
-    for (int64_t i = 0; i < count; i++) x[i] = frand() * amp;
+    for (int64_t i = 0; i < count; i++) x[i] = tu_frand() * amp;
     return x;
 }
 
@@ -321,7 +314,7 @@ static void bf16_activations(void **state) {
     uint16_t *xb = malloc((size_t)(n * 256) * sizeof(uint16_t));
     float *x = malloc((size_t)(n * 256) * sizeof(float)), *y = malloc((size_t)(n * 50) * sizeof(float)),
           *yb = malloc((size_t)(n * 50) * sizeof(float));
-    for (int64_t i = 0; i < n * 256; i++) { xb[i] = st_f32_to_bf16(frand()); x[i] = st_bf16_to_f32(xb[i]); }
+    for (int64_t i = 0; i < n * 256; i++) { xb[i] = st_f32_to_bf16(tu_frand()); x[i] = st_bf16_to_f32(xb[i]); }
     for (int isa = 0; isa <= (int)st_cpu_isa_best(); isa++) {
         assert_int_equal(st_cpu_set_isa((st_isa)isa), 0);
         assert_int_equal(st_matmul(pools[2], &o.w, x, n, y, ST_ACT_F32), 0);
@@ -348,7 +341,7 @@ static void matmul_large_shapes(void **state) {
 
 /* ---- batch invariance: y[t] never depends on n or on the kernel the dispatcher picks ---- */
 
-static int64_t rnd_in(int64_t lo, int64_t hi) { return lo + (int64_t)(rnd() % (uint32_t)(hi - lo + 1)); }
+static int64_t rnd_in(int64_t lo, int64_t hi) { return lo + (int64_t)(tu_rnd() % (uint32_t)(hi - lo + 1)); }
 
 /* y of tokens [0, n) through calls of the given sizes (sizes cycle; 0 ends). */
 static void matmul_in_chunks(st_pool *pool, const st_weight *w, const float *x, int64_t n, const int *sizes, float *y) {
@@ -409,6 +402,7 @@ static void matmul_batch_invariant(void **state) {
 }
 
 int main(void) {
+    tu_rng_set(88172645463325252ull); /* this suite's stream */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(sizes_and_check),
         cmocka_unit_test(dequant_every_code),

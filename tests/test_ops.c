@@ -15,21 +15,11 @@
 #include "cpu/formats.h"
 #include "cpu/pool.h"
 #include "data/ops_torch.h"
+#include "util.h"
 
 /* ---- helpers --------------------------------------------------------------- */
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
-static uint64_t rng_u64(void) {
-    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static double rng_unif(void) { return (double)(rng_u64() >> 11) * 0x1p-53; }
-static float rng_gauss(void) {
-    double u = rng_unif() + 1e-300, v = rng_unif();
-    return (float)(sqrt(-2 * log(u)) * cos(2 * M_PI * v));
-}
-static void fill_gauss(float *x, int64_t n, float scale) { for (int64_t i = 0; i < n; i++) x[i] = rng_gauss() * scale; }
+static void fill_gauss(float *x, int64_t n, float scale) { for (int64_t i = 0; i < n; i++) x[i] = tu_rng_gauss() * scale; }
 
 /* normalised mean squared error of a against the reference r */
 static double nmse_f(const float *a, const double *r, int64_t n) {
@@ -74,7 +64,7 @@ static void rmsnorm_vs_double_and_paths(void **state) {
     (void)state;
     st_isa all[3];
     int ni = isas(all);
-    rng_seed(1);
+    tu_rng_seed(1);
     for (size_t si = 0; si < ST_ARRAY_LEN(sizes); si++) {
         int64_t n = sizes[si];
         float *x = malloc(n * 4), *w = malloc(n * 4), *y = malloc(n * 4), *y0 = malloc(n * 4), *yb = malloc(n * 4);
@@ -124,7 +114,7 @@ static void softmax_vs_double_and_paths(void **state) {
     (void)state;
     st_isa all[3];
     int ni = isas(all);
-    rng_seed(2);
+    tu_rng_seed(2);
     for (size_t si = 0; si < ST_ARRAY_LEN(sizes); si++) {
         int64_t n = sizes[si];
         float *x = malloc(n * 4), *y = malloc(n * 4), *y0 = malloc(n * 4);
@@ -270,7 +260,7 @@ static void rope_apply_vs_double_and_paths(void **state) {
     int ni = isas(all);
     const struct { int64_t heads, head_dim; int rope; } shapes[] = {
         {1, 2, 2}, {3, 10, 6}, {128, 512, 64}, {4, 64, 64}, {2, 1100, 1030}, {5, 27, 18}};
-    rng_seed(3);
+    tu_rng_seed(3);
     for (size_t s = 0; s < ST_ARRAY_LEN(shapes); s++) {
         int64_t H = shapes[s].heads, D = shapes[s].head_dim, n = H * D;
         int R = shapes[s].rope;
@@ -314,7 +304,7 @@ static void hadamard_vs_matrix_and_paths(void **state) {
     (void)state;
     st_isa all[3];
     int ni = isas(all);
-    rng_seed(4);
+    tu_rng_seed(4);
     for (int64_t n = 1; n <= 1024; n *= 2) {
         const int64_t nv = 3;
         float *x = malloc(nv * n * 4), *y = malloc(nv * n * 4), *y0 = malloc(nv * n * 4);
@@ -414,12 +404,12 @@ static void topk_random_and_large(void **state) {
     (void)state;
     st_isa all[3];
     int ni = isas(all);
-    rng_seed(5);
+    tu_rng_seed(5);
     const struct { int64_t n, k; } cases[] = {{17, 5}, {1000, 1000}, {3001, 1}, {100003, 1024}, {5000, 2000}};
     for (size_t c = 0; c < ST_ARRAY_LEN(cases); c++) {
         int64_t n = cases[c].n;
         float *x = malloc(n * 4);
-        for (int64_t i = 0; i < n; i++) x[i] = (float)(rng_u64() % 5000) * 0.5f; /* plenty of ties */
+        for (int64_t i = 0; i < n; i++) x[i] = (float)(tu_rng_u64() % 5000) * 0.5f; /* plenty of ties */
         check_topk(x, n, cases[c].k, all, ni);
         for (int64_t i = 0; i < n; i++) x[i] = (float)i; /* ascending: every element enters the heap */
         check_topk(x, n, cases[c].k, all, ni);
@@ -458,7 +448,7 @@ static void ops_threaded_equal_serial(void **state) {
     float f[32];
     st_rope_cfg cfg = {.rope_dims = 64, .theta = 10000};
     st_rope_inv_freq(&cfg, f);
-    rng_seed(6);
+    tu_rng_seed(6);
     fill_gauss(x, rows * n, 1.0f);
     memcpy(x1, x, rows * n * 4);
     mt_ctx c = {x1, rows, n, i1, f};
@@ -479,6 +469,7 @@ static void ops_threaded_equal_serial(void **state) {
 }
 
 int main(void) {
+    tu_rng_set(0x9E3779B97F4A7C15ull); /* this suite's stream */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(isa_coverage, teardown_isa),
         cmocka_unit_test_teardown(rmsnorm_vs_double_and_paths, teardown_isa),

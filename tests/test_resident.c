@@ -34,17 +34,10 @@
 #include "cpu/mem.h"
 #include "engine/model.h"
 #include "strata.h"
+#include "util.h"
 
 #define FIXTURE "tests/data/fixtures/v4_tiny_a"
 
-static uint64_t rng_state = 0x243f6a8885a308d3ull;
-static uint32_t rnd(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
-static float frand(void) { return (float)((rnd() & 0xffffff) / 16777216.0 * 2.0 - 1.0); }
 
 /* ---- row blocks ---- */
 
@@ -56,11 +49,11 @@ static void check_blocks(st_wfmt fmt, int64_t rows, int64_t cols) {
     double *ref = calloc((size_t)rows, sizeof(double));
     assert_true(data && x && y1 && y && ref);
     for (int64_t i = 0; i < rows * cols; i++) {
-        float v = frand();
+        float v = tu_frand();
         if (fmt == ST_WF_BF16) ((uint16_t *)data)[i] = st_f32_to_bf16(v);
         else ((float *)data)[i] = v;
     }
-    for (int64_t k = 0; k < cols; k++) x[k] = frand();
+    for (int64_t k = 0; k < cols; k++) x[k] = tu_frand();
     for (int64_t r = 0; r < rows; r++)
         for (int64_t k = 0; k < cols; k++) {
             double w = fmt == ST_WF_BF16 ? st_bf16_to_f32(((uint16_t *)data)[r * cols + k]) : ((float *)data)[r * cols + k];
@@ -283,6 +276,7 @@ static void mem_limit_follows_cgroup(void **state) {
 }
 
 int main(void) {
+    tu_rng_set(0x243f6a8885a308d3ull); /* this suite's stream */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matmul_row_blocks),
         cmocka_unit_test(dense_weights_copied_logits_identical),

@@ -19,6 +19,7 @@
 #include "io/uring.h"
 #include "io/uring_internal.h"
 #include "io/uring_probe.h"
+#include "util.h"
 
 #define TMPFS_MAGIC_NUMBER 0x01021994
 enum { N_FILES = 3, FILE_BYTES = 1 << 20, TAIL_BYTES = 1000, K = 4096 };
@@ -28,11 +29,6 @@ static char paths[N_FILES][600];
 static uint8_t *content[N_FILES]; /* what each file holds */
 static size_t sizes[N_FILES];
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void) {
-    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
-    return rng_state;
-}
 
 static bool is_tmpfs(const char *d) {
     struct statfs s;
@@ -56,7 +52,7 @@ static int setup(void **state) {
     for (int f = 0; f < N_FILES; f++) {
         sizes[f] = FILE_BYTES + (f == 2 ? TAIL_BYTES : 0); /* file 2 ends off a block boundary */
         content[f] = malloc(sizes[f]);
-        for (size_t i = 0; i < sizes[f]; i++) content[f][i] = (uint8_t)(rnd() >> 24);
+        for (size_t i = 0; i < sizes[f]; i++) content[f][i] = (uint8_t)(tu_rng_u64() >> 24);
         snprintf(paths[f], sizeof paths[f], "%s/part%d.bin", dir, f);
         write_file(paths[f], content[f], sizes[f]);
     }
@@ -140,9 +136,9 @@ static void random_reads(st_io_options opt, int rounds) {
     for (int round = 0; round < rounds; round++) {
         size_t used = 0;
         for (int k = 0; k < N; k++) {
-            int f = (int)(rnd() % N_FILES);
-            size_t len = (1 + rnd() % 4) * K;
-            uint64_t off = (rnd() % (FILE_BYTES / K - 4)) * K;
+            int f = (int)(tu_rng_u64() % N_FILES);
+            size_t len = (1 + tu_rng_u64() % 4) * K;
+            uint64_t off = (tu_rng_u64() % (FILE_BYTES / K - 4)) * K;
             uint8_t *base = k % 2 ? plain : pool;
             reqs[k] = (st_io_read){.file = f, .offset = off, .length = len, .dst = base + used, .tag = (uint64_t)k};
             if (k % 2) used += 4 * K;
@@ -877,6 +873,7 @@ static void error_in_a_piece_fails_the_request(void **state) {
 }
 
 int main(void) {
+    tu_rng_set(0x9e3779b97f4a7c15ull); /* this suite's stream */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(reads_match_pread_at_many_depths),
         cmocka_unit_test(pread_backend_matches),

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,3 +62,20 @@ st_model *tu_load(const char *path, const st_model_opts *extra, int threads) {
     if (st_model_load(path, &o, &m)) fail_msg("load %s: %s", path, st_last_error());
     return m;
 }
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+void tu_rng_set(uint64_t state) { rng_state = state; }
+void tu_rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
+uint64_t tu_rng_u64(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+double tu_rng_unif(void) { return (double)(tu_rng_u64() >> 11) * 0x1p-53; }
+float tu_rng_gauss(void) {
+    double u = tu_rng_unif() + 1e-300, v = tu_rng_unif();
+    return (float)(sqrt(-2 * log(u)) * cos(2 * M_PI * v));
+}
+uint32_t tu_rnd(void) { return (uint32_t)(tu_rng_u64() >> 16); }
+float tu_frand(void) { return (float)((tu_rnd() & 0xffffff) / 16777216.0 * 2.0 - 1.0); }

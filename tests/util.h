@@ -30,4 +30,16 @@ int tu_synth(const st_synth_preset *p, const char *dir, uint64_t seed, const cha
 /* st_model_load of path with *extra (or defaults), `threads` threads, quiet; fails the test on error. */
 st_model *tu_load(const char *path, const st_model_opts *extra, int threads);
 
+
+/* The suites' random numbers: one xorshift64 stream per test binary, so a suite
+ * draws the same values as when each had its own copy. tu_rng_set: the raw
+ * state (never 0); tu_rng_seed(s): state s * golden ratio + 1. */
+void tu_rng_set(uint64_t state);
+void tu_rng_seed(uint64_t s);
+uint64_t tu_rng_u64(void);
+double tu_rng_unif(void);   /* [0, 1) */
+float tu_rng_gauss(void);   /* standard normal (Box-Muller) */
+uint32_t tu_rnd(void);      /* 32 bits of the state's middle */
+float tu_frand(void);       /* [-1, 1) */
+
 #endif
