@@ -358,6 +358,25 @@ fail:
     return rc;
 }
 
+int st_model_stream_preload(st_model_stream *ms, bool progress) {
+    int *all = malloc((size_t)ms->n_experts * sizeof *all), rc = 0;
+    if (!all) return st_error(ST_ERR_NOMEM, "expert preload: out of memory");
+    for (int e = 0; e < ms->n_experts; e++) all[e] = e;
+    st_progress pg;
+    st_progress_begin(&pg, "experts to their NUMA nodes", (uint64_t)ms->n_layers, false, !progress);
+    for (int l = 0; !rc && l < ms->n_layers; l++) {
+        int e;
+        const void *pieces[ST_STREAM_MAX_PIECES];
+        if (!(rc = st_expert_nodes_begin(ms->es, l, all, ms->n_experts, NULL)))
+            while ((rc = st_expert_nodes_next(ms->es, &e, pieces)) == 1) {}
+        st_expert_nodes_end(ms->es);
+        st_progress_update(&pg, (uint64_t)l + 1);
+    }
+    st_progress_end(&pg);
+    free(all);
+    return rc < 0 ? st_error_prefix(rc, "expert preload: ") : 0;
+}
+
 struct st_expert_nodes *st_model_expert_nodes(const st_model *m) {
     return m->experts.get == ms_get ? ((st_model_stream *)m->experts.ctx)->es : NULL;
 }

@@ -1,7 +1,8 @@
 /* The model's routed experts served by the offload layer (offload/expert_source.h):
  * the loader attaches a stream when a DRAM budget leaves too little room for
- * every expert; st_model.experts then reads them with O_DIRECT into slots and
- * predicts the next layer's experts from the current hidden state. */
+ * every expert, or, on several NUMA nodes, to hold every expert in the memory
+ * of the node that computes it; st_model.experts then reads them with O_DIRECT
+ * into slots and predicts the next layer's experts from the current hidden state. */
 #ifndef ST_ENGINE_MODEL_STREAM_H
 #define ST_ENGINE_MODEL_STREAM_H
 
@@ -21,6 +22,10 @@ typedef struct st_model_stream st_model_stream;
 int st_model_stream_attach(st_model *m, st_checkpoint *ck, const st_config *cfg, const st_model_opts *o,
                            uint64_t cache_bytes, st_model_stream **out);
 void st_model_stream_free(st_model_stream *ms);
+/* Reads every routed expert into the slots now, layer by layer (the streams of
+ * a model whose experts all fit: each lands on the NUMA node that computes it).
+ * 0 or a read error naming the file. */
+int st_model_stream_preload(st_model_stream *ms, bool progress);
 
 /* The offload numbers of a model: 0 and *out filled, or ST_ERR_NOT_FOUND when
  * every expert is resident (no stream). */

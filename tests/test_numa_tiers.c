@@ -7,7 +7,8 @@
  * fixture streaming through a few slots, every expert is computed from a slot
  * recorded on its owner node by that node's threads, each layer's experts use
  * both nodes, each node's budget holds, and the logits are bit-identical to
- * the one-node run and to the resident run. */
+ * the one-node run and to the resident run; without a budget, every expert is
+ * read once at load onto its node and never again. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -358,6 +359,41 @@ static void two_nodes_bit_identical_streaming(void **state) {
     free(resident);
 }
 
+/* No budget on two nodes: every expert is read at load into the memory of the
+ * node that computes it (not left in the page cache's mapping), computed there,
+ * never read again; logits equal the one-node resident run's. */
+static void two_nodes_resident_experts_on_their_nodes(void **state) {
+    (void)state;
+    const int n = 12, decode = 4;
+    st_model *m = load(NULL, 2);
+    assert_null(st_model_expert_nodes(m)); /* one node: the mapping, no stream */
+    const size_t count = (size_t)(n + decode) * (size_t)m->vocab;
+    const int all = m->n_layers * m->layers[0].moe.n_experts;
+    float *resident = run(m, n, decode);
+    st_model_free(m);
+    setenv("STRATA_TOPOLOGY", TWO_NODES, 1);
+    m = load(NULL, 2);
+    unsetenv("STRATA_TOPOLOGY");
+    assert_int_equal(st_expert_nodes_count(st_model_expert_nodes(m)), 2);
+    st_stream_stats at_load, after;
+    assert_int_equal(st_model_offload_stats(m, &at_load), 0);
+    assert_int_equal(at_load.reads, (uint64_t)all); /* each expert read once, at load */
+    st_model_free(m);
+    float *two = two_node_run(TWO_NODES, 2, &(st_model_opts){0}, n, decode);
+    assert_same(resident, two, count, "two nodes, experts preloaded per node vs one-node resident");
+    free(two);
+    setenv("STRATA_TOPOLOGY", TWO_NODES, 1);
+    m = load(NULL, 2);
+    unsetenv("STRATA_TOPOLOGY");
+    free(run(m, n, decode));
+    assert_int_equal(st_model_offload_stats(m, &after), 0);
+    assert_int_equal(after.reads, (uint64_t)all);                 /* nothing read after the load */
+    assert_int_equal(after.pf.misses, at_load.pf.misses);         /* every need a hit */
+    assert_true(after.pf.hits > at_load.pf.hits);
+    st_model_free(m);
+    free(resident);
+}
+
 static void numa_modes(void **state) {
     (void)state;
     /* --numa 1 on the synthetic machine: one cache on node 1, no teams */
@@ -426,6 +462,7 @@ int main(void) {
         cmocka_unit_test(owners_are_balanced_and_stable),
         cmocka_unit_test(virtual_node_recorded_not_bound),
         cmocka_unit_test(two_nodes_bit_identical_streaming),
+        cmocka_unit_test(two_nodes_resident_experts_on_their_nodes),
         cmocka_unit_test(numa_modes),
         cmocka_unit_test(small_cache_over_two_nodes),
     };
