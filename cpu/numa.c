@@ -176,6 +176,12 @@ int st_numa_plan_new_on(const st_numa *m, int n_threads, int node, st_numa_plan 
 int st_numa_plan_thread_count(const st_numa_plan *p) { return p->n_threads; }
 int st_numa_plan_node_count(const st_numa_plan *p) { return p->n_nodes; }
 
+int st_numa_plan_active_nodes(const st_numa_plan *p) {
+    int active = 0;
+    for (int i = 0; i < p->n_nodes; i++) active += p->count[i] > 0;
+    return active;
+}
+
 int st_numa_plan_owner(const st_numa_plan *p, int64_t n_items, int64_t item) {
     /* node n owns the items whose middle falls in its share [T_before, T_before + count) / n_threads */
     long double mid = ((long double)item + 0.5L) / (long double)n_items * (long double)p->n_threads;

@@ -60,6 +60,7 @@ st_numa_thread st_numa_plan_thread(const st_numa_plan *plan, int ith);
 void st_numa_plan_node_threads(const st_numa_plan *plan, int node, int *first, int *count);
 
 int st_numa_plan_node_count(const st_numa_plan *plan); /* the topology's nodes (some may have no threads) */
+int st_numa_plan_active_nodes(const st_numa_plan *plan); /* ... of them, those with threads */
 
 /* Owner of item `item` of n_items (e.g. an expert of a layer): the same
  * contiguous, thread-proportional split as st_numa_plan_split with equal sizes,

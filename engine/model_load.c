@@ -299,11 +299,7 @@ static int thread_nodes(const st_model *m) {
     st_numa_plan *plan = NULL;
     int active = 0;
     if (!st_numa_new_env(&numa) && !st_numa_plan_new(numa, st_pool_size(m->pool), &plan))
-        for (int i = 0; i < st_numa_plan_node_count(plan); i++) {
-            int f, c;
-            st_numa_plan_node_threads(plan, i, &f, &c);
-            active += c > 0;
-        }
+        active = st_numa_plan_active_nodes(plan);
     st_error_clear(); /* no topology: one node */
     st_numa_plan_free(plan);
     st_numa_free(numa);
@@ -314,9 +310,8 @@ static int thread_nodes(const st_model *m) {
  * per-node expert streams hold all of them, each in the memory of the node
  * whose threads compute it, read there once at load (not the page cache's
  * pages, which sit wherever the kernel put them). */
-static int experts_on_their_nodes(st_model *m, loader *ld, const st_model_opts *o, uint64_t budget_left) {
+static int experts_on_their_nodes(st_model *m, loader *ld, const st_model_opts *o, int nodes, uint64_t budget_left) {
     st_model_opts per_node = *o;
-    const int nodes = thread_nodes(m);
     /* every expert a slot, plus a few per node for the split's rounding (or what the budget leaves) */
     if (budget_left) per_node.expert_cache = budget_left;
     else per_node.expert_slots = m->n_layers * m->layers[0].moe.n_experts + 4 * nodes;
@@ -330,11 +325,11 @@ static int experts_on_their_nodes(st_model *m, loader *ld, const st_model_opts *
 static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
     uint64_t routed = st_model_routed_bytes(m), cache = o->expert_cache;
     if (!cache && !o->expert_slots) {
-        const bool per_node = o->numa == 0 && !getenv("STRATA_NUMA_MAPPED") && thread_nodes(m) > 1;
-        if (!o->dram_budget) return per_node ? experts_on_their_nodes(m, ld, o, 0) : 0;
+        const int nodes = o->numa == 0 && !getenv("STRATA_NUMA_MAPPED") ? thread_nodes(m) : 1;
+        if (!o->dram_budget) return nodes > 1 ? experts_on_their_nodes(m, ld, o, nodes, 0) : 0;
         uint64_t pinned = pinned_bytes(m, &ld->cfg);
         if (o->dram_budget >= pinned + routed) /* everything fits: no streaming */
-            return per_node ? experts_on_their_nodes(m, ld, o, o->dram_budget - pinned) : 0;
+            return nodes > 1 ? experts_on_their_nodes(m, ld, o, nodes, o->dram_budget - pinned) : 0;
         char a[32], b[32], c[32];
         if (o->dram_budget <= pinned)
             return st_error(ST_ERR_BUDGET, "DRAM budget %s is below the weights that stay in DRAM (%s: attention, shared "

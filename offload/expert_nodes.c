@@ -161,13 +161,7 @@ int st_expert_nodes_new(const st_stream_desc *d, const st_stream_opts *o, int nu
         goto done;
     }
     if ((rc = st_numa_plan_new(numa, threads, &plan))) goto done;
-    int active = 0;
-    for (int i = 0; i < st_numa_plan_node_count(plan); i++) {
-        int f, c;
-        st_numa_plan_node_threads(plan, i, &f, &c);
-        active += c > 0;
-    }
-    rc = active > 1 && pool ? node_streams(s, d, &so, numa, plan, pool) : one_stream(s, d, &so);
+    rc = st_numa_plan_active_nodes(plan) > 1 && pool ? node_streams(s, d, &so, numa, plan, pool) : one_stream(s, d, &so);
 done:
     st_numa_plan_free(plan);
     st_numa_free(numa);

@@ -294,6 +294,8 @@ static void numa_memory_only_nodes(void **state) {
         st_numa_plan_node_threads(p, n, &first, &count);
         assert_int_equal(count, cores[n]);
     }
+    assert_int_equal(st_numa_plan_node_count(p), 4);
+    assert_int_equal(st_numa_plan_active_nodes(p), 2); /* the memory-only nodes get no threads */
     int owner[10];
     uint64_t bytes[4];
     assert_int_equal(st_numa_plan_split(p, 10, NULL, owner, bytes), 0);
