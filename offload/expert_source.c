@@ -64,6 +64,16 @@ static int64_t deadline(const st_expert_stream *s, int layer) { return s->step *
  * with the same speed); bench io: 4 MiB pieces keep 0.92-0.99 of whole reads on a pack at 16 MiB */
 enum { IO_PIECE = 4 << 20, IO_INFLIGHT = 16 << 20, IO_INFLIGHT_URGENT = 64 << 20 };
 
+/* A size from the environment (A/B switches: "4M", "16777216", "0"), else dflt; a bad value
+ * is reported and dflt kept. */
+static size_t env_bytes(const char *name, size_t dflt) {
+    const char *v = getenv(name);
+    uint64_t b;
+    if (!v) return dflt;
+    if (st_parse_size(v, 0, name, &b)) { ST_WARN("%s (keeping %zu)", st_last_error(), dflt); st_error_clear(); return dflt; }
+    return (size_t)b;
+}
+
 static int xfer_start(void *ctx, uint64_t key, void *dst, uint64_t bytes, uint64_t tag) {
     st_expert_stream *s = ctx;
     int layer = st_cache_key_layer(key), expert = st_cache_key_index(key);
@@ -235,10 +245,9 @@ int st_expert_stream_new(const st_stream_desc *d, const st_stream_opts *o, st_ex
      * rest waits in the engine's queue where a read the engine waits for overtakes speculative ones
      * (xfer_promote) and a prediction proved wrong is dropped before it costs disk time */
     st_io_options io_opt = {.queue_depth = opt.io_depth ? opt.io_depth : 32, .buffered = opt.buffered, .faults = opt.faults,
-                            .max_piece = getenv("STRATA_IO_PIECE") ? (size_t)atoll(getenv("STRATA_IO_PIECE")) : IO_PIECE,
-                            .max_inflight_bytes = getenv("STRATA_IO_INFLIGHT") ? (size_t)atoll(getenv("STRATA_IO_INFLIGHT")) : IO_INFLIGHT,
-                            .max_inflight_urgent_bytes = getenv("STRATA_IO_INFLIGHT_URGENT")
-                                                             ? (size_t)atoll(getenv("STRATA_IO_INFLIGHT_URGENT")) : IO_INFLIGHT_URGENT};
+                            .max_piece = env_bytes("STRATA_IO_PIECE", IO_PIECE),
+                            .max_inflight_bytes = env_bytes("STRATA_IO_INFLIGHT", IO_INFLIGHT),
+                            .max_inflight_urgent_bytes = env_bytes("STRATA_IO_INFLIGHT_URGENT", IO_INFLIGHT_URGENT)};
     if ((rc = st_io_open(d->paths, d->n_files, &io_opt, &s->io))) goto fail;
     for (int f = 0; f < d->n_files; f++) fsize[f] = st_io_file_size(s->io, f);
     bool tails = false;
