@@ -115,6 +115,10 @@ static int start(st_prefetch *pf, uint64_t key, int s, int kind, int64_t deadlin
     pf->load_deadline[s] = deadline;
     if (kind == PREFETCH_LOAD) pf->n_prefetching++;
     else pf->n_demand++;
+    /* for the step being served (a demand load, a hash layer's or a later group's request): not
+     * speculative, so it goes ahead of the reads that are (st_prefetch_advance does the same for
+     * loads that become current while in flight) */
+    if (deadline <= pf->now && pf->xfer.promote) pf->xfer.promote(pf->xfer.ctx, (uint64_t)s);
     return 0;
 }
 
@@ -148,8 +152,6 @@ static void issue(st_prefetch *pf) {
             pf->st.issue_errors++;
             continue;
         }
-        /* for the layer being served (certain, e.g. a hash layer's or a later group's): not speculative */
-        if (best_deadline <= pf->now && pf->xfer.promote) pf->xfer.promote(pf->xfer.ctx, (uint64_t)s);
         st_slot_cache_want(pf->cache, key, true); /* until its use: not the victim of the next load */
         pf->st.issued++;
     }
@@ -303,8 +305,7 @@ static int pin(st_prefetch *pf, uint64_t key, int *slot) {
         pf->st.misses++;
     }
     pf->st.demand_loads++;
-    int rc = start(pf, key, *slot, DEMAND_LOAD, pf->now);
-    if (!rc && pf->xfer.promote) pf->xfer.promote(pf->xfer.ctx, (uint64_t)*slot); /* ahead of speculative reads */
+    int rc = start(pf, key, *slot, DEMAND_LOAD, pf->now); /* deadline now: promoted ahead of speculative reads */
     if (rc) {
         st_slot_cache_release(pf->cache, *slot);
         *slot = -1;
