@@ -78,13 +78,17 @@ void st_seq_reset(st_seq *s) {
 
 typedef struct fwd_bufs {
     float *x, *y, *f, *post, *comb, *mixes;
-    float *xp; /* (rows, hc, dim) residual for refine_next; NULL for long chunks (no refinement) */
+    /* refine_next (NULL for long chunks: no refinement): the residual as mixed by the next layer's
+     * attention side with a zero output (rows, hc, dim), and its own hc_ffn pre-mix outputs */
+    float *xp, *ry, *rpost, *rcomb, *rmixes;
+    bool attn_pre_ready; /* y, post, comb hold the next layer's hc_attn pre-mix of x (refine_next made it) */
 } fwd_bufs;
 
 enum { REFINE_MAX_ROWS = 64 }; /* larger steps need most experts: predictions do not pay */
 
 static void bufs_free(fwd_bufs *b) {
-    free(b->x); free(b->y); free(b->f); free(b->post); free(b->comb); free(b->mixes); free(b->xp);
+    free(b->x); free(b->y); free(b->f); free(b->post); free(b->comb); free(b->mixes);
+    free(b->xp); free(b->ry); free(b->rpost); free(b->rcomb); free(b->rmixes);
 }
 
 /* Scratch for `rows` token rows at once. */
@@ -97,8 +101,16 @@ static int bufs_alloc(fwd_bufs *b, const st_model *m, int64_t rows) {
     b->post = malloc((size_t)(rows * hc) * sizeof(float));
     b->comb = malloc((size_t)(rows * hc * hc) * sizeof(float));
     b->mixes = malloc((size_t)(rows * mix) * sizeof(float));
-    if (m->experts.refine && rows <= REFINE_MAX_ROWS) b->xp = malloc((size_t)(rows * hc * dim) * sizeof(float));
-    if (b->x && b->y && b->f && b->post && b->comb && b->mixes && (b->xp || !m->experts.refine || rows > REFINE_MAX_ROWS))
+    const bool refine = m->experts.refine && rows <= REFINE_MAX_ROWS;
+    if (refine) {
+        b->xp = malloc((size_t)(rows * hc * dim) * sizeof(float));
+        b->ry = malloc((size_t)(rows * dim) * sizeof(float));
+        b->rpost = malloc((size_t)(rows * hc) * sizeof(float));
+        b->rcomb = malloc((size_t)(rows * hc * hc) * sizeof(float));
+        b->rmixes = malloc((size_t)(rows * mix) * sizeof(float));
+    }
+    if (b->x && b->y && b->f && b->post && b->comb && b->mixes &&
+        (!refine || (b->xp && b->ry && b->rpost && b->rcomb && b->rmixes)))
         return 0;
     bufs_free(b);
     *b = (fwd_bufs){0};
@@ -108,9 +120,10 @@ static int bufs_alloc(fwd_bufs *b, const st_model *m, int64_t rows) {
 /* Layer l's MoE input as it would be if l's attention output were zero: l's
  * attention-side hc mixing of the residual b->x as it is now (hc_pre for post
  * and comb, hc_post with a zero output into b->xp), then its hc_ffn pre-mix and
- * ffn_norm. Handed to the expert source as a prediction of l's experts while
- * l's attention runs; exact when that attention adds nothing. Uses b->y, f,
- * post, comb and mixes, free between a layer's MoE hc_post and the next hc_pre.
+ * ffn_norm (into b->ry). Handed to the expert source as a prediction of l's
+ * experts while l's attention runs; exact when that attention adds nothing.
+ * The hc_attn pre-mix is the one layer l starts with: it stays in b->y, post
+ * and comb for it (attn_pre_ready). b->f is free here (the MoE output is added).
  * Skipped for hash layers (certain already) and steps that need most experts. */
 static int refine_next(const st_model *m, int l, const int32_t *tokens, int64_t T, fwd_bufs *b) {
     const st_layer_w *L = &m->layers[l];
@@ -119,13 +132,14 @@ static int refine_next(const st_model *m, int l, const int32_t *tokens, int64_t 
     if (L->moe.hash || !b->xp || T * L->moe.top_k >= L->moe.n_experts) return 0;
     int rc = st_hc_pre(m->pool, &m->hcd, &L->hc_attn, b->x, T, b->y, b->post, b->comb, b->mixes);
     if (rc) return rc;
+    b->attn_pre_ready = true;
     memset(b->f, 0, (size_t)(T * dim) * sizeof(float));
     st_hc_post(&m->hcd, b->f, b->x, b->post, b->comb, T, b->xp);
     if (official) st_round_bf16(b->xp, T * sd);
-    if ((rc = st_hc_pre(m->pool, &m->hcd, &L->hc_ffn, b->xp, T, b->y, b->post, b->comb, b->mixes))) return rc;
-    for (int64_t t = 0; t < T; t++) st_rmsnorm(b->y + t * dim, L->ffn_norm, dim, m->norm_eps, b->y + t * dim);
-    if (official) st_round_bf16(b->y, T * dim);
-    return m->experts.refine(m->experts.ctx, l, b->y, tokens, T);
+    if ((rc = st_hc_pre(m->pool, &m->hcd, &L->hc_ffn, b->xp, T, b->ry, b->rpost, b->rcomb, b->rmixes))) return rc;
+    for (int64_t t = 0; t < T; t++) st_rmsnorm(b->ry + t * dim, L->ffn_norm, dim, m->norm_eps, b->ry + t * dim);
+    if (official) st_round_bf16(b->ry, T * dim);
+    return m->experts.refine(m->experts.ctx, l, b->ry, tokens, T);
 }
 
 /* T token rows through the model: sequence i owns rows [first[i], first[i+1])
@@ -152,11 +166,14 @@ static int run_rows(st_seq *const *seqs, int nseq, const int64_t *first, const i
             st_dequant_rows(&m->embed, tokens[t], tokens[t] + 1, b->y + t * dim);
             for (int h = 0; h < hc; h++) memcpy(b->x + t * sd + h * dim, b->y + t * dim, (size_t)dim * sizeof(float));
         }
+    b->attn_pre_ready = false;
     if (m->experts.step && (rc = m->experts.step(m->experts.ctx, tokens, T))) return rc;
     for (int l = 0; l < m->n_layers; l++) {
         const st_layer_w *L = &m->layers[l];
         /* attention */
-        if ((rc = st_hc_pre(m->pool, &m->hcd, &L->hc_attn, b->x, T, b->y, b->post, b->comb, b->mixes))) return rc;
+        if (!b->attn_pre_ready && (rc = st_hc_pre(m->pool, &m->hcd, &L->hc_attn, b->x, T, b->y, b->post, b->comb, b->mixes)))
+            return rc;
+        b->attn_pre_ready = false;
         for (int64_t t = 0; t < T; t++) st_rmsnorm(b->y + t * dim, L->attn_norm, dim, m->norm_eps, b->y + t * dim);
         if (official) st_round_bf16(b->y, T * dim);
         for (int i = 0; i < nseq; i++) {
