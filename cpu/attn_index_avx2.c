@@ -45,7 +45,7 @@ void st_index_scores_e2m1_avx2(const st_index_q *q, const float *w, const uint8_
             for (int64_t b = 0; b < nb; b++) {
                 const int64_t i0 = h * nb + b;
                 __m256i a = _mm256_set1_epi32(-q->corr[i0]);
-                for (int j = 0; j < 8; j++) {
+                _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) {
                     const __m256i pr = _mm256_maddubs_epi16(kb[b * 8 + j], _mm256_set1_epi32(q->perm[i0 * 8 + j]));
                     a = _mm256_add_epi32(a, _mm256_madd_epi16(pr, ones));
                 }

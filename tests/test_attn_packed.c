@@ -3,7 +3,8 @@
  *   dot products) against a plain scalar reference (decoded F32 keys, each
  *   32-block's dot product in double, which is exact, then the documented
  *   float sums), bit for bit on every ISA this CPU has, on odd shapes (partial
- *   and odd d, n not a multiple of the SIMD width, heads not a multiple of 4),
+ *   and odd d, n not a multiple of the SIMD width, every n to 70, heads not a
+ *   multiple of 4),
  *   scales at the ends of the range (subnormal results), and within F32
  *   rounding of the decode-then-F32 st_index_scores;
  * - st_attn_heads_kv / scores_kv / wsum_kv (packed e4m3 + bf16 KV rows read
@@ -130,6 +131,18 @@ static void index_e2m1_equals_reference_on_every_isa(void **state) {
                                  {64, 128, 37}, {3, 64, 21}, {5, 96, 9},    {6, 48, 19},  {2, 33, 18},
                                  {1, 7, 5},    {7, 160, 40}, {16, 544, 17}, {9, 64, 16}};
     for (size_t i = 0; i < ST_ARRAY_LEN(shapes); i++) check_shape(shapes[i][0], shapes[i][1], shapes[i][2], -3, 3, 118, 134);
+}
+
+/* The AVX-512 kernel takes keys 32 at a time (two groups of 16, each full or
+ * masked) and heads four at a time over both groups, the AVX2 one 8 keys:
+ * every key count from 1 to 70 (one, two, three groups and every partial
+ * second group), head counts with and without a remainder, and d up to the
+ * 16 blocks the kernels keep on the stack (17 takes the generic path). */
+static void index_e2m1_every_key_count(void **state) {
+    (void)state;
+    const int64_t hd[][2] = {{4, 32}, {5, 32}, {1, 64}, {8, 128}, {3, 512}, {2, 544}};
+    for (size_t i = 0; i < ST_ARRAY_LEN(hd); i++)
+        for (int64_t n = 1; n <= 70; n += hd[i][1] > 128 ? 7 : 1) check_shape(hd[i][0], hd[i][1], n, -3, 3, 118, 134);
 }
 
 static void index_e2m1_range_ends(void **state) {
@@ -518,6 +531,7 @@ int main(void) {
     tu_rng_set(0x2545F4914F6CDD1Dull); /* this suite's stream */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(index_e2m1_equals_reference_on_every_isa),
+        cmocka_unit_test(index_e2m1_every_key_count),
         cmocka_unit_test(index_e2m1_range_ends),
         cmocka_unit_test(index_e2m1_close_to_f32_path),
         cmocka_unit_test(index_q_pack_rejects_what_is_not_e2m1),
