@@ -47,12 +47,25 @@ typedef enum {
 
 typedef enum { ST_SCALE_E8M0 = 0, ST_SCALE_F32 = 1 } st_scale_fmt;
 
+/* A weight's rows placed over NUMA nodes: part i, rows [first[i], first[i + 1])
+ * (first[0] = 0, first[n] = rows, the cuts multiples of ST_ROW_SPLIT_ALIGN),
+ * lives in the memory of the node whose threads are team i of the pool
+ * (cpu/pool.h). A product over a pool with exactly n teams computes each part
+ * on its own team; otherwise the split is ignored. Results never depend on it:
+ * each row is computed whole by one thread either way. */
+enum { ST_ROW_SPLIT_MAX = 16, ST_ROW_SPLIT_ALIGN = 32 };
+typedef struct st_row_split {
+    int n;
+    int64_t first[ST_ROW_SPLIT_MAX + 1];
+} st_row_split;
+
 typedef struct st_weight {
     st_wfmt fmt;
     int64_t rows, cols;     /* (out_features, in_features) */
     const void *data;       /* F32/BF16: rows*cols elements; FP8: rows*cols bytes; FP4: rows*cols/2 bytes */
     const void *scale;      /* FP8: (ceil(rows/128), ceil(cols/128)); FP4: (rows, cols/32); else NULL */
     st_scale_fmt scale_fmt; /* element type of `scale` (FP4 is always E8M0) */
+    const st_row_split *split; /* NULL: no NUMA split (see st_row_split) */
 } st_weight;
 
 /* Bytes of data / scale for a weight of that shape and format. */

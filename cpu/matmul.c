@@ -207,24 +207,58 @@ int st_mm_job_rows(const st_mm_job *j, int64_t r0, int64_t r1) {
 typedef struct {
     const st_mm_job *job;
     int64_t block; /* rows per block, a multiple of ST_MM_ROW_ALIGN */
+    int64_t end;   /* rows [next's start, end) */
     _Atomic int64_t next;
     _Atomic int failed;
 } mm_ctx;
 
-static int64_t block_rows(const st_weight *w, int nth) {
+static int64_t block_rows(const st_weight *w, int64_t rows, int nth) {
     const int64_t row_bytes = ST_MAX((int64_t)st_weight_data_bytes(w->fmt, 1, w->cols), 1);
-    int64_t rows = ST_MIN(MM_BLOCK_BYTES / row_bytes, ST_DIV_UP(w->rows, (int64_t)nth * MM_BLOCKS_PER_THREAD));
-    return ST_MAX(ST_ALIGN_UP(rows, ST_MM_ROW_ALIGN), ST_MM_ROW_ALIGN);
+    int64_t b = ST_MIN(MM_BLOCK_BYTES / row_bytes, ST_DIV_UP(rows, (int64_t)nth * MM_BLOCKS_PER_THREAD));
+    return ST_MAX(ST_ALIGN_UP(b, ST_MM_ROW_ALIGN), ST_MM_ROW_ALIGN);
 }
 
+void (*st_mm_rows_observer)(const st_weight *w, int64_t r0, int64_t r1);
+
 static void rows_task(void *c, int ith, int nth) {
+    (void)ith, (void)nth;
     mm_ctx *m = c;
-    const int64_t rows = m->job->w->rows;
     for (;;) {
         int64_t lo = atomic_fetch_add_explicit(&m->next, m->block, memory_order_relaxed);
-        if (lo >= rows) return;
-        if (st_mm_job_rows(m->job, lo, ST_MIN(lo + m->block, rows))) { atomic_store(&m->failed, 1); return; }
+        if (lo >= m->end) return;
+        int64_t hi = ST_MIN(lo + m->block, m->end);
+        if (st_mm_rows_observer) st_mm_rows_observer(m->job->w, lo, hi);
+        if (st_mm_job_rows(m->job, lo, hi)) { atomic_store(&m->failed, 1); return; }
     }
+}
+
+/* NUMA: each part of a split weight computed by the team on whose node it lives. */
+_Static_assert(ST_ROW_SPLIT_ALIGN % ST_MM_ROW_ALIGN == 0, "split cuts fall on panel boundaries");
+typedef struct {
+    const st_mm_job *job;
+    mm_ctx part[ST_ROW_SPLIT_MAX];
+} split_ctx;
+
+static void team_rows(void *c, int team, st_pool *team_pool) {
+    split_ctx *s = c;
+    const st_row_split *sp = s->job->w->split;
+    mm_ctx *m = &s->part[team];
+    const int64_t r0 = sp->first[team], r1 = sp->first[team + 1];
+    m->job = s->job;
+    m->block = block_rows(s->job->w, r1 - r0, st_pool_size(team_pool));
+    m->end = r1;
+    atomic_store(&m->next, r0);
+    atomic_store(&m->failed, 0);
+    st_pool_run(team_pool, rows_task, m);
+}
+
+static bool split_usable(st_pool *pool, const st_weight *w) {
+    const st_row_split *sp = w->split;
+    if (!pool || !sp || sp->n < 2 || sp->n > ST_ROW_SPLIT_MAX || st_pool_team_count(pool) != sp->n) return false;
+    if (sp->first[0] != 0 || sp->first[sp->n] != w->rows) return false;
+    for (int i = 0; i < sp->n; i++)
+        if (sp->first[i] > sp->first[i + 1] || (i && sp->first[i] % ST_ROW_SPLIT_ALIGN)) return false;
+    return true;
 }
 
 static int matmul_f32(st_pool *pool, const st_weight *w, const float *x, int64_t n, float *y, st_act act) {
@@ -233,10 +267,18 @@ static int matmul_f32(st_pool *pool, const st_weight *w, const float *x, int64_t
     if (rc) return rc;
     if ((double)w->rows * (double)w->cols * (double)n < (double)SERIAL_MACS) pool = NULL;
     st_mm_job_prepare(pool, &job);
-    mm_ctx m = {.job = &job, .block = pool ? block_rows(w, st_pool_size(pool)) : w->rows};
-    st_pool_run(pool, rows_task, &m);
+    bool failed = false;
+    if (split_usable(pool, w)) {
+        split_ctx s = {.job = &job};
+        st_pool_run_teams(pool, team_rows, &s);
+        for (int i = 0; i < w->split->n; i++) failed |= atomic_load(&s.part[i].failed) != 0;
+    } else {
+        mm_ctx m = {.job = &job, .block = pool ? block_rows(w, w->rows, st_pool_size(pool)) : w->rows, .end = w->rows};
+        st_pool_run(pool, rows_task, &m);
+        failed = atomic_load(&m.failed) != 0;
+    }
     st_mm_job_free(&job);
-    if (atomic_load(&m.failed))
+    if (failed)
         return st_error(ST_ERR_NOMEM, "matmul: no memory for %zu bytes of kernel scratch", st_mm_scratch_bytes(w->cols));
     return 0;
 }

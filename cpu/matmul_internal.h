@@ -97,6 +97,10 @@ extern const st_mm_kernels st_mm_generic, st_mm_avx2, st_mm_avx512;
 
 #define ST_MM_ROW_ALIGN 32 /* rows per thread share: the SIMD panels' height */
 
+/* Tests: called with each block of rows [r0, r1) of w a thread of st_matmul is
+ * about to compute (from that thread: st_pool_thread_index() names it). NULL: off. */
+extern void (*st_mm_rows_observer)(const st_weight *w, int64_t r0, int64_t r1);
+
 /* A product y = x . W^T as a job: init allocates the prepared activations
  * (Q8 for FP4 with ST_ACT_Q8; the GEMM layout), prepare fills the buffers the
  * job owns (pool split over tokens), rows runs the active ISA's kernel on rows

@@ -139,18 +139,26 @@ static void record_placement(void *p, uint64_t len, int node, bool bound) {
     pthread_mutex_unlock(&placed_mu);
 }
 
-static void forget_placement(void *p) {
+/* Every record inside [p, p + len): the allocation's own and its ranges' (st_mem_place_range). */
+static void forget_placement(void *p, uint64_t len) {
     pthread_mutex_lock(&placed_mu);
-    for (int i = 0; i < n_placed; i++)
-        if (placed_list[i].lo == (uintptr_t)p) { placed_list[i] = placed_list[--n_placed]; break; }
+    for (int i = 0; i < n_placed;)
+        if (placed_list[i].lo >= (uintptr_t)p && placed_list[i].lo < (uintptr_t)p + len) placed_list[i] = placed_list[--n_placed];
+        else i++;
     pthread_mutex_unlock(&placed_mu);
 }
 
 int st_mem_placement_of(const void *ptr, st_mem_placement *out) {
     int rc = ST_ERR_NOT_FOUND;
+    uintptr_t narrowest = UINTPTR_MAX;
     pthread_mutex_lock(&placed_mu);
-    for (int i = 0; i < n_placed; i++)
-        if ((uintptr_t)ptr >= placed_list[i].lo && (uintptr_t)ptr < placed_list[i].hi) { *out = placed_list[i].where; rc = 0; break; }
+    for (int i = 0; i < n_placed; i++) /* a range placed inside an allocation is more specific than it */
+        if ((uintptr_t)ptr >= placed_list[i].lo && (uintptr_t)ptr < placed_list[i].hi &&
+            placed_list[i].hi - placed_list[i].lo < narrowest) {
+            *out = placed_list[i].where;
+            narrowest = placed_list[i].hi - placed_list[i].lo;
+            rc = 0;
+        }
     pthread_mutex_unlock(&placed_mu);
     return rc;
 }
@@ -240,10 +248,22 @@ int st_mem_alloc(st_budget *b, uint64_t bytes, st_mem_policy policy, int node, v
     return 0;
 }
 
+int st_mem_place_range(void *p, uint64_t len, int node) {
+    if (!p || !len || ((uintptr_t)p | len) & (PAGE_4K - 1))
+        return st_error(ST_ERR_INVALID, "memory range %p + %llu: not whole 4 KiB pages", p, (unsigned long long)len);
+    bool ok = node >= 0 && (numa_on() ? node_usable(node) : true);
+    if (!ok && node >= 0 && node < atomic_load(&virtual_nodes)) ok = true;
+    if (!ok)
+        return st_error(ST_ERR_INVALID, "NUMA node %d is not one this process may use (nodes 0-%d)", node,
+                        (numa_on() ? numa_nodes_probed : 1) - 1);
+    record_placement(p, len, node, place(p, len, ST_MEM_NODE, node));
+    return 0;
+}
+
 void st_mem_free(st_budget *b, void *ptr, uint64_t bytes) {
     if (!ptr) return;
     uint64_t len = st_mem_charge(bytes);
-    forget_placement(ptr);
+    forget_placement(ptr, len);
     munmap(ptr, len);
     st_budget_release(b, len);
 }

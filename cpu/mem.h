@@ -49,6 +49,11 @@ uint64_t st_mem_charge(uint64_t bytes);
  * Returns 0, ST_ERR_BUDGET, ST_ERR_NOMEM, or ST_ERR_INVALID (node out of range,
  * bytes == 0, unknown policy). */
 int st_mem_alloc(st_budget *b, uint64_t bytes, st_mem_policy policy, int node, void **out);
+/* Places whole pages [p, p + len) of an st_mem_alloc allocation not touched
+ * yet on `node` (as ST_MEM_NODE, recorded for st_mem_placement_of): one
+ * matrix's rows split over the nodes whose threads compute them. 0, or
+ * ST_ERR_INVALID (not whole pages, a node this process may not use). */
+int st_mem_place_range(void *p, uint64_t len, int node);
 /* Unmaps and returns the charge; bytes must be the size given to st_mem_alloc.
  * ptr NULL is a no-op. */
 void st_mem_free(st_budget *b, void *ptr, uint64_t bytes);
@@ -84,13 +89,13 @@ uint64_t st_mem_limit(void);
  * shared with bytes outside the range are kept. */
 void st_mem_drop_pages(const void *p, uint64_t len);
 
-/* Where an ST_MEM_NODE allocation was asked to live. */
+/* Where an ST_MEM_NODE allocation (or an st_mem_place_range range) was asked to live. */
 typedef struct st_mem_placement {
     int node;   /* the node asked for */
     bool bound; /* mbind applied it (false: NUMA off, refused, or a node that does not exist here) */
 } st_mem_placement;
-/* The placement of the ST_MEM_NODE allocation holding ptr (anywhere inside it):
- * 0, or ST_ERR_NOT_FOUND (not such an allocation, or freed). */
+/* The placement of the ST_MEM_NODE allocation or placed range holding ptr (the
+ * narrowest): 0, or ST_ERR_NOT_FOUND (not such an allocation, or freed). */
 int st_mem_placement_of(const void *ptr, st_mem_placement *out);
 
 #endif

@@ -420,10 +420,73 @@ static bool owned_by_loader(const loader *ld, const void *p) {
     return false;
 }
 
+/* ---- NUMA: dense rows on the node that computes them ----
+ * On several nodes the per-node expert streams split the pool into teams, one
+ * per node with threads (offload/expert_nodes.c, in the NUMA plan's node
+ * order). A dense matrix is then cut into row parts in proportion to the
+ * teams' threads, each part placed in its team's node memory, and st_matmul
+ * computes each part on its team (cpu/cpu.h st_row_split): every weight byte
+ * a decode token reads is local, with no copy per node. */
+typedef struct node_teams {
+    int n;                         /* teams (0: no split) */
+    int os_node[ST_ROW_SPLIT_MAX]; /* the node of team i */
+    int threads[ST_ROW_SPLIT_MAX];
+} node_teams;
+
+static node_teams pool_node_teams(const st_model *m) {
+    node_teams t = {0};
+    const int teams = st_pool_team_count(m->pool);
+    if (teams < 2 || teams > ST_ROW_SPLIT_MAX) return t;
+    st_numa *numa = NULL;
+    st_numa_plan *plan = NULL;
+    if (!st_numa_new_env(&numa) && !st_numa_plan_new(numa, st_pool_size(m->pool), &plan)) {
+        for (int i = 0, f, c; i < st_numa_plan_node_count(plan) && t.n < ST_ROW_SPLIT_MAX; i++) {
+            st_numa_plan_node_threads(plan, i, &f, &c);
+            if (c == 0) continue;
+            t.os_node[t.n] = st_numa_node_at(numa, i)->os_index;
+            t.threads[t.n++] = c;
+        }
+    }
+    st_error_clear(); /* no topology: no split */
+    st_numa_plan_free(plan);
+    st_numa_free(numa);
+    if (t.n != teams) t.n = 0; /* not the teams this plan makes: leave the matrices whole */
+    return t;
+}
+
+static int64_t gcd64(int64_t a, int64_t b) { return b ? gcd64(b, a % b) : a; }
+
+/* Row cuts of w for the teams, in proportion to their threads, each cut a
+ * multiple of ST_ROW_SPLIT_ALIGN rows and of 2 MiB (4 KiB for smaller
+ * matrices) of data. false: too small for every team to get a part. */
+static bool split_rows(const st_weight *w, const node_teams *t, st_row_split *sp) {
+    const int64_t row_bytes = (int64_t)st_weight_data_bytes(w->fmt, 1, w->cols);
+    int total = 0;
+    for (int i = 0; i < t->n; i++) total += t->threads[i];
+    if (t->n < 2 || row_bytes <= 0 || total <= 0) return false;
+    static const int64_t pages[] = {2 << 20, 4096};
+    for (size_t p = 0; p < ST_ARRAY_LEN(pages); p++) {
+        const int64_t page_rows = pages[p] / gcd64(pages[p], row_bytes),
+                      align = page_rows / gcd64(page_rows, ST_ROW_SPLIT_ALIGN) * ST_ROW_SPLIT_ALIGN;
+        *sp = (st_row_split){.n = t->n};
+        bool ok = true;
+        for (int i = 1, before = 0; i < t->n; i++) {
+            before += t->threads[i - 1];
+            int64_t cut = (w->rows * before / total + align / 2) / align * align;
+            sp->first[i] = cut;
+            ok &= cut > sp->first[i - 1] && cut < w->rows;
+        }
+        sp->first[t->n] = w->rows;
+        if (ok) return true;
+    }
+    return false;
+}
+
 /* Allocates w's DRAM copy (data, then scales at a 64-byte boundary), queues the
  * copy in l and points w at it (valid once l has run). No memory for it: w
- * stays a view of the mapping (a warning, once). */
-static int plan_copy(loader *ld, piece_list *l, st_weight *w, st_mem_policy policy, int node) {
+ * stays a view of the mapping (a warning, once). teams (n > 1): the copy's rows
+ * go to the teams' nodes and w gets the split. */
+static int plan_copy(loader *ld, piece_list *l, st_weight *w, st_mem_policy policy, int node, const node_teams *teams) {
     if (!w->data || owned_by_loader(ld, w->data)) return 0; /* e.g. wo_a dequantised: already a copy */
     const uint64_t db = st_weight_data_bytes(w->fmt, w->rows, w->cols),
                    sb = w->scale ? st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols) : 0,
@@ -435,6 +498,15 @@ static int plan_copy(loader *ld, piece_list *l, st_weight *w, st_mem_policy poli
         ld->copies = c;
         ld->cap_copies = cap;
     }
+    st_row_split split, *kept = NULL;
+    const bool split_ok = teams->n > 1 && split_rows(w, teams, &split);
+    if (split_ok) {
+        if (!(kept = malloc(sizeof *kept))) return st_error(ST_ERR_NOMEM, "loader: out of memory");
+        *kept = split;
+        int rc = own(ld, kept);
+        if (rc) { free(kept); return rc; }
+        policy = ST_MEM_DEFAULT; /* the parts are placed below, before the copy touches them */
+    }
     void *p;
     if (st_mem_alloc(NULL, total, policy, node, &p)) {
         static atomic_flag warned = ATOMIC_FLAG_INIT;
@@ -443,6 +515,15 @@ static int plan_copy(loader *ld, piece_list *l, st_weight *w, st_mem_policy poli
         return 0;
     }
     ld->copies[ld->n_copies++] = (dram_copy){p, total};
+    if (split_ok) {
+        const uint64_t row_bytes = st_weight_data_bytes(w->fmt, 1, w->cols), end = st_mem_charge(total);
+        for (int i = 0; i < split.n; i++) { /* the last part takes the scales too (small) */
+            uint64_t lo = (uint64_t)split.first[i] * row_bytes, hi = i + 1 < split.n ? (uint64_t)split.first[i + 1] * row_bytes : end;
+            int rc = st_mem_place_range((uint8_t *)p + lo, hi - lo, teams->os_node[i]);
+            if (rc) return st_error_prefix(rc, "loader: NUMA part %d of a %lld-row matrix: ", i, (long long)w->rows);
+        }
+        w->split = kept;
+    }
     int rc = add_pieces(l, p, w->data, db);
     if (!rc) rc = add_pieces(l, (uint8_t *)p + off, w->scale, sb);
     if (rc) return rc;
@@ -483,8 +564,9 @@ static int make_resident(st_model *m, loader *ld, const st_model_opts *o) {
         int node = 0;
         if (o && o->numa > 0) policy = ST_MEM_NODE, node = o->numa - 1;
         else if ((!o || o->numa == 0) && st_mem_numa_nodes() > 1) policy = ST_MEM_INTERLEAVE;
+        const node_teams teams = !o || o->numa == 0 ? pool_node_teams(m) : (node_teams){0};
         /* one matrix at a time: its mapping pages are dropped before the next is read */
-#define COPY(w) if (!rc && !(rc = plan_copy(ld, &l, (w), policy, node))) copied += run_pieces(m->pool, &l)
+#define COPY(w) if (!rc && !(rc = plan_copy(ld, &l, (w), policy, node, &teams))) copied += run_pieces(m->pool, &l)
         FOR_RESIDENT_WEIGHTS(m, false, COPY);
 #undef COPY
     }
@@ -535,12 +617,7 @@ int st_model_load(const char *path, const st_model_opts *opts, st_model **out) {
     int rc;
     if ((rc = st_config_load(path, &ld->cfg))) goto fail;
     const st_config *cfg = &ld->cfg;
-    if (cfg->hc_mult > 16) { rc = st_error(ST_ERR_UNSUPPORTED, "config: hc_mult = %d (strata supports up to 16)", cfg->hc_mult); goto fail; }
-    for (int i = 0; i < cfg->n_layers; i++)
-        if (cfg->layer_kind[i] == ST_LAYER_CSA && (cfg->index_head_dim & (cfg->index_head_dim - 1))) {
-            rc = st_error(ST_ERR_UNSUPPORTED, "config: index_head_dim = %d is not a power of two (Hadamard)", cfg->index_head_dim);
-            goto fail;
-        }
+    if ((rc = st_config_check_engine(cfg, "config"))) goto fail;
     if ((rc = st_checkpoint_open(path, cfg, &ld->ck))) goto fail;
     if ((rc = st_checkpoint_check(ld->ck, cfg))) goto fail;
     st_bind_src src = {.lookup = bind_lookup, .ctx = ld};

@@ -17,12 +17,14 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/base.h"
 #include "cpu/cpu.h"
 #include "cpu/formats.h"
+#include "cpu/matmul_internal.h"
 #include "util.h"
 
 
@@ -401,6 +403,69 @@ static void matmul_batch_invariant(void **state) {
     }
 }
 
+/* ---- NUMA row split (cpu/cpu.h st_row_split) ----
+ * A pool of 4 threads in two teams of 2: with a split weight, every block of
+ * rows is computed by a thread of the team owning those rows, and the result
+ * is bit-identical to the whole pool's; a split the pool's teams do not match
+ * (or a malformed one) is ignored. */
+static _Atomic int split_wrong, split_blocks;
+static _Atomic int64_t split_cut;
+
+static void split_observer(const st_weight *w, int64_t r0, int64_t r1) {
+    (void)w;
+    const int th = st_pool_thread_index(), team = th < 2 ? 0 : 1;
+    const int64_t cut = atomic_load(&split_cut);
+    if (th < 0 || (team == 0 ? r1 > cut : r0 < cut)) atomic_fetch_add(&split_wrong, 1);
+    atomic_fetch_add(&split_blocks, 1);
+}
+
+static void matmul_row_split(void **state) {
+    (void)state;
+    st_pool *pool;
+    assert_int_equal(st_pool_new(4, false, &pool), 0);
+    const int first[2] = {0, 2}, count[2] = {2, 2};
+    assert_int_equal(st_pool_set_teams(pool, 2, first, count), 0);
+    const struct { st_wfmt f; st_scale_fmt sf; const char *name; } fmts[] = {
+        {ST_WF_F32, ST_SCALE_E8M0, "F32"}, {ST_WF_BF16, ST_SCALE_E8M0, "BF16"}, {ST_WF_FP8, ST_SCALE_E8M0, "FP8"},
+        {ST_WF_FP8, ST_SCALE_F32, "FP8 (F32 scales)"}, {ST_WF_FP4, ST_SCALE_E8M0, "FP4"}};
+    const int64_t rows = 1000, cols = 256;
+    float *x = malloc(3 * cols * sizeof(float)), *y0 = malloc(3 * rows * sizeof(float)), *y1 = malloc(3 * rows * sizeof(float));
+    for (int64_t i = 0; i < 3 * cols; i++) x[i] = tu_frand();
+    for (size_t f = 0; f < ST_ARRAY_LEN(fmts); f++)
+        for (int n = 1; n <= 3; n += 2)
+            for (int act = 0; act <= 1; act++) {
+                owned_w o = make_w(fmts[f].f, fmts[f].sf, rows, cols, 0);
+                assert_int_equal(st_matmul(pool, &o.w, x, n, y0, (st_act)act), 0); /* no split: the whole pool */
+                st_row_split sp = {.n = 2, .first = {0, 512, rows}};
+                o.w.split = &sp;
+                atomic_store(&split_cut, 512);
+                atomic_store(&split_wrong, 0);
+                atomic_store(&split_blocks, 0);
+                st_mm_rows_observer = split_observer;
+                memset(y1, 0xff, (size_t)(n * rows) * sizeof(float));
+                assert_int_equal(st_matmul(pool, &o.w, x, n, y1, (st_act)act), 0);
+                st_mm_rows_observer = NULL;
+                if (memcmp(y0, y1, (size_t)(n * rows) * sizeof(float)))
+                    fail_msg("%s n=%d act=%d: the split changed the result", fmts[f].name, n, act);
+                assert_true(atomic_load(&split_blocks) >= 2);
+                assert_int_equal(atomic_load(&split_wrong), 0);
+                /* ignored: three parts on two teams, a cut off the panel grid, parts out of order */
+                const st_row_split bad[] = {{.n = 3, .first = {0, 320, 640, rows}}, {.n = 2, .first = {0, 500, rows}},
+                                            {.n = 2, .first = {0, rows + 32, rows}}};
+                for (size_t b = 0; b < ST_ARRAY_LEN(bad); b++) {
+                    o.w.split = &bad[b];
+                    memset(y1, 0xff, (size_t)(n * rows) * sizeof(float));
+                    assert_int_equal(st_matmul(pool, &o.w, x, n, y1, (st_act)act), 0);
+                    assert_memory_equal(y0, y1, (size_t)(n * rows) * sizeof(float));
+                }
+                free_w(&o);
+            }
+    free(x);
+    free(y0);
+    free(y1);
+    st_pool_free(pool);
+}
+
 int main(void) {
     tu_rng_set(88172645463325252ull); /* this suite's stream */
     const struct CMUnitTest tests[] = {
@@ -412,6 +477,7 @@ int main(void) {
         cmocka_unit_test(bf16_activations),
         cmocka_unit_test(matmul_large_shapes),
         cmocka_unit_test(matmul_batch_invariant),
+        cmocka_unit_test(matmul_row_split),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
