@@ -6,6 +6,7 @@
  * shuffles, then shared memory, reduce the lanes. A pointer or row stride that
  * is not 16-byte aligned takes a byte-per-lane path. */
 #include "kernels/gemv_fp4.cuh"
+#include "kernels/gemv_rows.cuh"
 
 namespace {
 
@@ -74,48 +75,18 @@ __host__ __device__ inline void fp4_lane_bytes(const st_gpu_gemv &g, int64_t row
     }
 }
 
-template <bool VECTOR> __global__ void __launch_bounds__(FP4_THREADS) gemv_fp4_kernel(const st_gpu_gemv g) {
-    __shared__ float warp_sums[FP4_WARPS][FP4_ROWS];
-    const int lane = threadIdx.x % ST_WARP, warp = threadIdx.x / ST_WARP;
-    const int64_t row0 = (int64_t)blockIdx.x * FP4_ROWS; /* < rows: the grid is sized so */
-    const int nrows = (int)(g.rows - row0 < FP4_ROWS ? g.rows - row0 : FP4_ROWS);
-    float acc[FP4_ROWS];
-    if (VECTOR) fp4_lane_vector(g, row0, nrows, threadIdx.x, FP4_THREADS, acc);
-    else fp4_lane_bytes(g, row0, nrows, threadIdx.x, FP4_THREADS, acc);
-#pragma unroll
-    for (int r = 0; r < FP4_ROWS; r++) {
-        float v = st_warp_sum(acc[r]);
-        if (lane == 0) warp_sums[warp][r] = v;
+struct Fp4Rows {
+    static constexpr int WARPS = FP4_WARPS, THREADS = FP4_THREADS, ROWS = FP4_ROWS;
+    static bool vector_ok(const st_gpu_gemv &g) { return fp4_vector_ok(g); }
+    __host__ __device__ static void lane(bool vector, const st_gpu_gemv &g, int64_t row0, int nrows, int lane,
+                                         int nlanes, float acc[FP4_ROWS]) {
+        if (vector) fp4_lane_vector(g, row0, nrows, lane, nlanes, acc);
+        else fp4_lane_bytes(g, row0, nrows, lane, nlanes, acc);
     }
-    __syncthreads();
-    if ((int)threadIdx.x < nrows) {
-        float s = 0.0f;
-#pragma unroll
-        for (int w = 0; w < FP4_WARPS; w++) s += warp_sums[w][threadIdx.x];
-        g.y[row0 + threadIdx.x] = s;
-    }
-}
+};
 
 } // namespace
 
-cudaError_t st_gemv_fp4_launch(const st_gpu_gemv &g, cudaStream_t stream) {
-    if (g.rows == 0) return cudaSuccess;
-    const unsigned blocks = (unsigned)((g.rows + FP4_ROWS - 1) / FP4_ROWS);
-    if (fp4_vector_ok(g)) gemv_fp4_kernel<true><<<blocks, FP4_THREADS, 0, stream>>>(g);
-    else gemv_fp4_kernel<false><<<blocks, FP4_THREADS, 0, stream>>>(g);
-    return cudaGetLastError();
-}
+cudaError_t st_gemv_fp4_launch(const st_gpu_gemv &g, cudaStream_t stream) { return st_gemv_rows_launch<Fp4Rows>(g, stream); }
 
-void st_gemv_fp4_emulate(const st_gpu_gemv &g) {
-    const bool vector = fp4_vector_ok(g);
-    for (int64_t row0 = 0; row0 < g.rows; row0 += FP4_ROWS) {
-        const int nrows = (int)(g.rows - row0 < FP4_ROWS ? g.rows - row0 : FP4_ROWS);
-        float sum[FP4_ROWS] = {0}, acc[FP4_ROWS];
-        for (int lane = 0; lane < FP4_THREADS; lane++) {
-            if (vector) fp4_lane_vector(g, row0, nrows, lane, FP4_THREADS, acc);
-            else fp4_lane_bytes(g, row0, nrows, lane, FP4_THREADS, acc);
-            for (int r = 0; r < nrows; r++) sum[r] += acc[r];
-        }
-        for (int r = 0; r < nrows; r++) g.y[row0 + r] = sum[r];
-    }
-}
+void st_gemv_fp4_emulate(const st_gpu_gemv &g) { st_gemv_rows_emulate<Fp4Rows>(g); }

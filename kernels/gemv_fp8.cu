@@ -6,6 +6,7 @@
  * shuffles, then shared memory, reduce the lanes. Rows whose pointer or stride
  * is not 16-byte aligned (or cols % 16 != 0) take a byte-per-lane path. */
 #include "kernels/gemv_fp8.cuh"
+#include "kernels/gemv_rows.cuh"
 
 namespace {
 
@@ -72,48 +73,18 @@ __host__ __device__ inline void fp8_lane_bytes(const st_gpu_gemv &g, int64_t row
     }
 }
 
-template <bool VECTOR> __global__ void __launch_bounds__(FP8_THREADS) gemv_fp8_kernel(const st_gpu_gemv g) {
-    __shared__ float warp_sums[FP8_WARPS][FP8_ROWS];
-    const int lane = threadIdx.x % ST_WARP, warp = threadIdx.x / ST_WARP;
-    const int64_t row0 = (int64_t)blockIdx.x * FP8_ROWS; /* < rows: the grid is sized so */
-    const int nrows = (int)(g.rows - row0 < FP8_ROWS ? g.rows - row0 : FP8_ROWS);
-    float acc[FP8_ROWS];
-    if (VECTOR) fp8_lane_vector(g, row0, nrows, threadIdx.x, FP8_THREADS, acc);
-    else fp8_lane_bytes(g, row0, nrows, threadIdx.x, FP8_THREADS, acc);
-#pragma unroll
-    for (int r = 0; r < FP8_ROWS; r++) {
-        float v = st_warp_sum(acc[r]);
-        if (lane == 0) warp_sums[warp][r] = v;
+struct Fp8Rows {
+    static constexpr int WARPS = FP8_WARPS, THREADS = FP8_THREADS, ROWS = FP8_ROWS;
+    static bool vector_ok(const st_gpu_gemv &g) { return fp8_vector_ok(g); }
+    __host__ __device__ static void lane(bool vector, const st_gpu_gemv &g, int64_t row0, int nrows, int lane,
+                                         int nlanes, float acc[FP8_ROWS]) {
+        if (vector) fp8_lane_vector(g, row0, nrows, lane, nlanes, acc);
+        else fp8_lane_bytes(g, row0, nrows, lane, nlanes, acc);
     }
-    __syncthreads();
-    if ((int)threadIdx.x < nrows) {
-        float s = 0.0f;
-#pragma unroll
-        for (int w = 0; w < FP8_WARPS; w++) s += warp_sums[w][threadIdx.x];
-        g.y[row0 + threadIdx.x] = s;
-    }
-}
+};
 
 } // namespace
 
-cudaError_t st_gemv_fp8_launch(const st_gpu_gemv &g, cudaStream_t stream) {
-    if (g.rows == 0) return cudaSuccess;
-    const unsigned blocks = (unsigned)((g.rows + FP8_ROWS - 1) / FP8_ROWS);
-    if (fp8_vector_ok(g)) gemv_fp8_kernel<true><<<blocks, FP8_THREADS, 0, stream>>>(g);
-    else gemv_fp8_kernel<false><<<blocks, FP8_THREADS, 0, stream>>>(g);
-    return cudaGetLastError();
-}
+cudaError_t st_gemv_fp8_launch(const st_gpu_gemv &g, cudaStream_t stream) { return st_gemv_rows_launch<Fp8Rows>(g, stream); }
 
-void st_gemv_fp8_emulate(const st_gpu_gemv &g) {
-    const bool vector = fp8_vector_ok(g);
-    for (int64_t row0 = 0; row0 < g.rows; row0 += FP8_ROWS) {
-        const int nrows = (int)(g.rows - row0 < FP8_ROWS ? g.rows - row0 : FP8_ROWS);
-        float sum[FP8_ROWS] = {0}, acc[FP8_ROWS];
-        for (int lane = 0; lane < FP8_THREADS; lane++) {
-            if (vector) fp8_lane_vector(g, row0, nrows, lane, FP8_THREADS, acc);
-            else fp8_lane_bytes(g, row0, nrows, lane, FP8_THREADS, acc);
-            for (int r = 0; r < nrows; r++) sum[r] += acc[r];
-        }
-        for (int r = 0; r < nrows; r++) g.y[row0 + r] = sum[r];
-    }
-}
+void st_gemv_fp8_emulate(const st_gpu_gemv &g) { st_gemv_rows_emulate<Fp8Rows>(g); }
