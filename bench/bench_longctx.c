@@ -9,8 +9,16 @@
  * entries per layer kind, KV bytes per tier, the KV bytes each decoded token
  * must read (all indexer keys and the top-k entries of CSA layers, every entry
  * of HCA layers, the window) plus the weights, and the bound that puts on
- * tokens/s at the DRAM read bandwidth measured in the same run.
+ * tokens/s at the DRAM read bandwidth measured in the same run; then the
+ * multiply-adds the context costs a decoded token (indexer scores over every
+ * key, attention scores and weighted sums over every candidate entry) and the
+ * bound they put on tokens/s at the peak rates measured in the same run (int8
+ * VNNI for the exact indexer of official numerics, F32 FMA otherwise, one
+ * core's rate times the threads; the two add: they share the vector multiply
+ * pipes). The last lines say which bound limits the long context against the
+ * first one.
  */
+#include <hwloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +97,7 @@ static int fill_context(st_seq *s, int64_t N) {
 typedef struct lc_row {
     int64_t ctx;
     double tok_s, kv_read, bound;
+    double idx_macs, attn_macs, cbound; /* per decoded token; compute bound tok/s (0: no peak measured) */
     int64_t csa, idx, hca;
     uint64_t fast, dram, nvme;
 } lc_row;
@@ -112,7 +121,39 @@ static double kv_read_per_token(const st_model *m, int64_t N, double *idx_per_la
     return b;
 }
 
-static int run_context(st_model *m, const lc_args *a, int64_t N, double dram_gbs, lc_row *r) {
+/* Multiply-adds one decoded token at context N spends on the context: the
+ * indexer scores every key of each CSA layer (keys x index heads x index
+ * head_dim), attention scores and weighted sums over every candidate (window,
+ * plus the top-k entries of CSA layers or every entry of HCA layers: heads x
+ * candidates x head_dim, twice). Projections and experts are not counted (they
+ * do not grow with the context; their weights are in the byte bound). */
+static void macs_per_token(const st_model *m, int64_t N, double *idx, double *attn) {
+    *idx = *attn = 0;
+    for (int l = 0; l < m->n_layers; l++) {
+        const st_attn_w *w = &m->layers[l].attn;
+        double cand = (double)ST_MIN((int64_t)w->window, N);
+        if (w->kind == ST_LAYER_CSA) {
+            *idx += (double)(N / w->idx.comp.ratio) * w->idx.n_heads * (double)w->idx.head_dim;
+            cand += (double)ST_MIN((int64_t)w->idx.topk, N / w->comp.ratio);
+        } else if (w->kind == ST_LAYER_HCA) {
+            cand += (double)(N / w->comp.ratio);
+        }
+        *attn += 2.0 * w->n_heads * cand * (double)w->head_dim;
+    }
+}
+
+/* Peak multiply-adds per second of the pool (one core's measured rate times the threads). */
+typedef struct lc_peak {
+    double fma_macs, vnni_macs; /* 0: not measured (no AVX-512 kernels) */
+} lc_peak;
+
+static double compute_bound(const st_model *m, const lc_peak *pk, double idx_macs, double attn_macs) {
+    if (pk->fma_macs <= 0) return 0;
+    const double idx_rate = m->numerics == ST_NUMERICS_OFFICIAL ? pk->vnni_macs : pk->fma_macs;
+    return 1.0 / (idx_macs / idx_rate + attn_macs / pk->fma_macs);
+}
+
+static int run_context(st_model *m, const lc_args *a, int64_t N, double dram_gbs, const lc_peak *pk, lc_row *r) {
     st_seq *s = NULL;
     int rc = st_seq_new(m, &s);
     if (!rc && a->kv_budget) rc = st_seq_kv_tiering(s, a->kv_budget, 0, a->kv_spill, 0);
@@ -150,10 +191,51 @@ static int run_context(st_model *m, const lc_args *a, int64_t N, double dram_gbs
         double idx;
         r->kv_read = kv_read_per_token(m, s->pos, &idx);
         r->bound = dram_gbs * 1e9 / (r->kv_read + (double)m->bytes_per_token);
+        macs_per_token(m, s->pos, &r->idx_macs, &r->attn_macs);
+        r->cbound = compute_bound(m, pk, r->idx_macs, r->attn_macs);
     }
     free(logits);
     st_seq_free(s);
     return rc;
+}
+
+/* Size of the first L3 hwloc sees (the cache the threads share; the whole
+ * socket's total that sysconf reports would overstate it), 0 if unknown. */
+static double l3_bytes(void) {
+    hwloc_topology_t t;
+    double size = 0;
+    if (hwloc_topology_init(&t) != 0) return 0;
+    if (hwloc_topology_load(t) == 0) {
+        hwloc_obj_t o = hwloc_get_obj_by_type(t, HWLOC_OBJ_L3CACHE, 0);
+        if (o && o->attr) size = (double)o->attr->cache.size;
+    }
+    hwloc_topology_destroy(t);
+    return size;
+}
+
+/* The goal "decode at the last context >= 0.5 x decode at the first": the
+ * tightest bound measured on the last context's tok/s, set against half the
+ * first context's measured tok/s. The DRAM bound only binds when the KV read
+ * set does not stay in the last-level cache. */
+static void print_goal(const st_model *m, const lc_row *r0, const lc_row *r) {
+    const double need = 0.5 * r0->tok_s;
+    const double l3 = l3_bytes();
+    const double set = r->kv_read + (double)m->bytes_per_token;
+    const bool in_llc = l3 > 0 && set < 0.75 * l3; /* others share it: room kept */
+    printf("goal at %lld: >= 0.5 x %.1f = %.1f tok/s; measured %.1f (%.3f x)\n", (long long)r->ctx, r0->tok_s, need,
+           r->tok_s, r->tok_s / r0->tok_s);
+    printf("  DRAM byte bound %.1f tok/s (%.2f MiB read a token", r->bound, set / (1 << 20));
+    if (l3 > 0) printf(in_llc ? "; fits in the %.0f MiB L3: not a bound there)\n" : "; over 3/4 of the %.0f MiB L3)\n",
+                       l3 / (1 << 20));
+    else printf(")\n");
+    if (r->cbound > 0) {
+        printf("  compute bound %.1f tok/s (%.2fM indexer + %.2fM attention multiply-adds a token); measured at %.1f%% of it\n",
+               r->cbound, r->idx_macs / 1e6, r->attn_macs / 1e6, 100 * r->tok_s / r->cbound);
+        const double tight = in_llc ? r->cbound : ST_MIN(r->cbound, r->bound);
+        printf("  tightest bound %.1f tok/s = %.3f x the first context's measured rate: the goal is %s\n"
+               "  (the bounds count the context's work only: the per-token work every context has lowers them further)\n",
+               tight, tight / r0->tok_s, tight >= need ? "within the bounds" : "out of reach even at the bound");
+    }
 }
 
 int bench_longctx(int argc, char **argv) {
@@ -166,7 +248,10 @@ int bench_longctx(int argc, char **argv) {
                "context tokens/s and its ratio to the first context, entries per layer kind, KV bytes\n"
                "per tier, KV bytes read per decoded token (every indexer key and the top-k entries of\n"
                "CSA layers, every entry of HCA layers, the window) and the tokens/s bound that gives\n"
-               "with the weights at the DRAM read bandwidth measured in the same run.\n\n"
+               "with the weights at the DRAM read bandwidth measured in the same run; the context's\n"
+               "multiply-adds per decoded token (indexer over every key, attention scores and weighted\n"
+               "sums over every candidate) and the tokens/s bound they give at the peak int8 VNNI / F32\n"
+               "FMA rates measured in the same run (one core times the threads; AVX-512 CPUs only).\n\n"
                "  --contexts LIST   context lengths (default 4K,64K,1M for models of dim < 256,\n"
                "                    else 4K,64K)\n"
                "  --decode N        tokens decoded per context (default 16, after 2 warm-up tokens)\n"
@@ -215,24 +300,49 @@ int bench_longctx(int argc, char **argv) {
         ctx[nctx++] = (int64_t)v;
     }
     const double dram = bench_dram_read_gbs(m->pool, (size_t)1 << 30);
+    lc_peak pk = {0};
+    double fma1 = 0, vnni1 = 0, bf16 = 0;
+    if (st_cpu_isa_best() == ST_ISA_AVX512) {
+        for (int i = 0; i < 3; i++) { /* the best of three: other load on the core only lowers a rate */
+            double f, v;
+            bench_peak_avx512(&f, &v, &bf16);
+            fma1 = ST_MAX(fma1, f);
+            vnni1 = ST_MAX(vnni1, v);
+        }
+        pk.fma_macs = fma1 / 2 * 1e9 * st_pool_size(m->pool); /* the rates count 2 ops a multiply-add */
+        pk.vnni_macs = vnni1 / 2 * 1e9 * st_pool_size(m->pool);
+    }
     printf("longctx: %s, %d layers, %s numerics, %d threads; DRAM read %.2f GB/s; weights %.2f MiB per token;\n"
            "context KV filled with random values (setup, not timed); %d decoded tokens per context%s\n",
            a.model, m->n_layers, m->numerics == ST_NUMERICS_OFFICIAL ? "official" : "reference", st_pool_size(m->pool),
            dram, (double)m->bytes_per_token / (1 << 20), a.decode, a.kv_budget ? " (KV tiering on)" : "");
-    printf("%9s %9s %7s %9s %9s %9s %10s %10s %10s %11s %9s %8s\n", "context", "tok/s", "vs 1st", "CSA ent", "idx keys",
-           "HCA ent", "KV fast", "KV dram", "KV nvme", "KV rd/tok", "bound", "of bnd");
+    if (pk.fma_macs > 0)
+        printf("peak per core: F32 FMA %.1f GFLOP/s, int8 VNNI %.1f GOP/s (x %d threads); compute bound: the context's\n"
+               "multiply-adds (indexer %s, attention F32) at those rates\n",
+               fma1, vnni1, st_pool_size(m->pool), m->numerics == ST_NUMERICS_OFFICIAL ? "int8" : "F32");
+    else
+        printf("compute bound: not measured (no AVX-512 kernels on this CPU)\n");
+    printf("%9s %9s %7s %9s %9s %9s %10s %10s %10s %11s %9s %8s %9s %9s %9s %8s\n", "context", "tok/s", "vs 1st", "CSA ent",
+           "idx keys", "HCA ent", "KV fast", "KV dram", "KV nvme", "KV rd/tok", "bound", "of bnd", "idx MAC", "attn MAC",
+           "cmp bnd", "of cmp");
     double first = 0;
+    lc_row r0 = {0}, r = {0};
     for (int i = 0; i < nctx && !rc; i++) {
-        lc_row r;
-        if ((rc = run_context(m, &a, ctx[i], dram, &r))) break;
-        if (i == 0) first = r.tok_s;
-        char f[32], d[32], n[32], k[32];
-        printf("%9lld %9.1f %7.3f %9lld %9lld %9lld %10s %10s %10s %11s %9.1f %7.1f%%\n", (long long)r.ctx, r.tok_s,
-               r.tok_s / first, (long long)r.csa, (long long)r.idx, (long long)r.hca, st_fmt_size(r.fast, f, sizeof f),
-               st_fmt_size(r.dram, d, sizeof d), st_fmt_size(r.nvme, n, sizeof n), st_fmt_size((uint64_t)r.kv_read, k, sizeof k),
-               r.bound, 100 * r.tok_s / r.bound);
+        if ((rc = run_context(m, &a, ctx[i], dram, &pk, &r))) break;
+        if (i == 0) { first = r.tok_s; r0 = r; }
+        char f[32], d[32], n[32], k[32], cb[32] = "n/a", co[32] = "n/a";
+        if (r.cbound > 0) {
+            snprintf(cb, sizeof cb, "%.1f", r.cbound);
+            snprintf(co, sizeof co, "%.1f%%", 100 * r.tok_s / r.cbound);
+        }
+        printf("%9lld %9.1f %7.3f %9lld %9lld %9lld %10s %10s %10s %11s %9.1f %7.1f%% %8.6gM %8.6gM %9s %8s\n",
+               (long long)r.ctx, r.tok_s, r.tok_s / first, (long long)r.csa, (long long)r.idx, (long long)r.hca,
+               st_fmt_size(r.fast, f, sizeof f), st_fmt_size(r.dram, d, sizeof d), st_fmt_size(r.nvme, n, sizeof n),
+               st_fmt_size((uint64_t)r.kv_read, k, sizeof k), r.bound, 100 * r.tok_s / r.bound, r.idx_macs / 1e6,
+               r.attn_macs / 1e6, cb, co);
         fflush(stdout);
     }
+    if (!rc && nctx > 1) print_goal(m, &r0, &r);
     if (!rc) {
         double idx;
         kv_read_per_token(m, ctx[nctx - 1], &idx);

@@ -296,6 +296,17 @@ static void bench_longctx_rows(void **state) {
         assert_int_equal(csa, (1024 + 4) / 4);
         assert_int_equal(idx, csa);
         assert_int_equal(hca, 1024 / 7 + (1024 % 7 + 4) / 7);
+        /* multiply-adds at the context after the 4 tokens (1028): indexer 257 keys x 3 heads x 32;
+         * attention 2 x 3 heads x 48 x candidates: window 7, CSA 7 + top-5, HCA 7 + 146 */
+        const char *pct = strchr(r, '%');
+        double idx_mac = 0, attn_mac = 0;
+        if (strstr(out, "peak per core")) { /* AVX-512 CPUs: the compute bound is measured */
+            assert_non_null(pct);
+            assert_int_equal(sscanf(pct + 1, "%lfM %lfM", &idx_mac, &attn_mac), 2);
+            assert_true(fabs(idx_mac * 1e6 - 257.0 * 3 * 32) < 0.5);
+            assert_true(fabs(attn_mac * 1e6 - 2.0 * 3 * 48 * (7 + 12 + 153)) < 0.5);
+            assert_non_null(strstr(out, "compute bound"));
+        }
         r = strstr(out, "\n     8192 ");
         assert_non_null(r);
         assert_int_equal(sscanf(r, "%lld %lf %lf %lld", &ctx, &toks, &ratio, &csa), 4);
