@@ -710,6 +710,15 @@ static int validate(const jctx *j, st_config *c) {
 
 /* ---- public ---- */
 
+int st_config_check_engine(const st_config *c, const char *src) {
+    if (c->hc_mult > 16) return st_error(ST_ERR_UNSUPPORTED, "%s: hc_mult = %d (strata supports up to 16)", src, c->hc_mult);
+    for (int i = 0; i < c->n_layers; i++) /* MTP blocks are not run */
+        if (c->layer_kind[i] == ST_ATTN_CSA && (c->index_head_dim & (c->index_head_dim - 1)))
+            return st_error(ST_ERR_UNSUPPORTED, "%s: index_head_dim = %d is not a power of two (the indexer's Hadamard)",
+                            src, c->index_head_dim);
+    return 0;
+}
+
 int st_config_parse(const char *json, size_t len, const char *source, st_config *out) {
     memset(out, 0, sizeof *out);
     if (!source) source = "config.json";

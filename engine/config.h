@@ -129,6 +129,11 @@ int st_config_load(const char *path, st_config *out);
  * the text in messages ("config.json", a path). */
 int st_config_parse(const char *json, size_t len, const char *source, st_config *out);
 
+/* What the engine (not the model) cannot run: hc_mult above 16, a CSA
+ * layer's index_head_dim not a power of two (the indexer's Hadamard). 0 or
+ * ST_ERR_UNSUPPORTED naming `source` and the field. */
+int st_config_check_engine(const st_config *cfg, const char *source);
+
 /* Frees the per-layer arrays and zeroes *cfg. NULL and zeroed configs are fine;
  * calling it twice is fine. */
 void st_config_free(st_config *cfg);
