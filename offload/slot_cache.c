@@ -42,6 +42,8 @@ struct st_slot_cache {
     int n_wanted;          /* slots with wanted set */
     int keep;              /* kept-subset target (0: off) */
     int n_kept;            /* occupied slots (LOADING / RESIDENT) that are not transient */
+    int serving;           /* st_slot_cache_set_serving: its unwanted keys go first (-1: off) */
+    st_policy_evictable_fn serving_filter; /* pick(): the filter in force */
     st_keymap index;       /* key -> slot, for every LOADING / RESIDENT slot */
     st_policy *policy;
     uint64_t tick;         /* logical clock: +1 per acquire / lookup / prefetch */
@@ -59,6 +61,22 @@ static bool evictable_unwanted(void *ctx, int s) { return evictable(ctx, s) && !
 
 static bool evictable_unwanted_transient(void *ctx, int s) {
     return evictable_unwanted(ctx, s) && ((st_slot_cache *)ctx)->slots[s].transient;
+}
+
+static bool of_serving_layer(void *ctx, int s) {
+    st_slot_cache *c = ctx;
+    return c->serving_filter(ctx, s) && st_cache_key_layer(c->slots[s].key) == c->serving;
+}
+
+/* Locked. The policy's victim among the slots `ok` accepts, a key of the layer
+ * being served first (st_slot_cache_set_serving), or -1. */
+static int pick(st_slot_cache *c, st_policy_evictable_fn ok) {
+    if (c->serving >= 0) {
+        c->serving_filter = ok;
+        int s = c->policy->ops->victim(c->policy, of_serving_layer, c);
+        if (s >= 0) return s;
+    }
+    return c->policy->ops->victim(c->policy, ok, c);
 }
 
 /* Locked. Empties a slot that holds a key; it becomes free when unpinned. */
@@ -92,10 +110,9 @@ static int take_slot(st_slot_cache *c, uint64_t key, bool prefetched) {
          * policy's order) */
         s = -1;
         bool protect = c->keep > 0 && c->n_kept <= c->keep;
-        if (protect) s = c->policy->ops->victim(c->policy, evictable_unwanted_transient, c);
-        if (s < 0 && !(prefetched && protect))
-            s = c->policy->ops->victim(c->policy, c->n_wanted ? evictable_unwanted : evictable, c);
-        if (s < 0 && c->n_wanted && !prefetched) s = c->policy->ops->victim(c->policy, evictable, c);
+        if (protect) s = pick(c, evictable_unwanted_transient);
+        if (s < 0 && !(prefetched && protect)) s = pick(c, c->n_wanted ? evictable_unwanted : evictable);
+        if (s < 0 && c->n_wanted && !prefetched) s = pick(c, evictable);
         if (s < 0) return -1;
         if (c->slots[s].wanted) c->st.wanted_evictions++;
         if (c->slots[s].transient) c->st.transient_evictions++;
@@ -309,6 +326,12 @@ void st_slot_cache_set_keep(st_slot_cache *c, int keep) {
     pthread_mutex_unlock(&c->mu);
 }
 
+void st_slot_cache_set_serving(st_slot_cache *c, int layer) {
+    pthread_mutex_lock(&c->mu);
+    c->serving = layer < 0 ? -1 : layer;
+    pthread_mutex_unlock(&c->mu);
+}
+
 int st_slot_cache_want(st_slot_cache *c, uint64_t key, bool wanted) {
     pthread_mutex_lock(&c->mu);
     const int64_t *found = st_keymap_find(&c->index, key);
@@ -388,6 +411,7 @@ int st_slot_cache_new(const st_slot_cache_options *opt, st_slot_cache **out) {
     if (!c) { rc = st_error(ST_ERR_NOMEM, "%s: out of memory", name); goto fail; }
     snprintf(c->name, sizeof c->name, "%s", name);
     c->n = n;
+    c->serving = -1;
     c->slot_bytes = opt->slot_bytes;
     c->stride = stride;
     c->budget = opt->budget;
