@@ -264,6 +264,12 @@ uint64_t st_expert_nodes_end(st_expert_nodes *s) {
     return stall;
 }
 
+int st_expert_nodes_set_warm_copy(st_expert_nodes *s, const char *const *paths) {
+    int rc = 0;
+    for (int i = 0; !rc && i < s->n_nodes; i++) rc = st_expert_stream_set_warm_copy(s->streams[i], paths);
+    return rc;
+}
+
 int st_expert_nodes_slots(const st_expert_nodes *s) {
     int n = 0;
     for (int i = 0; i < s->n_nodes; i++) n += st_expert_stream_slots(s->streams[i]);
@@ -289,6 +295,7 @@ void st_expert_nodes_get_stats(const st_expert_nodes *s, st_stream_stats *out) {
         out->span_bytes = ST_MAX(out->span_bytes, x.span_bytes);
         out->reads += x.reads;
         out->bytes_read += x.bytes_read;
+        out->bytes_copied += x.bytes_copied;
         out->wanted_evictions += x.wanted_evictions;
         out->kept_evictions += x.kept_evictions;
         out->io_depth += x.io_depth;

@@ -59,5 +59,7 @@ uint64_t st_expert_nodes_end(st_expert_nodes *s);
 /* Summed over nodes (slot_bytes, expert_bytes, span_bytes: the largest). */
 void st_expert_nodes_get_stats(const st_expert_nodes *s, st_stream_stats *out);
 int st_expert_nodes_slots(const st_expert_nodes *s);
+/* Every node's st_expert_stream_set_warm_copy (paths NULL: off). */
+int st_expert_nodes_set_warm_copy(st_expert_nodes *s, const char *const *paths);
 
 #endif

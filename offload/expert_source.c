@@ -2,18 +2,22 @@
  * cache sized from the budget, the multi-span io_uring transfer and the
  * layer-by-layer service of experts in residency order.
  * Must never: read an expert through a mapping or the page cache when O_DIRECT
- * works, hold memory beyond the slots it was given, or hand out a slot whose
- * load failed. */
+ * works (except the warm copy, st_expert_stream_set_warm_copy: only pages the
+ * cache already holds), hold memory beyond the slots it was given, or hand out
+ * a slot whose load failed. */
 #include "offload/expert_source.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/base.h"
 #include "io/uring.h"
+#include "offload/page_cache_copy.h"
 #include "offload/slot_cache.h"
 
-enum { ALIGN = 4096, MERGE_GAP = 64 * 1024, IO_MAX_DONE = 32 };
+enum { ALIGN = 4096, MERGE_GAP = 64 * 1024, IO_MAX_DONE = 32, WARM_HOLES = 8 };
 
 typedef struct span {
     uint64_t offset, length; /* in the file (aligned unless tail) */
@@ -46,6 +50,12 @@ struct st_expert_stream {
     int64_t step;
     int step_need, last_step_need; /* experts begun in this step / in the previous one (all layers) */
     uint64_t reads, bytes_read;
+    /* warm copy (set_warm_copy): buffered descriptors, loads done without a read, bytes copied */
+    int *warm_fd;             /* (n_files) or NULL when off */
+    int n_files;
+    uint64_t *sync_done;      /* (n_slots) tags of loads finished at start, for the next poll */
+    int n_sync_done;
+    uint64_t bytes_copied;
     /* the layer being served */
     int layer, n_need, pos, group;
     int *need;                /* (n_experts) ascending */
@@ -82,16 +92,38 @@ static int xfer_start(void *ctx, uint64_t key, void *dst, uint64_t bytes, uint64
     size_t e = eidx(s, layer, expert);
     const span *sp = &s->spans[e * (size_t)s->n_pieces];
     int n = s->n_spans[e], n_main = 0, n_tail = 0;
-    st_io_read main[ST_STREAM_MAX_PIECES], tail[ST_STREAM_MAX_PIECES];
+    st_io_read main[ST_STREAM_MAX_PIECES * WARM_HOLES], tail[ST_STREAM_MAX_PIECES];
+    uint64_t copied = 0;
     for (int i = 0; i < n; i++) {
         if (sp[i].slot_offset + sp[i].length > bytes) return st_error(ST_ERR_INTERNAL, "expert stream: span beyond the slot");
         st_io_read r = {.file = sp[i].file, .offset = sp[i].offset, .length = (size_t)sp[i].length,
                         .dst = (char *)dst + sp[i].slot_offset, .tag = tag};
+        if (s->warm_fd && s->warm_fd[r.file] >= 0 && st_io_file_direct(s->io, r.file)) {
+            /* warm copy: the resident pages from the page cache, O_DIRECT reads for the rest only */
+            st_extent_hole h[WARM_HOLES];
+            int nh;
+            uint64_t c;
+            int rc = st_page_cache_copy(s->warm_fd[r.file], r.offset, r.length, r.dst, h, sp[i].tail ? 1 : WARM_HOLES, &nh, &c);
+            if (rc) return rc;
+            if (nh == 0) { copied += c; continue; }
+            if (!sp[i].tail) {
+                copied += c;
+                for (int k = 0; k < nh; k++)
+                    main[n_main++] = (st_io_read){.file = r.file, .offset = r.offset + h[k].offset, .length = (size_t)h[k].length,
+                                                  .dst = (char *)r.dst + h[k].offset, .tag = tag};
+                continue;
+            } /* an unaligned tail with a hole: read whole through the buffered engine */
+        }
         if (sp[i].tail) tail[n_tail++] = r;
         else main[n_main++] = r;
     }
     load_state *ls = &s->loads[tag];
-    *ls = (load_state){.pending = n};
+    *ls = (load_state){.pending = n_main + n_tail, .bytes = copied};
+    s->bytes_copied += copied;
+    if (n_main + n_tail == 0) { /* all copied: done now, reported by the next poll */
+        s->sync_done[s->n_sync_done++] = tag;
+        return 0;
+    }
     int rc = n_main ? st_io_submit(s->io, main, n_main) : 0;
     if (!rc && n_tail && (rc = st_io_submit(s->io_tail, tail, n_tail)) && n_main) {
         /* the main reads are in: let them finish as a failed load */
@@ -129,6 +161,13 @@ static int reap_engine(st_expert_stream *s, st_io *io, st_transfer_done *out, in
 
 static int xfer_poll(void *ctx, st_transfer_done *out, int max, int timeout_ms) {
     st_expert_stream *s = ctx;
+    if (s->n_sync_done && max > 0) { /* warm copies finished at start */
+        int k = ST_MIN(max, s->n_sync_done);
+        for (int i = 0; i < k; i++) out[i] = (st_transfer_done){s->sync_done[i], 0, s->loads[s->sync_done[i]].bytes};
+        memmove(s->sync_done, s->sync_done + k, (size_t)(s->n_sync_done - k) * sizeof *s->sync_done);
+        s->n_sync_done -= k;
+        return k;
+    }
     int n = reap_engine(s, s->io_tail, out, max, 0);
     if (n < 0) return n;
     if (n == 0 && timeout_ms != 0 && st_io_outstanding(s->io) == 0 && s->io_tail && st_io_outstanding(s->io_tail))
@@ -292,7 +331,9 @@ int st_expert_stream_new(const st_stream_desc *d, const st_stream_opts *o, st_ex
         volatile char *b = st_slot_cache_buffer(s->cache, i);
         for (uint64_t k = 0; k < s->slot_bytes; k += ALIGN) b[k] = 0;
     }
-    if (!(s->loads = calloc((size_t)n_slots, sizeof *s->loads))) { rc = st_error(ST_ERR_NOMEM, "expert stream: out of memory"); goto fail; }
+    s->n_files = d->n_files;
+    s->sync_done = calloc((size_t)n_slots, sizeof *s->sync_done);
+    if (!s->sync_done || !(s->loads = calloc((size_t)n_slots, sizeof *s->loads))) { rc = st_error(ST_ERR_NOMEM, "expert stream: out of memory"); goto fail; }
     s->xfer = (st_transfer){xfer_start, xfer_poll, xfer_cancel, s, xfer_promote};
     /* cancel_in_flight: a started prefetch the router proved unneeded gives up the pieces it has
      * not read yet (most of it, with reads in pieces) instead of taking disk time from needed ones */
@@ -317,6 +358,8 @@ void st_expert_stream_free(st_expert_stream *s) {
     st_io_close(s->io);
     st_slot_cache_free(s->cache);
     st_budget_free(s->own_budget);
+    st_expert_stream_set_warm_copy(s, NULL);
+    free(s->sync_done);
     free(s->loads);
     free(s->spans);
     free(s->piece_offset);
@@ -491,6 +534,7 @@ void st_expert_stream_get_stats(const st_expert_stream *s, st_stream_stats *out)
     out->span_bytes = s->span_bytes;
     out->reads = s->reads;
     out->bytes_read = s->bytes_read;
+    out->bytes_copied = s->bytes_copied;
     st_slot_cache_stats cs;
     st_slot_cache_get_stats(s->cache, &cs);
     out->wanted_evictions = cs.wanted_evictions;
@@ -504,4 +548,17 @@ void st_expert_stream_get_stats(const st_expert_stream *s, st_stream_stats *out)
     out->prefetch_depth = s->prefetch_depth;
     out->files = is.files;
     out->direct_files = is.direct_files;
+}
+
+int st_expert_stream_set_warm_copy(st_expert_stream *s, const char *const *paths) {
+    if (s->warm_fd) {
+        for (int f = 0; f < s->n_files; f++)
+            if (s->warm_fd[f] >= 0) close(s->warm_fd[f]);
+        free(s->warm_fd);
+        s->warm_fd = NULL;
+    }
+    if (!paths) return 0;
+    if (!(s->warm_fd = malloc((size_t)s->n_files * sizeof *s->warm_fd))) return st_error(ST_ERR_NOMEM, "expert stream: out of memory");
+    for (int f = 0; f < s->n_files; f++) s->warm_fd[f] = open(paths[f], O_RDONLY | O_CLOEXEC); /* -1: read it as before */
+    return 0;
 }

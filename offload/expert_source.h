@@ -93,6 +93,7 @@ typedef struct st_stream_stats {
     uint64_t expert_bytes;        /* bytes of one expert's tensors (the largest) */
     uint64_t span_bytes;          /* bytes read per expert (aligned spans, the largest) */
     uint64_t reads, bytes_read;   /* completed span reads */
+    uint64_t bytes_copied;        /* bytes copied from the page cache instead (set_warm_copy) */
     uint64_t wanted_evictions;    /* slot cache: evictions of a wanted (predicted / needed) expert */
     uint64_t kept_evictions;      /* slot cache: evictions from the kept subset (st_slot_cache_set_keep) */
     int io_depth;                 /* reads in the kernel at most (several nodes: summed) */
@@ -134,6 +135,11 @@ int st_expert_stream_next(st_expert_stream *s, int *expert, const void **pieces)
 uint64_t st_expert_stream_end(st_expert_stream *s);
 
 void st_expert_stream_get_stats(const st_expert_stream *s, st_stream_stats *out);
+/* Warm copy on (paths: the description's files, opened again buffered) or off
+ * (NULL): each load copies the pages of its spans that the page cache holds
+ * (a warm machine) and reads only the rest with O_DIRECT; the bytes are the
+ * file's either way. For a preload; off by default (it costs a mincore per span). */
+int st_expert_stream_set_warm_copy(st_expert_stream *s, const char *const *paths);
 int st_expert_stream_slots(const st_expert_stream *s);
 
 #endif

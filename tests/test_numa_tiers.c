@@ -8,7 +8,8 @@
  * recorded on its owner node by that node's threads, each layer's experts use
  * both nodes, each node's budget holds, and the logits are bit-identical to
  * the one-node run and to the resident run; without a budget, every expert is
- * read once at load onto its node and never again. */
+ * loaded once at load onto its node (copied from the page cache when warm,
+ * read with O_DIRECT what is not) and never read again. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -19,6 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 
 #include "base/base.h"
 #include "cpu/mem.h"
@@ -28,6 +32,7 @@
 #include "engine/model_stream.h"
 #include "engine/synth.h"
 #include "offload/expert_nodes.h"
+#include "offload/page_cache_copy.h"
 #include "util.h"
 
 #define TWO_NODES "pack:2 [numa(memory=8GB)] core:1 pu:1"
@@ -359,9 +364,59 @@ static void two_nodes_bit_identical_streaming(void **state) {
     free(resident);
 }
 
-/* No budget on two nodes: every expert is read at load into the memory of the
+/* The checkpoint's files (tiny: a handful) and what each of them does: read
+ * through (warm), drop from the page cache (cold: fdatasync + DONTNEED, which
+ * not every file system honours), or count its resident bytes. */
+enum { FILES_WARM, FILES_COLD, FILES_RESIDENT };
+static uint64_t checkpoint_files(int what) {
+    DIR *d = opendir(tiny);
+    assert_non_null(d);
+    uint64_t total = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        char path[512];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", tiny, de->d_name);
+        if (stat(path, &st) || !S_ISREG(st.st_mode) || st.st_size == 0) continue;
+        int fd = open(path, O_RDONLY);
+        assert_true(fd >= 0);
+        if (what == FILES_WARM) {
+            static char buf[1 << 16];
+            while (read(fd, buf, sizeof buf) > 0) {}
+        } else if (what == FILES_COLD) {
+            fdatasync(fd);
+            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        } else {
+            int64_t r = st_page_cache_resident(fd, 0, (uint64_t)st.st_size);
+            assert_true(r >= 0);
+            total += (uint64_t)r;
+        }
+        close(fd);
+    }
+    closedir(d);
+    return total;
+}
+
+static uint64_t checkpoint_bytes(void) {
+    DIR *d = opendir(tiny);
+    assert_non_null(d);
+    uint64_t total = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        char path[512];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", tiny, de->d_name);
+        if (!stat(path, &st) && S_ISREG(st.st_mode)) total += (uint64_t)st.st_size;
+    }
+    closedir(d);
+    return total;
+}
+
+/* No budget on two nodes: every expert is loaded at load into the memory of the
  * node that computes it (not left in the page cache's mapping), computed there,
- * never read again; logits equal the one-node resident run's. */
+ * never read again; logits equal the one-node resident run's. The load reads
+ * each expert with O_DIRECT (STRATA_PRELOAD_COLD=1), or, warm (the files read
+ * just before), copies every byte from the page cache and reads nothing; cold
+ * (dropped from the cache where the file system lets it), reads what is not
+ * cached; the same bytes every way. */
 static void two_nodes_resident_experts_on_their_nodes(void **state) {
     (void)state;
     const int n = 12, decode = 4;
@@ -371,27 +426,160 @@ static void two_nodes_resident_experts_on_their_nodes(void **state) {
     const int all = m->n_layers * m->layers[0].moe.n_experts;
     float *resident = run(m, n, decode);
     st_model_free(m);
+    /* all read with O_DIRECT: the reference byte count */
     setenv("STRATA_TOPOLOGY", TWO_NODES, 1);
+    setenv("STRATA_PRELOAD_COLD", "1", 1);
     m = load(NULL, 2);
+    unsetenv("STRATA_PRELOAD_COLD");
     unsetenv("STRATA_TOPOLOGY");
     assert_int_equal(st_expert_nodes_count(st_model_expert_nodes(m)), 2);
     st_stream_stats at_load, after;
     assert_int_equal(st_model_offload_stats(m, &at_load), 0);
     assert_int_equal(at_load.reads, (uint64_t)all); /* each expert read once, at load */
-    st_model_free(m);
-    float *two = two_node_run(TWO_NODES, 2, &(st_model_opts){0}, n, decode);
-    assert_same(resident, two, count, "two nodes, experts preloaded per node vs one-node resident");
-    free(two);
-    setenv("STRATA_TOPOLOGY", TWO_NODES, 1);
-    m = load(NULL, 2);
-    unsetenv("STRATA_TOPOLOGY");
+    assert_int_equal(at_load.bytes_copied, 0);
+    assert_int_equal(at_load.direct_files, at_load.files); /* /var/tmp: O_DIRECT works, or the count means nothing */
+    const uint64_t expert_bytes = at_load.bytes_read;
+    assert_true(expert_bytes >= (uint64_t)all * at_load.expert_bytes / 2);
     free(run(m, n, decode));
     assert_int_equal(st_model_offload_stats(m, &after), 0);
     assert_int_equal(after.reads, (uint64_t)all);                 /* nothing read after the load */
     assert_int_equal(after.pf.misses, at_load.pf.misses);         /* every need a hit */
     assert_true(after.pf.hits > at_load.pf.hits);
     st_model_free(m);
+    /* warm: every page cached (checked with mincore), nothing read with O_DIRECT */
+    checkpoint_files(FILES_WARM);
+    const bool all_cached = checkpoint_files(FILES_RESIDENT) == checkpoint_bytes();
+    setenv("STRATA_TOPOLOGY", TWO_NODES, 1);
+    m = load(NULL, 2);
+    unsetenv("STRATA_TOPOLOGY");
+    assert_int_equal(st_model_offload_stats(m, &at_load), 0);
+    assert_int_equal(at_load.bytes_copied + at_load.bytes_read, expert_bytes);
+    if (all_cached) {
+        assert_int_equal(at_load.reads, 0);
+        assert_int_equal(at_load.bytes_read, 0);
+        assert_int_equal(at_load.bytes_copied, expert_bytes);
+    } else {
+        print_message("warm: the page cache did not keep the whole checkpoint (memory pressure?); sum checked only\n");
+    }
+    float *two = run(m, n, decode);
+    assert_int_equal(st_model_offload_stats(m, &after), 0);
+    assert_int_equal(after.reads, at_load.reads);                 /* nothing read after the load */
+    assert_int_equal(after.pf.misses, at_load.pf.misses);
+    st_model_free(m);
+    assert_same(resident, two, count, "two nodes, experts copied from the page cache vs one-node resident");
+    free(two);
+    /* cold: what the cache lost is read with O_DIRECT */
+    checkpoint_files(FILES_COLD);
+    const bool dropped = checkpoint_files(FILES_RESIDENT) < checkpoint_bytes();
+    two = two_node_run(TWO_NODES, 2, &(st_model_opts){0}, n, decode);
+    assert_same(resident, two, count, "two nodes, experts preloaded cold vs one-node resident");
+    free(two);
+    checkpoint_files(FILES_COLD);
+    setenv("STRATA_TOPOLOGY", TWO_NODES, 1);
+    m = load(NULL, 2);
+    unsetenv("STRATA_TOPOLOGY");
+    assert_int_equal(st_model_offload_stats(m, &at_load), 0);
+    /* the loader's own reads of the checkpoint may bring pages back before the preload:
+     * the cold path is proved in stream_warm_copy_cached_and_cold, here the sum */
+    assert_int_equal(at_load.bytes_copied + at_load.bytes_read, expert_bytes);
+    if (!dropped) print_message("cold: DONTNEED dropped nothing on this file system\n");
+    st_model_free(m);
     free(resident);
+}
+
+/* ---- warm copy, one stream ------------------------------------------------------------------ */
+
+enum { WC_EXPERTS = 8, WC_PIECE = 150001 }; /* unaligned pieces: spans merge, the last one ends unaligned */
+
+static int wc_locate(void *ctx, int layer, int expert, st_stream_piece *pieces) {
+    (void)ctx;
+    (void)layer;
+    for (int p = 0; p < 3; p++)
+        pieces[p] = (st_stream_piece){.file = 0, .offset = (uint64_t)(expert * 3 + p) * WC_PIECE, .bytes = WC_PIECE};
+    return 0;
+}
+
+/* Loads every expert of the file (warm copy on or off), checks each piece's bytes against the file's. */
+static void wc_load_all(const char *path, const uint8_t *want, bool warm, st_stream_stats *out) {
+    const char *paths[1] = {path};
+    st_stream_desc d = {.n_layers = 1, .n_experts = WC_EXPERTS, .n_pieces = 3, .paths = paths, .n_files = 1, .locate = wc_locate};
+    st_stream_opts o = {.n_slots = WC_EXPERTS};
+    st_expert_stream *s;
+    if (st_expert_stream_new(&d, &o, &s)) fail_msg("%s", st_last_error());
+    if (warm) assert_int_equal(st_expert_stream_set_warm_copy(s, paths), 0);
+    int all[WC_EXPERTS], e, seen = 0;
+    for (int i = 0; i < WC_EXPERTS; i++) all[i] = i;
+    const void *pieces[ST_STREAM_MAX_PIECES];
+    assert_int_equal(st_expert_stream_begin(s, 0, all, WC_EXPERTS, NULL), 0);
+    int r;
+    while ((r = st_expert_stream_next(s, &e, pieces)) == 1) {
+        for (int p = 0; p < 3; p++)
+            if (memcmp(pieces[p], want + (size_t)(e * 3 + p) * WC_PIECE, WC_PIECE)) fail_msg("expert %d piece %d differs", e, p);
+        seen++;
+    }
+    if (r) fail_msg("%s", st_last_error());
+    st_expert_stream_end(s);
+    assert_int_equal(seen, WC_EXPERTS);
+    st_expert_stream_get_stats(s, out);
+    assert_int_equal(out->direct_files, 1); /* /var/tmp: else the O_DIRECT counts mean nothing */
+    st_expert_stream_free(s);
+}
+
+/* The warm copy takes the cached pages from the page cache and reads only the
+ * others with O_DIRECT (mincore proves which are cached); cold it reads all;
+ * the bytes are the file's every way. */
+static void stream_warm_copy_cached_and_cold(void **state) {
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/experts.bin", tmp);
+    const size_t size = (size_t)WC_EXPERTS * 3 * WC_PIECE;
+    uint8_t *want = malloc(size);
+    for (size_t i = 0; i < size; i++) want[i] = (uint8_t)(i * 2654435761u >> 13);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(want, 1, size, f), size);
+    fclose(f);
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    /* all with O_DIRECT: the reference byte count */
+    st_stream_stats cold, warm, half;
+    wc_load_all(path, want, false, &cold);
+    assert_int_equal(cold.bytes_copied, 0);
+    const uint64_t total = cold.bytes_read;
+    assert_true(total >= size);
+    /* warm: the whole file cached */
+    char buf[1 << 16];
+    for (off_t o = 0; pread(fd, buf, sizeof buf, o) > 0; o += (off_t)sizeof buf) {}
+    if (st_page_cache_resident(fd, 0, size) == (int64_t)size) {
+        wc_load_all(path, want, true, &warm);
+        assert_int_equal(warm.reads, 0);
+        assert_int_equal(warm.bytes_read, 0);
+        assert_int_equal(warm.bytes_copied, total);
+    }
+    /* cold: dropped (where the file system lets it), then the first quarter cached again */
+    fdatasync(fd);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    if (st_page_cache_resident(fd, 0, size) == 0) {
+        wc_load_all(path, want, true, &warm);
+        assert_int_equal(warm.bytes_copied, 0);
+        assert_int_equal(warm.bytes_read, total);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM); /* no readahead: only what is read gets cached */
+        for (off_t o = 0; o < (off_t)size / 4; o += (off_t)sizeof buf) assert_true(pread(fd, buf, sizeof buf, o) > 0);
+        const int64_t cached = st_page_cache_resident(fd, 0, size);
+        assert_true(cached > 0 && cached < (int64_t)size / 2);
+        wc_load_all(path, want, true, &half);
+        assert_true(half.bytes_copied > 0);
+        assert_true(half.bytes_read > 0);
+        assert_int_equal(half.bytes_copied + half.bytes_read, total);
+        /* only pages that were cached (a page two experts share is in both their spans) */
+        assert_true(half.bytes_copied <= (uint64_t)cached + 2 * WC_EXPERTS * 4096);
+    } else {
+        print_message("DONTNEED dropped nothing on this file system: cold paths not checked\n");
+    }
+    close(fd);
+    unlink(path);
+    free(want);
 }
 
 static void numa_modes(void **state) {
@@ -463,6 +651,7 @@ int main(void) {
         cmocka_unit_test(virtual_node_recorded_not_bound),
         cmocka_unit_test(two_nodes_bit_identical_streaming),
         cmocka_unit_test(two_nodes_resident_experts_on_their_nodes),
+        cmocka_unit_test(stream_warm_copy_cached_and_cold),
         cmocka_unit_test(numa_modes),
         cmocka_unit_test(small_cache_over_two_nodes),
     };
