@@ -4,6 +4,7 @@
  *
  * Owns: which bytes an index names. Must never: hand out a pointer to a page
  * that is not pinned and fully read, or to bytes other than the ones appended. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +29,8 @@ int st_kv_pages_new(const st_kv_pages_options *opt, st_kv_pages **out) {
     kv->io_depth = o.io_depth ? o.io_depth : 64;
     kv->readahead = o.readahead == 0 ? 4 : ST_MAX(o.readahead, 0);
     kv->fd_write = kv->fd_buffered = -1;
+    const char *measure = getenv("STRATA_KV_STATS");
+    kv->measure = measure && *measure && *measure != '0';
     kv->lru_head = kv->lru_tail = KV_NONE;
     kv->mark = 1; /* pages start at 0: in no call's set */
     kv->st.page_bytes = o.page_bytes;
@@ -44,11 +47,25 @@ int st_kv_pages_new(const st_kv_pages_options *opt, st_kv_pages **out) {
 
 void st_kv_pages_free(st_kv_pages *kv) {
     if (!kv) return;
+    if (kv->measure && kv->st.gets) { /* what the tiers did over the store's life */
+        const st_kv_pages_stats *t = &kv->st;
+        fprintf(stderr, "kv pages: %llu gets, %.1f entries each (%.1f%% named by the stream's previous get), %.1f pages "
+                        "each (%.1f%% named by the previous get), %.1f%% missing "
+                        "from fast memory (%.1f%% missing and named before); fetched %llu dram + %llu nvme (%.1f MiB read), prefetched %llu, dropped %llu, stall %.1f ms, spill writes %.1f ms\n",
+                (unsigned long long)t->gets, (double)t->get_entries / (double)t->gets,
+                100.0 * (double)t->get_entry_repeat / (double)ST_MAX(t->get_entries, 1), (double)t->get_pages / (double)t->gets,
+                100.0 * (double)t->get_repeat / (double)ST_MAX(t->get_pages, 1),
+                100.0 * (double)t->get_missing / (double)ST_MAX(t->get_pages, 1),
+                100.0 * (double)t->get_missing_repeat / (double)ST_MAX(t->get_pages, 1), (unsigned long long)t->fetched_dram,
+                (unsigned long long)t->fetched_nvme, (double)t->bytes_read / 1048576.0, (unsigned long long)t->prefetched,
+                (unsigned long long)t->dropped, (double)t->stall_ns / 1e6, (double)t->write_ns / 1e6);
+    }
     kv_tier_close(kv);
     for (int i = 0; i < kv->n_streams; i++) {
         free(kv->streams[i].name);
         free(kv->streams[i].pages);
         free(kv->streams[i].pinned);
+        free(kv->streams[i].prev_idx);
     }
     free(kv->streams);
     free(kv->free_slots);
@@ -237,6 +254,29 @@ int st_kv_pages_prefetch(st_kv_pages *kv, int stream, const int32_t *idx, int64_
     return rc ? rc : prefetch_pages(kv, kv->scratch, m, false);
 }
 
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* STRATA_KV_STATS: how many of idx[0..n) the stream's previous get named too. */
+static int measure_overlap(st_kv_pages *kv, kv_stream *s, const int32_t *idx, int64_t n) {
+    int32_t *cur = malloc((size_t)ST_MAX(n, 1) * sizeof *cur);
+    if (!cur) return st_error(ST_ERR_NOMEM, "kv pages: out of memory");
+    memcpy(cur, idx, (size_t)n * sizeof *cur);
+    qsort(cur, (size_t)n, sizeof *cur, cmp_i32);
+    for (int64_t i = 0, j = 0; i < n && j < s->n_prev;) {
+        if (cur[i] == s->prev_idx[j]) { kv->st.get_entry_repeat++; i++; j++; }
+        else if (cur[i] < s->prev_idx[j]) i++;
+        else j++;
+    }
+    kv->st.get_entries += (uint64_t)n;
+    free(s->prev_idx);
+    s->prev_idx = cur;
+    s->n_prev = s->cap_prev = n;
+    return 0;
+}
+
 int st_kv_pages_get(st_kv_pages *kv, int stream, const int32_t *idx, int64_t n, const void **ptrs) {
     kv_stream *s = stream_of(kv, stream);
     if (!s) return bad_stream(kv, stream);
@@ -244,8 +284,22 @@ int st_kv_pages_get(st_kv_pages *kv, int stream, const int32_t *idx, int64_t n, 
     if (n < 0 || (n && (!idx || !ptrs))) return st_error(ST_ERR_INVALID, "kv pages: get needs n >= 0 indices and room for pointers");
     int64_t m;
     int rc = collect(kv, stream, idx, n, &m);
-    if (!rc) rc = bring(kv, s, kv->scratch, m);
     if (rc) return rc;
+    s->gets++;
+    kv->st.gets++;
+    kv->st.get_pages += (uint64_t)m;
+    int64_t repeat = 0;
+    for (int64_t i = 0; i < m; i++) {
+        kv_page *p = kv_page_at(kv, kv->scratch[i]);
+        const bool again = p->last_get && p->last_get + 1 == s->gets;
+        repeat += again;
+        kv->st.get_missing += !p->fast;
+        kv->st.get_missing_repeat += !p->fast && again;
+        p->last_get = s->gets;
+    }
+    kv->st.get_repeat += (uint64_t)repeat;
+    if (kv->measure && (rc = measure_overlap(kv, s, idx, n))) return rc;
+    if ((rc = bring(kv, s, kv->scratch, m))) return rc;
     for (int64_t i = 0; i < n; i++)
         ptrs[i] = s->pages[idx[i] / s->per_page].fast + (size_t)(idx[i] % s->per_page) * s->entry_bytes;
     return 0;

@@ -18,6 +18,7 @@ typedef struct kv_page {
     int64_t slot;              /* spill file slot (home there), -1 */
     uint64_t seq;              /* creation order over the store: "oldest" */
     uint64_t mark;             /* == kv->mark: part of the current call's set (not to be evicted by it) */
+    uint64_t last_get;         /* the stream's get (kv_stream.gets) that named it last; 0: none */
     uint64_t lru_prev, lru_next;
     int32_t pins;
     uint8_t home;
@@ -38,6 +39,9 @@ typedef struct kv_stream {
     int64_t dram_cursor;       /* no page below is home DRAM */
     uint64_t *pinned;          /* page handles pinned by get/span (repeats allowed) */
     int64_t n_pinned, cap_pinned;
+    uint64_t gets;             /* get calls on this stream */
+    int32_t *prev_idx;         /* STRATA_KV_STATS: the previous get's indices, ascending */
+    int64_t n_prev, cap_prev;
 } kv_stream;
 
 typedef struct frame_list {
@@ -52,6 +56,7 @@ struct st_kv_pages {
     char *spill_dir;
     char *faults;
     bool spill_buffered;
+    bool measure;                /* STRATA_KV_STATS: entry overlap of consecutive gets, summary at free */
     int io_depth, readahead;
 
     kv_stream *streams;
@@ -94,7 +99,8 @@ void kv_lru_remove(st_kv_pages *kv, uint64_t h);
 void kv_lru_push(st_kv_pages *kv, uint64_t h); /* as most recently used */
 void kv_frame_put(st_kv_pages *kv, int tier, void *frame);
 /* A fast frame for page h of stream s, evicting (cached copies, then the
- * oldest spillable pages) as needed. ST_ERR_BUDGET when nothing can move. */
+ * oldest spillable pages, then, after waiting for reads in flight, the copies
+ * they made) as needed. ST_ERR_BUDGET when nothing can move. */
 int kv_fast_frame(st_kv_pages *kv, uint64_t h, void **out);
 /* Queue (asynchronously) / perform (synchronously, `sync`) the read of NVMe
  * page h into its (already set) fast frame. */

@@ -259,6 +259,12 @@ int kv_fast_frame(st_kv_pages *kv, uint64_t h, void **out) {
         }
         rc = spill_fast(kv);
         if (rc < 0) return rc;
+        if (rc == 0 && kv->inflight > 0) {
+            /* reads in flight (prefetch, span readahead) hold frames nothing may take: once back, those
+             * not in this call's set are cached copies that can be dropped */
+            if ((rc = kv_wait(kv, KV_NONE))) return rc;
+            continue;
+        }
         if (rc == 0) return no_room(kv, h);
     }
 }

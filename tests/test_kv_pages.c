@@ -4,8 +4,10 @@
  * other streams' traffic, resident streams never move, prefetch turns gets into
  * hits, truncate/reset bring the last page home, injected read faults come back
  * naming the spill file and offset (and the page is not lost), the spill file
- * has no name and is gone at close, bad input is an error, and a 1M-entry
- * stream runs in well under the suite's time (throughput printed). */
+ * has no name and is gone at close, bad input is an error, a 1M-entry
+ * stream runs in well under the suite's time (throughput printed), the
+ * counters of consecutive gets (pages and entries named again, pages missing)
+ * are exact, and a get waits out prefetched reads in flight instead of failing. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -267,6 +269,71 @@ static void prefetch_then_get_hits(void **state) {
     assert_int_equal(st_kv_pages_prefetch(kv, s, many, 40), 0);
     check_random_gets(kv, s, 0, 100, 16, 5, 7);
     assert_true(st_budget_peak(fast) <= 12 * PAGE);
+    st_kv_pages_free(kv);
+    st_budget_free(fast);
+    rmdir(dir);
+}
+
+/* The counters that measure consecutive gets (what read-ahead could win): distinct pages
+ * named, those the stream's previous get named too, those not in fast memory; with
+ * STRATA_KV_STATS the same for entries. */
+static void get_counts_overlap_and_missing(void **state) {
+    (void)state;
+    char dir[64];
+    temp_dir(dir);
+    st_budget *fast;
+    assert_int_equal(st_budget_new("kv fast", 12 * PAGE, &fast), 0);
+    setenv("STRATA_KV_STATS", "1", 1);
+    st_kv_pages *kv = make(PAGE, fast, NULL, dir);
+    unsetenv("STRATA_KV_STATS");
+    int s, r;
+    assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 1 csa", &s), 0);
+    assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 3 csa", &r), 0);
+    append_range(kv, s, 0, 64 * 30, 0); /* pages 0..17 spilled, 18..29 fast (minus what r takes) */
+    append_range(kv, r, 0, 64 * 2, 0);
+    const void *ptr[4];
+    int32_t a[3] = {5, 64 * 40 / 2, 6}, b[3] = {64 * 20 / 2 + 1, 64 * 4, 6}, c[1] = {64 * 29};
+    st_kv_pages_stats st;
+    assert_int_equal(st_kv_pages_get(kv, s, a, 3, ptr), 0); /* pages 0, 20: page 0 on NVMe */
+    assert_int_equal(st_kv_pages_get(kv, r, c, 0, ptr), 0);  /* another stream between: not "previous" */
+    assert_int_equal(st_kv_pages_get(kv, s, b, 3, ptr), 0); /* pages 10, 4, 0: page 0 again, 10 and 4 on NVMe */
+    for (int i = 0; i < 3; i++) assert_true(entry_ok(ptr[i], 64, s, b[i], 0));
+    st_kv_pages_get_stats(kv, &st);
+    assert_int_equal(st.gets, 3);
+    assert_int_equal(st.get_pages, 5);
+    assert_int_equal(st.get_repeat, 1);  /* page 0 */
+    assert_int_equal(st.get_missing, 3); /* 0 (first get), 10 and 4 */
+    assert_int_equal(st.get_entries, 6);
+    assert_int_equal(st.get_entry_repeat, 1); /* entry 6 */
+    assert_true(st_budget_peak(fast) <= 12 * PAGE);
+    st_kv_pages_free(kv);
+    st_budget_free(fast);
+    rmdir(dir);
+}
+
+/* Prefetch is advisory: its reads in flight hold fast frames nothing may take, so a get
+ * that needs them waits for those reads and drops their copies instead of failing. */
+static void get_waits_out_prefetched_frames(void **state) {
+    (void)state;
+    char dir[64];
+    temp_dir(dir);
+    st_budget *fast;
+    assert_int_equal(st_budget_new("kv fast", 4 * PAGE, &fast), 0);
+    st_kv_pages *kv = make(PAGE, fast, NULL, dir);
+    int s;
+    assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 2 csa", &s), 0);
+    append_range(kv, s, 0, 64 * 10, 0); /* pages 0..5 on NVMe, 6..9 fast (9: the tail) */
+    int32_t pre[2] = {1, 64 + 1}, sel[2] = {64 * 2 + 7, 64 * 3 + 9};
+    assert_int_equal(st_kv_pages_prefetch(kv, s, pre, 2), 0); /* pages 0, 1 in flight: 6, 7 spilled for them */
+    const void *ptr[2];
+    int rc = st_kv_pages_get(kv, s, sel, 2, ptr); /* pages 2, 3: 8 spilled, then only 0 and 1's frames */
+    if (rc) fail_msg("get: %s", st_last_error());
+    for (int i = 0; i < 2; i++) assert_true(entry_ok(ptr[i], 64, s, sel[i], 0));
+    st_kv_pages_stats st;
+    st_kv_pages_get_stats(kv, &st);
+    assert_true(st.dropped >= 1); /* a prefetched copy gave its frame */
+    assert_true(st_budget_peak(fast) <= 4 * PAGE);
+    check_random_gets(kv, s, 0, 50, 2, 3, 11);
     st_kv_pages_free(kv);
     st_budget_free(fast);
     rmdir(dir);
@@ -689,6 +756,8 @@ int main(void) {
         cmocka_unit_test(every_tier_returns_the_appended_bytes),
         cmocka_unit_test(pins_and_resident_streams_hold),
         cmocka_unit_test(prefetch_then_get_hits),
+        cmocka_unit_test(get_counts_overlap_and_missing),
+        cmocka_unit_test(get_waits_out_prefetched_frames),
         cmocka_unit_test(budgets_are_hard_limits),
         cmocka_unit_test(io_faults_propagate),
         cmocka_unit_test(spill_file_is_private),

@@ -66,9 +66,12 @@ static void tiered_equals_resident(void **state) {
     assert_true(st.fetched_dram + st.fetched_nvme > 0); /* top-k did read spilled pages back */
     /* reads were queued ahead (right after the top-k, and for the next token during this one's attention) */
     assert_true(st.prefetched > 0);
-    print_message("kv pages: %llu fetched (%llu prefetched), %llu hits, stall %.3f ms\n",
+    print_message("kv pages: %llu fetched (%llu prefetched), %llu hits, "
+                  "%.1f%% of the pages a get named were named by the get before, stall %.3f ms;\n  %llu pages missing at their get, %llu of them named by the get before\n",
                   (unsigned long long)(st.fetched_dram + st.fetched_nvme), (unsigned long long)st.prefetched,
-                  (unsigned long long)st.hits, st.stall_ns / 1e6);
+                  (unsigned long long)st.hits,
+                  100.0 * (double)st.get_repeat / (double)ST_MAX(st.get_pages, 1), st.stall_ns / 1e6,
+                  (unsigned long long)st.get_missing, (unsigned long long)st.get_missing_repeat);
     assert_true(st.bytes_fast <= (uint64_t)n_csa * 6 * 4096);
     int64_t per_page = 0;
     for (int l = 0; l < m->n_layers; l++)
