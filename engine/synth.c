@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "base/base.h"
@@ -78,7 +79,8 @@ static int write_shard(const synth_list *L, int first, int last, const char *pat
 int st_synth_write(const st_synth_preset *p, const char *out_dir, uint64_t seed, const char *tokenizer_dir, bool quiet) {
     synth_list L;
     int layer_end[ST_SYNTH_MAX_LAYERS];
-    if (p->n_layers > ST_SYNTH_MAX_LAYERS) return st_error(ST_ERR_INVALID, "synth: too many layers");
+    if (p->n_layers + (p->from_config ? p->n_mtp : 0) > ST_SYNTH_MAX_LAYERS)
+        return st_error(ST_ERR_INVALID, "synth: more than %d blocks", ST_SYNTH_MAX_LAYERS);
     int rc = mkdir_p(out_dir);
     if (rc) return rc;
     if ((rc = synth_list_build(p, &L, layer_end))) return rc;
@@ -89,6 +91,12 @@ int st_synth_write(const st_synth_preset *p, const char *out_dir, uint64_t seed,
         snprintf(path, sizeof path, "%s/tokenizer.json", tokenizer_dir);
         if (access(path, R_OK))
             { synth_list_free(&L); return st_error(ST_ERR_NOT_FOUND, "synth: no tokenizer at %s (use --tokenizer DIR)", path); }
+    }
+    struct statvfs fs; /* refuse before writing what cannot fit, not after filling the disk */
+    if (!statvfs(out_dir, &fs) && (uint64_t)fs.f_bavail * fs.f_frsize < total + (64u << 20)) {
+        synth_list_free(&L);
+        return st_error(ST_ERR_IO, "synth: the checkpoint needs %.2f GB, %s has %.2f GB free", (double)total / 1e9,
+                        out_dir, (double)fs.f_bavail * (double)fs.f_frsize / 1e9);
     }
     st_progress pg;
     st_progress_begin(&pg, "synth", total, true, quiet);

@@ -10,7 +10,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define ST_SYNTH_MAX_LAYERS 64
+#define ST_SYNTH_MAX_LAYERS 64 /* main + MTP blocks */
+
+struct st_config;
 
 typedef struct st_synth_preset {
     const char *name, *summary;
@@ -21,10 +23,25 @@ typedef struct st_synth_preset {
     float route_scale, swiglu_limit;
     int index_heads, index_dim, index_topk, hc, sinkhorn_iters;
     bool with_tokenizer; /* copy the V4 tokenizer next to the weights */
+    /* Only when from_config (st_synth_from_config); the presets have one shared
+     * expert, sqrtsoftplus routing, no MTP block and V4's RoPE/eps values. */
+    bool from_config;
+    int n_shared, n_mtp;
+    int score_func; /* st_score_func */
+    bool norm_topk_prob, yarn;
+    double rope_theta, compress_rope_theta, rope_factor, beta_fast, beta_slow, norm_eps, hc_eps;
+    int64_t original_seq_len, max_pos, bos, eos; /* bos/eos -1: absent */
 } st_synth_preset;
 
 const st_synth_preset *st_synth_find(const char *name);
 void st_synth_list(FILE *f);
+/* The preset of a parsed config: its sizes, with synth's scales, in the
+ * published format whatever dtype the config declares (warned). Refuses, with
+ * ST_ERR_UNSUPPORTED and a message naming the config field, what synth cannot
+ * write (more than ST_SYNTH_MAX_LAYERS blocks, a ratio the official layout
+ * cannot express) or the engine cannot run (st_config_check_engine). `source`
+ * names the config in messages. */
+int st_synth_from_config(const struct st_config *c, const char *source, st_synth_preset *out);
 int st_synth_config_json(const st_synth_preset *p, char *buf, size_t len);
 
 /* Writes the checkpoint into out_dir (created; files written to temporary

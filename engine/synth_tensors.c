@@ -106,59 +106,80 @@ static int add_compressor(synth_list *L, const st_synth_preset *p, int ratio, in
     return rc;
 }
 
+/* One block's tensors under `pre` ("layers.3." or "mtp.0."): ratio its compress
+ * ratio, hash whether its gate routes by tid2eid. */
+static int add_block(synth_list *L, const st_synth_preset *p, const char *pre, int ratio, bool hash) {
+    const int64_t dim = p->dim, hc = p->hc, mix = (2 + hc) * hc, hd = p->head_dim;
+    int rc = 0;
+    char nm[200];
+#define NM(suffix) (snprintf(nm, sizeof nm, "%s" suffix, pre), nm)
+    for (int s = 0; s < 2 && !rc; s++) {
+        const char *site = s ? "ffn" : "attn";
+        rc = rc ? rc : add(L, "F32", mix, hc * dim, SG_NORMAL, 1.0f / sqrtf((float)(hc * dim)), "%shc_%s_fn", pre, site);
+        rc = rc ? rc : add(L, "F32", mix, 0, SG_NORMAL, 0.5f, "%shc_%s_base", pre, site);
+        rc = rc ? rc : add(L, "F32", 3, 0, SG_NEAR_ONE, 0.2f, "%shc_%s_scale", pre, site);
+        rc = rc ? rc : add(L, "BF16", dim, 0, SG_NEAR_ONE, 0.05f, "%s%s_norm.weight", pre, site);
+    }
+    rc = rc ? rc : add_fp8(L, p->q_lora_rank, dim, NM("attn.wq_a"));
+    rc = rc ? rc : add(L, "BF16", p->q_lora_rank, 0, SG_NEAR_ONE, 0.05f, "%sattn.q_norm.weight", pre);
+    rc = rc ? rc : add_fp8(L, (int64_t)p->n_heads * hd, p->q_lora_rank, NM("attn.wq_b"));
+    rc = rc ? rc : add_fp8(L, hd, dim, NM("attn.wkv"));
+    rc = rc ? rc : add(L, "BF16", hd, 0, SG_NEAR_ONE, 0.05f, "%sattn.kv_norm.weight", pre);
+    rc = rc ? rc : add_fp8(L, (int64_t)p->o_groups * p->o_lora_rank, (int64_t)p->n_heads * hd / p->o_groups, NM("attn.wo_a"));
+    rc = rc ? rc : add_fp8(L, dim, (int64_t)p->o_groups * p->o_lora_rank, NM("attn.wo_b"));
+    rc = rc ? rc : add(L, "F32", p->n_heads, 0, SG_NORMAL, 1.0f, "%sattn.attn_sink", pre);
+    if (ratio) {
+        bool csa = ratio == 4;
+        rc = rc ? rc : add_compressor(L, p, ratio, hd, csa, NM("attn.compressor"));
+        if (csa) {
+            rc = rc ? rc : add_fp8(L, (int64_t)p->index_heads * p->index_dim, p->q_lora_rank, NM("attn.indexer.wq_b"));
+            rc = rc ? rc : add(L, "BF16", p->index_heads, dim, SG_NORMAL, 1.0f / sqrtf((float)dim), "%sattn.indexer.weights_proj.weight", pre);
+            rc = rc ? rc : add_compressor(L, p, ratio, p->index_dim, true, NM("attn.indexer.compressor"));
+        }
+    }
+    rc = rc ? rc : add(L, "BF16", p->n_experts, dim, SG_NORMAL, 1.0f / sqrtf((float)dim), "%sffn.gate.weight", pre);
+    if (hash) rc = rc ? rc : add(L, "I64", p->vocab, p->top_k, SG_TID2EID, (float)p->n_experts, "%sffn.gate.tid2eid", pre);
+    else rc = rc ? rc : add(L, "F32", p->n_experts, 0, SG_NORMAL, 0.05f, "%sffn.gate.bias", pre);
+    /* the shared experts are one expert n_shared times as wide */
+    const int64_t shared = (int64_t)p->moe_inter * (p->from_config ? p->n_shared : 1);
+    for (int s = 0; s < 3 && !rc && shared > 0; s++) {
+        int64_t out = s == 1 ? dim : shared, in = s == 1 ? shared : dim;
+        snprintf(nm, sizeof nm, "%sffn.shared_experts.w%d", pre, s + 1);
+        rc = add_fp8(L, out, in, nm);
+    }
+    for (int e = 0; e < p->n_experts && !rc; e++)
+        for (int s = 0; s < 3 && !rc; s++) {
+            int64_t out = s == 1 ? dim : p->moe_inter, in = s == 1 ? p->moe_inter : dim;
+            snprintf(nm, sizeof nm, "%sffn.experts.%d.w%d", pre, e, s + 1);
+            rc = add_fp4(L, out, in, nm);
+        }
+#undef NM
+    return rc;
+}
+
 int synth_list_build(const st_synth_preset *p, synth_list *L, int *layer_end) {
     memset(L, 0, sizeof *L);
-    const int64_t dim = p->dim, hc = p->hc, mix = (2 + hc) * hc, hd = p->head_dim;
+    const int64_t dim = p->dim, hc = p->hc;
     int rc = 0;
     char pre[64];
     for (int i = 0; i < p->n_layers && !rc; i++) {
-        for (int s = 0; s < 2 && !rc; s++) {
-            const char *site = s ? "ffn" : "attn";
-            rc = rc ? rc : add(L, "F32", mix, hc * dim, SG_NORMAL, 1.0f / sqrtf((float)(hc * dim)), "layers.%d.hc_%s_fn", i, site);
-            rc = rc ? rc : add(L, "F32", mix, 0, SG_NORMAL, 0.5f, "layers.%d.hc_%s_base", i, site);
-            rc = rc ? rc : add(L, "F32", 3, 0, SG_NEAR_ONE, 0.2f, "layers.%d.hc_%s_scale", i, site);
-            rc = rc ? rc : add(L, "BF16", dim, 0, SG_NEAR_ONE, 0.05f, "layers.%d.%s_norm.weight", i, site);
-        }
-        snprintf(pre, sizeof pre, "layers.%d.attn", i);
-        char nm[200];
-#define NM(suffix) (snprintf(nm, sizeof nm, "%s." suffix, pre), nm)
-        rc = rc ? rc : add_fp8(L, p->q_lora_rank, dim, NM("wq_a"));
-        rc = rc ? rc : add(L, "BF16", p->q_lora_rank, 0, SG_NEAR_ONE, 0.05f, "%s.q_norm.weight", pre);
-        rc = rc ? rc : add_fp8(L, (int64_t)p->n_heads * hd, p->q_lora_rank, NM("wq_b"));
-        rc = rc ? rc : add_fp8(L, hd, dim, NM("wkv"));
-        rc = rc ? rc : add(L, "BF16", hd, 0, SG_NEAR_ONE, 0.05f, "%s.kv_norm.weight", pre);
-        rc = rc ? rc : add_fp8(L, (int64_t)p->o_groups * p->o_lora_rank, (int64_t)p->n_heads * hd / p->o_groups, NM("wo_a"));
-        rc = rc ? rc : add_fp8(L, dim, (int64_t)p->o_groups * p->o_lora_rank, NM("wo_b"));
-        rc = rc ? rc : add(L, "F32", p->n_heads, 0, SG_NORMAL, 1.0f, "%s.attn_sink", pre);
-        int ratio = p->ratios[i];
-        if (ratio) {
-            bool csa = ratio == 4;
-            rc = rc ? rc : add_compressor(L, p, ratio, hd, csa, NM("compressor"));
-            if (csa) {
-                rc = rc ? rc : add_fp8(L, (int64_t)p->index_heads * p->index_dim, p->q_lora_rank, NM("indexer.wq_b"));
-                rc = rc ? rc : add(L, "BF16", p->index_heads, dim, SG_NORMAL, 1.0f / sqrtf((float)dim), "%s.indexer.weights_proj.weight", pre);
-                rc = rc ? rc : add_compressor(L, p, ratio, p->index_dim, true, NM("indexer.compressor"));
-            }
-        }
-#undef NM
-        snprintf(pre, sizeof pre, "layers.%d.ffn", i);
-        rc = rc ? rc : add(L, "BF16", p->n_experts, dim, SG_NORMAL, 1.0f / sqrtf((float)dim), "%s.gate.weight", pre);
-        if (i < p->n_hash_layers) rc = rc ? rc : add(L, "I64", p->vocab, p->top_k, SG_TID2EID, (float)p->n_experts, "%s.gate.tid2eid", pre);
-        else rc = rc ? rc : add(L, "F32", p->n_experts, 0, SG_NORMAL, 0.05f, "%s.gate.bias", pre);
-        for (int s = 0; s < 3 && !rc; s++) {
-            char nm[200];
-            int64_t out = s == 1 ? dim : p->moe_inter, in = s == 1 ? p->moe_inter : dim;
-            snprintf(nm, sizeof nm, "%s.shared_experts.w%d", pre, s + 1);
-            rc = add_fp8(L, out, in, nm);
-        }
-        for (int e = 0; e < p->n_experts && !rc; e++)
-            for (int s = 0; s < 3 && !rc; s++) {
-                char nm[200];
-                int64_t out = s == 1 ? dim : p->moe_inter, in = s == 1 ? p->moe_inter : dim;
-                snprintf(nm, sizeof nm, "%s.experts.%d.w%d", pre, e, s + 1);
-                rc = add_fp4(L, out, in, nm);
-            }
+        snprintf(pre, sizeof pre, "layers.%d.", i);
+        rc = add_block(L, p, pre, p->ratios[i], i < p->n_hash_layers);
         if (layer_end) layer_end[i] = L->n;
+    }
+    /* MTP blocks (they share embed and head); their ratios follow the main layers' */
+    for (int k = 0; p->from_config && k < p->n_mtp && !rc; k++) {
+        snprintf(pre, sizeof pre, "mtp.%d.", k);
+        rc = rc ? rc : add_fp8(L, dim, dim, (snprintf(pre, sizeof pre, "mtp.%d.e_proj", k), pre));
+        rc = rc ? rc : add_fp8(L, dim, dim, (snprintf(pre, sizeof pre, "mtp.%d.h_proj", k), pre));
+        rc = rc ? rc : add(L, "BF16", dim, 0, SG_NEAR_ONE, 0.05f, "mtp.%d.enorm.weight", k);
+        rc = rc ? rc : add(L, "BF16", dim, 0, SG_NEAR_ONE, 0.05f, "mtp.%d.hnorm.weight", k);
+        rc = rc ? rc : add(L, "BF16", dim, 0, SG_NEAR_ONE, 0.05f, "mtp.%d.norm.weight", k);
+        rc = rc ? rc : add(L, "F32", hc, hc * dim, SG_NORMAL, 1.0f / sqrtf((float)(hc * dim)), "mtp.%d.hc_head_fn", k);
+        rc = rc ? rc : add(L, "F32", hc, 0, SG_NORMAL, 0.5f, "mtp.%d.hc_head_base", k);
+        rc = rc ? rc : add(L, "F32", 1, 0, SG_NEAR_ONE, 0.2f, "mtp.%d.hc_head_scale", k);
+        snprintf(pre, sizeof pre, "mtp.%d.", k);
+        rc = rc ? rc : add_block(L, p, pre, p->ratios[p->n_layers + k], false);
     }
     rc = rc ? rc : add(L, "BF16", p->vocab, dim, SG_NORMAL, 1.0f, "embed.weight");
     rc = rc ? rc : add(L, "BF16", p->vocab, dim, SG_NORMAL, 1.0f / sqrtf((float)dim), "head.weight");
