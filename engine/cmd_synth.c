@@ -1,4 +1,6 @@
 /* `strata synth`: write a random-weight V4 checkpoint (see synth.h). */
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +35,15 @@ int cmd_synth(int argc, char **argv) {
         if (!strcmp(o, "--preset")) preset = v;
         else if (!strcmp(o, "--config")) config = v;
         else if (!strcmp(o, "--out")) out = v;
-        else if (!strcmp(o, "--seed")) seed = strtoull(v, NULL, 10);
+        else if (!strcmp(o, "--seed")) {
+            char *end;
+            errno = 0;
+            seed = strtoull(v, &end, 10);
+            if (!*v || *end || errno || v[0] == '-') {
+                fprintf(stderr, "strata synth: --seed must be an integer 0..%llu, not '%s'\n", (unsigned long long)UINT64_MAX, v);
+                return 2;
+            }
+        }
         else if (!strcmp(o, "--tokenizer")) { tok = v; tok_given = true; }
         else { fprintf(stderr, "strata synth: unknown option '%s' (strata synth --help)\n", o); return 2; }
         i++;

@@ -303,6 +303,19 @@ static void synth_config_command(void **state) {
         if (rc || !strstr(out, bad[i].expect)) fail_msg("%s: rc %d, wanted '%s' in: %s", bad[i].over, rc, bad[i].expect, out);
         free(out);
     }
+    /* bad command lines */
+    const struct { const char *args, *expect; } cli[] = {
+        {"--preset tiny --config x.json", "one of --preset NAME or --config FILE"},
+        {"--config /nonexistent.json", "/nonexistent.json"},
+        {"--preset tiny --seed 12x", "--seed must be an integer"},
+        {"--preset tiny --seed -1", "--seed must be an integer"},
+    };
+    for (size_t i = 0; i < ST_ARRAY_LEN(cli); i++) {
+        snprintf(cmd, sizeof cmd, "%s synth %s --out %s/y --quiet 2>&1; test ! -e %s/y", bin, cli[i].args, root, root);
+        rc = tu_run(cmd, &out);
+        if (rc || !strstr(out, cli[i].expect)) fail_msg("synth %s: rc %d, wanted '%s' in: %s", cli[i].args, rc, cli[i].expect, out);
+        free(out);
+    }
     /* a transformers-scheme config (F32 weights declared): the published format, which loads */
     snprintf(cmd, sizeof cmd, "%s synth --config tests/data/config/small_transformers.json --out %s/tf --quiet 2>&1",
              bin, root);
