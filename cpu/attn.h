@@ -83,8 +83,8 @@ void st_index_scores_e2m1_generic(const st_index_q *q, const float *w, const uin
  * Candidates rows[0..nf) are F32 rows (d), rows[nf..n) packed KV rows
  * (st_kv_rows layout with d, rope). The packed rows are decoded a few at a
  * time into tile (st_attn_kv_tile_floats(nh, d) floats, the caller's) and
- * the F32 kernels run on them (on AVX-512 with d and rope multiples of 16,
- * decoded in registers inside the kernels instead): the results are bit-identical to decoding
+ * the F32 kernels run on them (on AVX-512 and AVX2 with d and rope multiples
+ * of 16 or 8, decoded in registers inside the kernels instead): the results are bit-identical to decoding
  * every row first and calling st_attn_heads / st_attn_scores / st_attn_wsum
  * (tested), with no decoded copy of all the rows. wsum_kv computes columns
  * [col0, col0 + width) of o (nh, width) (the split of st_attn_wsum over

@@ -4,9 +4,9 @@
  * cache, and the F32 kernels run on the chunk, so there is no decoded copy of every entry in memory and the
  * results are bit-identical to decoding every row first (contract in attn.h).
  * On AVX-512 and AVX2 (d and rope multiples of the vector), the chunks made
- * only of packed rows skip the tile: cpu/attn_kv_avx512.c / _avx2.c decode
- * them in registers inside the scores kernel (and the weighted sums of up to
- * 4 heads, where each column is decoded once either way), with the same bits. */
+ * only of packed rows skip the tile: the scores and weighted-sum kernels of
+ * cpu/attn_avx512.c / attn_avx2.c (one body for F32 and packed rows) decode
+ * them in registers, with the same bits. */
 #include <stdbool.h>
 #include <string.h>
 
@@ -19,8 +19,8 @@
  * from the start of a call) as they would in one call. */
 enum { KV_CHUNK = 64 };
 
-/* The packed rows can be decoded in registers (cpu/attn_kv_avx512.c,
- * cpu/attn_kv_avx2.c): the F32 kernel of the ISA takes the width (AVX-512
+/* The packed rows can be decoded in registers (cpu/attn_avx512.c,
+ * cpu/attn_avx2.c): the F32 kernel of the ISA takes the width (AVX-512
  * d % 16, AVX2 d % 8) and every SIMD vector of columns is all e4m3 in one
  * 64-block or all bf16 (rope a multiple of the vector). */
 static bool in_registers(st_isa isa, int64_t d, int64_t rope) {
@@ -80,7 +80,7 @@ void st_attn_wsum_kv(const float *p, int64_t nh, const void *const *rows, int64_
     const st_isa isa = st_cpu_isa();
     const float *ptr[KV_CHUNK];
     const int64_t vec = isa == ST_ISA_AVX512 ? 16 : 8; /* columns a vector */
-    const bool fused = nh <= 4 && in_registers(isa, d, rope) && col0 % vec == 0 && width % vec == 0;
+    const bool fused = in_registers(isa, d, rope) && col0 % vec == 0 && width % vec == 0;
     for (int64_t c0 = 0; c0 < n; c0 += KV_CHUNK) {
         const int acc = c0 > 0; /* later chunks add to the sums so far, in row order */
         if (fused && c0 >= nf) {

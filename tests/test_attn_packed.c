@@ -11,8 +11,9 @@
  *   where they are stored) bit-identical to decoding every row first, on every
  *   ISA, with F32 rows first, row counts off the chunk and SIMD sizes, row
  *   and column ranges as the split path uses them; on AVX-512 and AVX2 these
- *   decode in registers inside the kernels (cpu/attn_kv_avx*.c), checked
- *   over heads 1..9, many widths, NaN codes and every scale byte;
+ *   decode in registers inside the kernels (cpu/attn_avx*.c), checked
+ *   over heads 1..9, many widths, NaN codes and every scale byte; weighted
+ *   sums of heads 1..11 also against a per-lane fmaf chain;
  * - the e4m3 + bf16 row decoders of every ISA equal the generic one (and the
  *   scalar st_e4m3_to_f32) for all 256 codes under all 256 scale bytes;
  * - official-numerics logits of a synthetic tiny model that agree between the
@@ -475,6 +476,72 @@ static void kv_kernels_equal_decode_first_every_shape(void **state) {
     }
 }
 
+/* Weighted sums of every head count from packed rows (on AVX-512 and AVX2 in
+ * registers, 8 heads a block, then the rest): each output lane must be the
+ * chain of fmaf over the rows in order from 0, o = fmaf(p, x, o), which is
+ * what the F32 kernels of those ISAs compute, so it is also checked against
+ * st_attn_wsum on the decoded rows (every ISA). Heads 1..11 (a block of 8
+ * and 1..3 more), row counts around the 4/8-row unrolls and the 64-row
+ * blocks, F32 rows first (a mixed chunk, then the packed rows carry on from
+ * its sums), all columns and the 16-column (AVX2 also 8-column) ranges a
+ * split over 1..4 threads gives. */
+static void kv_wsum_every_head_count(void **state) {
+    (void)state;
+    const int64_t dims[][2] = {{64, 16}, {128, 64}, {48, 16}, {96, 32}, {24, 8}};
+    const int64_t ns[] = {1, 2, 3, 5, 7, 9, 63, 64, 65, 130, 200};
+    for (size_t di = 0; di < ST_ARRAY_LEN(dims); di++)
+        for (int64_t nh = 1; nh <= 11; nh++) {
+            const int64_t d = dims[di][0], rope = dims[di][1], n = ns[(size_t)(nh + (int64_t)di) % ST_ARRAY_LEN(ns)];
+            const int64_t nf = nh % 3 == 0 ? ST_MIN(n, 1 + nh) : 0;
+            const size_t stride = kv_stride(d, rope);
+            uint8_t *packed = random_kv_codes(n, d, rope, nh == 7, 100, 140);
+            float *dec = malloc((size_t)(n * d) * sizeof(float)), *p = malloc((size_t)(nh * n) * sizeof(float));
+            float *ref = malloc((size_t)(nh * d) * sizeof(float)), *o = malloc((size_t)(nh * d) * sizeof(float));
+            float *o32 = malloc((size_t)(nh * d) * sizeof(float));
+            float *tile = malloc(st_attn_kv_tile_floats(nh, d) * sizeof(float));
+            const void **rows = malloc((size_t)n * sizeof(void *));
+            const float **shift = malloc((size_t)n * sizeof(float *));
+            st_cpu_set_isa(ST_ISA_GENERIC);
+            for (int64_t c = 0; c < n; c++) { /* stored rows scattered, as CSA's top-k */
+                const int64_t r = (c * 5 + 2) % n;
+                st_kv_rows(packed + (size_t)r * stride, stride, 1, d, rope, dec + c * d);
+                rows[c] = c < nf ? (const void *)(dec + c * d) : (const void *)(packed + (size_t)r * stride);
+            }
+            for (int64_t i = 0; i < nh * n; i++) p[i] = (float)tu_rng_gauss();
+            for (size_t ii = 0; ii < ST_ARRAY_LEN(isas); ii++) {
+                if (st_cpu_set_isa(isas[ii])) continue;
+                const int64_t unit = isas[ii] == ST_ISA_AVX2 && d % 16 ? 8 : 16;
+                for (int nth = 0; nth <= 4; nth++)
+                    for (int ith = 0; ith < ST_MAX(nth, 1); ith++) {
+                        /* nth 0: every column (widths not a multiple of 16 included) */
+                        const int64_t k0 = nth ? (d / unit * ith / nth) * unit : 0;
+                        const int64_t k1 = nth ? (d / unit * (ith + 1) / nth) * unit : d, w = k1 - k0;
+                        if (w <= 0) continue;
+                        for (int64_t h = 0; h < nh; h++)
+                            for (int64_t j = 0; j < w; j++) {
+                                float acc = 0.0f;
+                                for (int64_t c = 0; c < n; c++) acc = fmaf(p[h * n + c], dec[c * d + k0 + j], acc);
+                                ref[h * w + j] = acc;
+                            }
+                        for (int64_t c = 0; c < n; c++) shift[c] = dec + c * d + k0;
+                        st_attn_wsum_kv(p, nh, rows, nf, n, d, rope, k0, w, tile, o);
+                        st_attn_wsum(p, nh, shift, n, w, o32);
+                        if (!same_bits_or_nan(o32, o, nh * w))
+                            fail_msg("%s nh=%lld d=%lld n=%lld nf=%lld cols [%lld, %lld): packed != F32 kernel",
+                                     st_isa_name(isas[ii]), (long long)nh, (long long)d, (long long)n, (long long)nf,
+                                     (long long)k0, (long long)k1);
+                        const int64_t vec = isas[ii] == ST_ISA_AVX512 ? 16 : 8; /* narrower: the generic code */
+                        if (isas[ii] != ST_ISA_GENERIC && w % vec == 0 && !same_bits_or_nan(ref, o, nh * w))
+                            fail_msg("%s nh=%lld d=%lld n=%lld nf=%lld cols [%lld, %lld): != fmaf chain",
+                                     st_isa_name(isas[ii]), (long long)nh, (long long)d, (long long)n, (long long)nf,
+                                     (long long)k0, (long long)k1);
+                    }
+            }
+            st_cpu_set_isa(st_cpu_isa_best());
+            free(packed); free(dec); free(p); free(ref); free(o); free(o32); free(tile); free(rows); free(shift);
+        }
+}
+
 /* End to end: a synthetic tiny model's official-numerics logits over a prompt
  * long enough that the indexer picks 3 of up to 50 keys, on every ISA. The
  * other kernels (matmul, norms) differ across ISAs in the last bits, which
@@ -539,6 +606,7 @@ int main(void) {
         cmocka_unit_test(kv_decode_every_code_and_scale),
         cmocka_unit_test(kv_attention_equals_decode_first),
         cmocka_unit_test(kv_kernels_equal_decode_first_every_shape),
+        cmocka_unit_test(kv_wsum_every_head_count),
         cmocka_unit_test(official_logits_independent_of_isa),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
