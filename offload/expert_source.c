@@ -47,6 +47,7 @@ struct st_expert_stream {
     st_transfer xfer;
     st_prefetch *pf;
     bool no_prefetch;
+    bool serving_off; /* STRATA_CACHE_SERVING=0 (A/B runs): no st_slot_cache_set_serving */
     int64_t step;
     int step_need, last_step_need; /* experts begun in this step / in the previous one (all layers) */
     uint64_t reads, bytes_read;
@@ -268,6 +269,8 @@ int st_expert_stream_new(const st_stream_desc *d, const st_stream_opts *o, st_ex
     s->n_experts = d->n_experts;
     s->n_pieces = d->n_pieces;
     s->no_prefetch = opt.no_prefetch;
+    const char *serving = getenv("STRATA_CACHE_SERVING");
+    s->serving_off = serving && !strcmp(serving, "0");
     s->layer = -1;
     size_t ne = (size_t)d->n_layers * (size_t)d->n_experts;
     int rc = ST_ERR_NOMEM;
@@ -440,6 +443,8 @@ int st_expert_stream_begin(st_expert_stream *s, int layer, const int *experts, i
         for (int i = 0; i < n && k < (int)ST_ARRAY_LEN(keys); i++) keys[k++] = st_cache_key_expert(layer, experts[i]);
         if (k == n) st_prefetch_settle(s->pf, deadline(s, layer), keys, k);
     }
+    /* Its unwanted experts give up their slots first: used again only a step later. */
+    st_slot_cache_set_serving(s->cache, s->serving_off ? -1 : layer);
     /* The layer's whole set is known: its cached experts are wanted (evicted last), so the
      * loads of its first groups do not evict the ones its later groups use. */
     for (int i = 0; i < n; i++) st_slot_cache_want(s->cache, st_cache_key_expert(layer, experts[i]), true);
