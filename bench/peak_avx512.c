@@ -33,7 +33,11 @@ static double vnni_rate(void) {
     double t = st_time_s() - t0;
     __m512i s = a[0];
     for (int i = 1; i < CHAINS; i++) s = _mm512_add_epi32(s, a[i]);
-    volatile int sink = _mm512_reduce_add_epi32(s);
+    /* the chains wrap around: sum the lanes as unsigned (the int reduction would overflow, UB) */
+    uint32_t lanes[16], sum = 0;
+    _mm512_storeu_si512(lanes, s);
+    for (int i = 0; i < 16; i++) sum += lanes[i];
+    volatile uint32_t sink = sum;
     (void)sink;
     return (double)ITERS * CHAINS * 64 * 2 / t / 1e9;
 }
