@@ -17,6 +17,7 @@ typedef struct st_sampler {
     uint64_t state;
     float *probs;    /* scratch (n_vocab) */
     int32_t *order;  /* scratch (n_vocab) */
+    uint64_t *radix; /* scratch (2 * n_vocab): (key, index) pairs of the sort of a whole vocabulary */
     int64_t n_vocab;
 } st_sampler;
 
