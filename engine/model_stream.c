@@ -359,11 +359,44 @@ fail:
     return rc;
 }
 
-/* Every routed expert into its node's slots, once. On a warm machine (the
- * checkpoint in the page cache: a second run) the cached pages are copied
- * instead of read again from disk (150 GB of V4-Flash at 3 GB/s is ~50 s);
- * only what the cache does not hold is read, with O_DIRECT. The bytes are the
- * file's either way. STRATA_PRELOAD_COLD=1 reads everything (A/B). */
+typedef struct preload_job {
+    st_model_stream *ms;
+    st_progress *pg;
+    int rc[ST_NODES_MAX];
+    char msg[ST_NODES_MAX][320];
+} preload_job;
+
+/* Node `team`'s experts of every layer into its stream, from that node's team leader (the
+ * nodes' streams are independent: the nodes load at once, each copy or read on its own thread). */
+static void preload_node(void *ctx, int team, st_pool *tp) {
+    (void)tp;
+    preload_job *j = ctx;
+    st_model_stream *ms = j->ms;
+    st_expert_stream *s = st_expert_nodes_stream(ms->es, team);
+    int *mine = malloc((size_t)ms->n_experts * sizeof *mine), k = 0, rc = 0;
+    if (!mine) rc = st_error(ST_ERR_NOMEM, "expert preload: out of memory");
+    for (int e = 0; mine && e < ms->n_experts; e++)
+        if (st_expert_nodes_owner(ms->es, 0, e) == team) mine[k++] = e;
+    for (int l = 0; !rc && l < ms->n_layers; l++) {
+        int e;
+        const void *pieces[ST_STREAM_MAX_PIECES];
+        if (!(rc = st_expert_stream_begin(s, l, mine, k, NULL)))
+            while ((rc = st_expert_stream_next(s, &e, pieces)) == 1) {}
+        st_expert_stream_end(s);
+        if (team == 0) st_progress_update(j->pg, (uint64_t)l + 1);
+    }
+    if (rc < 0) snprintf(j->msg[team], sizeof j->msg[team], "%s", st_last_error());
+    j->rc[team] = rc < 0 ? rc : 0;
+    free(mine);
+}
+
+/* Every routed expert into its node's slots, once, the nodes at the same time.
+ * On a warm machine (the checkpoint in the page cache: a second run) the
+ * cached pages are copied instead of read again from disk (150 GB of
+ * V4-Flash at 3 GB/s is ~50 s); only what the cache does not hold is read,
+ * with O_DIRECT. The bytes are the file's either way. STRATA_PRELOAD_COLD=1
+ * reads everything, STRATA_PRELOAD_SERIAL=1 loads the nodes one after the
+ * other from this thread (A/B). */
 int st_model_stream_preload(st_model_stream *ms, bool progress) {
     int *all = malloc((size_t)ms->n_experts * sizeof *all), rc = 0;
     if (!all) return st_error(ST_ERR_NOMEM, "expert preload: out of memory");
@@ -375,7 +408,22 @@ int st_model_stream_preload(st_model_stream *ms, bool progress) {
     uint64_t t0 = st_time_ns();
     st_progress pg;
     st_progress_begin(&pg, "experts to their NUMA nodes", (uint64_t)ms->n_layers, false, !progress);
-    for (int l = 0; !rc && l < ms->n_layers; l++) {
+    const int nodes = st_expert_nodes_count(ms->es);
+    const char *serial = getenv("STRATA_PRELOAD_SERIAL"); /* A/B: the nodes one after the other, from here */
+    const bool teams = nodes > 1 && st_pool_team_count(ms->m->pool) == nodes && !(serial && *serial && *serial != '0');
+    if (!rc && teams) {
+        preload_job *j = calloc(1, sizeof *j);
+        if (!j) rc = st_error(ST_ERR_NOMEM, "expert preload: out of memory");
+        else {
+            j->ms = ms;
+            j->pg = &pg;
+            st_pool_run_teams(ms->m->pool, preload_node, j);
+            for (int i = 0; !rc && i < nodes; i++)
+                if (j->rc[i]) rc = st_error(j->rc[i], "node %d: %s", st_expert_nodes_os_node(ms->es, i), j->msg[i]);
+            free(j);
+        }
+    }
+    for (int l = 0; !rc && !teams && l < ms->n_layers; l++) { /* one node (or no teams): here */
         int e;
         const void *pieces[ST_STREAM_MAX_PIECES];
         if (!(rc = st_expert_nodes_begin(ms->es, l, all, ms->n_experts, NULL)))
@@ -391,8 +439,9 @@ int st_model_stream_preload(st_model_stream *ms, bool progress) {
     char a[32], b[32];
     double secs = (double)(st_time_ns() - t0) / 1e9;
     if (progress) /* after the bar, also when stderr is not a terminal (logs of runs) */
-        fprintf(stderr, "experts preloaded in %.1f s: %s copied from the page cache, %s read from disk\n", secs,
-                st_fmt_size(s1.bytes_copied - s0.bytes_copied, a, sizeof a), st_fmt_size(s1.bytes_read - s0.bytes_read, b, sizeof b));
+        fprintf(stderr, "experts preloaded in %.1f s on %d node(s): %s copied from the page cache, %s read from disk\n",
+                secs, nodes, st_fmt_size(s1.bytes_copied - s0.bytes_copied, a, sizeof a),
+                st_fmt_size(s1.bytes_read - s0.bytes_read, b, sizeof b));
     return 0;
 }
 
