@@ -11,8 +11,8 @@
  * decoding every row first and running the F32 kernel (tested). Scores: every
  * (head, row) dot product has two accumulators over 16 columns a step, then 8,
  * then one horizontal sum; heads go 4 per row, so a row is read (or decoded)
- * once for 4 heads. Weighted sums: up to 8 accumulators, 4 or 8 heads a
- * block. Shapes whose width is not a multiple of 8 take the generic code. */
+ * once for 4 heads. Weighted sums: up to 8 accumulators, 2 (F32) or 8
+ * (packed) heads a block. Shapes whose width is not a multiple of 8 take the generic code. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -145,10 +145,12 @@ ST_ATTN_INLINE void wsum_block(const float *p, int64_t ldp, const void *const *r
 
 ST_ATTN_WSUM_DRIVER(8, 8)
 
+/* F32 rows 2 heads a block (x 32 columns): 4 heads x 16 was faster on rows
+ * in L2 but slower on rows from memory, 1 head (as before) the reverse. */
 void st_attn_wsum_avx2(const float *p, int64_t ldp, int64_t nh, const float *const *rows, int64_t n, int64_t d,
                        int acc, float *o) {
     if (d % 8) { st_attn_wsum_generic(p, ldp, nh, rows, n, d, acc, o); return; }
-    wsum_body(p, ldp, nh, (const void *const *)rows, n, 0, d, d, acc, o, 4, 0);
+    wsum_body(p, ldp, nh, (const void *const *)rows, n, 0, d, d, acc, o, 2, 0);
 }
 
 /* st_attn_wsum_avx2 over columns [col0, col0 + width) of the packed rows:

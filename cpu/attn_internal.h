@@ -41,11 +41,12 @@
  * o (NH, ldo), sums from o's values if from_o): defines wsum_body, which
  * takes rows 256 (packed, ~100-200 bytes) or 64 (F32) at a time (the rows of
  * a block stay in L1 while every column and head block reads them; the sums
- * go through o between blocks, exactly),
- * heads G at a time and then the nh % G left in one block, and per head
- * block NV = 4, 2 or 1 vectors (at most ACC accumulators), then 2 and 1 for
- * the last columns. Every output lane stays one chain of FMAs over the rows
- * in order, so none of this blocking changes a bit. */
+ * go through o between blocks, exactly), heads G at a time and then the
+ * nh % G left in one block, and per head block NV = 4, 2 or 1 vectors (at
+ * most ACC accumulators), then 1 for the last columns (not 2: measured
+ * slower on 4 heads, where it saves no decode). Every output lane stays one
+ * chain of FMAs over the rows in order, so none of this blocking changes a
+ * bit. */
 #define ST_ATTN_WSUM_DRIVER(VW, ACC)                                                                                 \
     ST_ATTN_INLINE void wsum_heads(const float *p, int64_t ldp, const void *const *rows, int64_t c0, int64_t c1,     \
                                    int64_t col0, int64_t w, int64_t nope, int from_o, float *o, const int NH,        \
@@ -54,10 +55,6 @@
         int64_t k = 0;                                                                                               \
         for (; k + (VW) * NV <= w; k += (VW) * NV)                                                                   \
             wsum_block(p, ldp, rows, c0, c1, col0 + k, nope, from_o, o + k, w, NH, NV, packed);                      \
-        if (NV > 2 && k + 2 * (VW) <= w) {                                                                           \
-            wsum_block(p, ldp, rows, c0, c1, col0 + k, nope, from_o, o + k, w, NH, 2, packed);                       \
-            k += 2 * (VW);                                                                                           \
-        }                                                                                                            \
         for (; k < w; k += (VW)) wsum_block(p, ldp, rows, c0, c1, col0 + k, nope, from_o, o + k, w, NH, 1, packed);  \
     }                                                                                                                \
     ST_ATTN_INLINE void wsum_body(const float *p, int64_t ldp, int64_t nh, const void *const *rows, int64_t n,       \
