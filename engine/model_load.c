@@ -337,6 +337,15 @@ static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
                             st_fmt_size(o->dram_budget, a, sizeof a), st_fmt_size(pinned, b, sizeof b),
                             st_fmt_size(routed, c, sizeof c));
         cache = o->dram_budget - pinned;
+        int rc = st_model_stream_attach(m, ld->ck, &ld->cfg, o, cache, &ld->stream);
+        if (rc == ST_ERR_BUDGET) { /* say where the expert cache's bytes came from */
+            char why[512];
+            snprintf(why, sizeof why, "%s", st_last_error());
+            return st_error(rc, "DRAM budget %s leaves %s for routed experts after the weights that stay in DRAM (%s): %s",
+                            st_fmt_size(o->dram_budget, a, sizeof a), st_fmt_size(cache, c, sizeof c),
+                            st_fmt_size(pinned, b, sizeof b), why);
+        }
+        return rc;
     }
     return st_model_stream_attach(m, ld->ck, &ld->cfg, o, cache, &ld->stream);
 }

@@ -379,6 +379,21 @@ static void odd_inputs_and_budgets(void **state) {
             fail_msg("strata %s: rc %d (want %d), wanted '%s' in: %s", cases[i].args, rc, cases[i].rc, cases[i].expect, out);
         free(out);
     }
+    /* a DRAM budget just above the weights that stay in DRAM: the message says where the
+     * expert cache's few bytes came from (it named only 'dram expert cache') */
+    snprintf(cmd, sizeof cmd, "%s run --ids 1,2 -n 1 --dram-budget 1K --model %s --threads 2 --quiet 2>&1", bin, dir);
+    assert_int_equal(tu_run(cmd, &out), 1);
+    const char *p = strstr(out, "stay in DRAM (");
+    assert_non_null(p);
+    double pinned_kib = strtod(p + strlen("stay in DRAM ("), NULL);
+    assert_true(pinned_kib > 100 && strstr(p, "KiB"));
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s run --ids 1,2 -n 1 --dram-budget %dK --model %s --threads 2 --quiet 2>&1", bin,
+             (int)ceil(pinned_kib) + 4, dir);
+    assert_int_equal(tu_run(cmd, &out), 1);
+    if (!strstr(out, "for routed experts after the weights that stay in DRAM") || !strstr(out, "less than one slot"))
+        fail_msg("dram budget just above the pinned weights: %s", out);
+    free(out);
 }
 
 /* tests/tools/gen_config_fixtures.py: transformers' logits for a config the two
