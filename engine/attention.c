@@ -9,6 +9,7 @@
 #include "engine/attention.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -409,6 +410,7 @@ typedef struct chunk_attn {
     const void **cand;       /* (nth, max_cand) */
     float *scratch;          /* (nth, max_cand * n_heads) */
     const void **paged;      /* (topk) */
+    unsigned char *gathered; /* (topk, entry_bytes): the top-k copied in rounds when the budget cannot pin it at once */
     float *tile;             /* (nth, tile_len): packed rows decoded a chunk at a time */
     int64_t tile_len;
     const float *hca;        /* (n_entries, head_dim): packed HCA entries decoded once (prefill), or NULL */
@@ -526,6 +528,33 @@ static int prefetch_existing(st_comp_state *cs, const int32_t *sel, int64_t n) {
     return 0;
 }
 
+/* The token's top-k entries when the KV fast budget cannot pin all their pages
+ * at once: fetched in rounds (halving until a round fits; one page at the
+ * least), each round's entries copied into `gathered` and its pins released.
+ * Same bytes, so the same results, only slower: warned about once. */
+static int gather_in_rounds(st_comp_state *cs, const int32_t *sel, int64_t n, unsigned char *gathered, const void **ptrs) {
+    static atomic_flag warned = ATOMIC_FLAG_INIT;
+    if (!atomic_flag_test_and_set(&warned))
+        ST_WARN("%s; the top-k entries are fetched in rounds instead (slower: raise --kv-budget)", st_last_error());
+    st_error_clear();
+    const size_t eb = cs->entry_bytes;
+    for (int64_t i0 = 0, m = n; i0 < n; i0 += m) {
+        m = ST_MIN(m, n - i0);
+        int rc;
+        while ((rc = st_kv_pages_get(cs->pages, cs->stream, sel + i0, m, ptrs + i0)) == ST_ERR_BUDGET && m > 1) {
+            st_error_clear();
+            m = (m + 1) / 2;
+        }
+        if (rc) return rc;
+        for (int64_t i = i0; i < i0 + m; i++) {
+            memcpy(gathered + (size_t)i * eb, ptrs[i], eb);
+            ptrs[i] = gathered + (size_t)i * eb;
+        }
+        st_kv_pages_release(cs->pages, cs->stream);
+    }
+    return 0;
+}
+
 /* One token at a time, heads over the threads (decode, or paged CSA entries:
  * a stream holds one token's pins at a time). */
 static int attn_sequential(st_pool *pool, chunk_attn *c) {
@@ -537,6 +566,7 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
         if (c->w->kind == ST_LAYER_CSA && cs->pages) {
             const int32_t *sel = c->sel + t * c->w->idx.topk;
             int rc = st_kv_pages_get(cs->pages, cs->stream, sel, c->n_sel[t], c->paged);
+            if (rc == ST_ERR_BUDGET && c->n_sel[t] > 1) rc = gather_in_rounds(cs, sel, c->n_sel[t], c->gathered, c->paged);
             if (rc) return rc;
             for (int64_t i = 0; i < c->n_sel[t]; i++) c->cand[nc++] = c->paged[i];
             if (!cs->packed) n_f32 = nc;
@@ -576,6 +606,7 @@ typedef struct attn_bufs {
     float *split_tmp;
     const void **cand;
     const void **paged; /* (topk) entry pointers from kv_pages */
+    unsigned char *gathered; /* (topk, entry_bytes) see gather_in_rounds */
 } attn_bufs;
 
 /* Work buffers come from a per-thread arena of blocks that decode calls
@@ -662,7 +693,8 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
             !ALLOC(b.isc, T * icoff * id) || !ALLOC(b.iscores, ST_MIN(T, (int64_t)INDEX_GROUP) * max_ivis) ||
             !ALLOC(b.sel, T * w->idx.topk) || !ALLOC(b.n_idx, T) || !ALLOC(b.n_sel, T))
             goto oom;
-        if (s->comp.pages && !ALLOC(b.paged, w->idx.topk)) goto oom;
+        if (s->comp.pages && (!ALLOC(b.paged, w->idx.topk) || !ALLOC(b.gathered, (size_t)w->idx.topk * s->comp.entry_bytes)))
+            goto oom;
         if (s->icomp.packed && !ALLOC(b.idq, nth * INDEX_TILE * id)) goto oom;
         if (s->icomp.packed && !ALLOC(b.iqp, INDEX_GROUP * st_index_q_bytes(ih, id))) goto oom;
     }
@@ -757,7 +789,7 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     }
     chunk_attn ca = {.w = w, .s = s, .q = b.q, .kv = b.kv, .n_main = b.n_main, .sel = b.sel, .n_sel = b.n_sel,
                      .pos0 = pos0, .T = T, .max_cand = max_cand, .o = b.o, .cand = b.cand, .scratch = b.scratch,
-                     .paged = b.paged, .tile = b.kvtile, .tile_len = tile_len, .hca = b.hca, .split_tmp = b.split_tmp,
+                     .paged = b.paged, .gathered = b.gathered, .tile = b.kvtile, .tile_len = tile_len, .hca = b.hca, .split_tmp = b.split_tmp,
                      .split_len = split_len, .num = num};
     if ((csa && s->comp.pages) || T < 2 * nth) {
         if ((rc = attn_sequential(pool, &ca))) goto done;

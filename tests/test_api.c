@@ -89,10 +89,11 @@ static void kv_tiering_same_logits(void **state) {
     assert_int_equal(st_session_kv_tiering(s, &bad), ST_ERR_INVALID);
     assert_non_null(strstr(st_last_error(), "4096"));
     assert_int_equal(st_session_kv_tiering(s, NULL), ST_ERR_INVALID);
-    /* a budget too small for one token's pages: an error from eval, no crash */
+    /* a budget below an open page per CSA layer plus one to read: refused at once, naming the least */
     bad = (st_kv_tiering_options){.fast_bytes = 4096, .page_bytes = 4096};
-    assert_int_equal(st_session_kv_tiering(s, &bad), 0);
-    assert_int_equal(st_session_eval(s, ids, 600, NULL), ST_ERR_BUDGET);
+    assert_int_equal(st_session_kv_tiering(s, &bad), ST_ERR_BUDGET);
+    assert_non_null(strstr(st_last_error(), "is below the least"));
+    assert_int_equal(st_session_eval(s, ids, 8, NULL), 0); /* the session still works, untiered */
     st_session_free(s);
     assert_int_equal(rmdir(dir), 0); /* the spill file was unlinked at creation */
     free(a); free(b); free(ids);

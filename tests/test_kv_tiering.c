@@ -112,21 +112,46 @@ static void tiered_equals_resident(void **state) {
     st_model_free(m);
 }
 
-/* A fast budget below what one token's top-k needs fails with a budget error, no crash. */
-static void budget_too_small_fails_cleanly(void **state) {
+/* A fast budget below an open page per CSA layer plus one to read is refused
+ * when tiering is set up (before any work), naming the least it needs; at that
+ * least, a token's top-k (several pages) cannot be pinned at once and is
+ * fetched in rounds: the logits still equal the resident run's. */
+static void budget_below_least_refused_least_works(void **state) {
     (void)state;
     st_model_opts o = {.numerics = ST_NUMERICS_OFFICIAL, .threads = 1, .quiet = true};
     st_model *m;
     assert_int_equal(st_model_load(FIX, &o, &m), 0);
-    int32_t ids[600]; /* 150 entries: 3 pages, top-k needs more than the one fast frame */
-    for (int i = 0; i < 600; i++) ids[i] = (int32_t)((i * 31 + 5) % m->vocab);
+    int n_csa = 0;
+    for (int l = 0; l < m->n_layers; l++) n_csa += m->layers[l].attn.kind == ST_LAYER_CSA;
+    enum { N = 600 }; /* 150 entries a CSA layer: 3 pages of 4 KiB, the top-k on more than one */
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)((i * 31 + 5) % m->vocab);
+    const int64_t V = m->vocab;
+    float *want = malloc((size_t)(N * V) * sizeof(float)), *got = malloc((size_t)(N * V) * sizeof(float));
     st_seq *s;
     assert_int_equal(st_seq_new(m, &s), 0);
-    assert_int_equal(st_seq_kv_tiering(s, 4096, 4096, NULL, 4096), 0);
-    int rc = st_seq_forward(s, ids, 600, NULL, false);
-    assert_int_equal(rc, ST_ERR_BUDGET);
-    assert_non_null(strstr(st_last_error(), "kv"));
+    assert_int_equal(st_seq_forward(s, ids, N, want, true), 0);
     st_seq_free(s);
+
+    const uint64_t least = (uint64_t)(n_csa + 1) * 4096;
+    assert_int_equal(st_seq_new(m, &s), 0);
+    assert_int_equal(st_seq_kv_tiering(s, least - 4096, 4096, NULL, 4096), ST_ERR_BUDGET);
+    assert_non_null(strstr(st_last_error(), "--kv-budget"));
+    assert_null(s->kv); /* back to plain arrays: the sequence still works */
+    assert_int_equal(st_seq_forward(s, ids, 8, NULL, false), 0);
+    st_seq_free(s);
+
+    assert_int_equal(st_seq_new(m, &s), 0);
+    assert_int_equal(st_seq_kv_tiering(s, least, 0, NULL, 4096), 0);
+    for (int t = 0; t < N; t += 50) assert_int_equal(st_seq_forward(s, ids + t, 50, got + (size_t)t * (size_t)V, true), 0);
+    assert_memory_equal(want, got, (size_t)(N * V) * sizeof(float));
+    st_kv_pages_stats st;
+    st_kv_pages_get_stats(s->kv, &st);
+    assert_true(st.bytes_fast <= least);
+    assert_true(st.pages_dram > 0); /* pages really left the fast tier */
+    st_seq_free(s);
+    free(want);
+    free(got);
     st_model_free(m);
 }
 
@@ -449,7 +474,7 @@ int main(void) {
         cmocka_unit_test(compact_entries_hold_the_rounded_values),
         cmocka_unit_test(state_sizes_follow_numerics),
         cmocka_unit_test(tiered_equals_resident),
-        cmocka_unit_test(budget_too_small_fails_cleanly),
+        cmocka_unit_test(budget_below_least_refused_least_works),
         cmocka_unit_test(cli_flags_identical_logits),
         cmocka_unit_test(prefill_peak_memory_bounded_by_chunk),
         cmocka_unit_test(bench_longctx_rows),
