@@ -153,20 +153,17 @@ void st_hadamard_avx2(float *x, int64_t n_vec, int64_t n) {
 }
 
 /* Filter 8 candidates at a time against the heap's worst (see the AVX-512 twin). */
-void st_topk_scan_avx2(const float *x, int64_t n, int64_t k, st_topk_item *h) {
-    for (int64_t i = 0; i < k; i++) h[i] = (st_topk_item){x[i], (int32_t)i};
-    st_topk_heap_build(h, k);
-    int64_t i = k;
+void st_topk_scan_avx2(const float *x, int64_t n, int64_t base, int64_t k, st_topk_item *h) {
+    int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
         float t = h[0].v;
-        __m256 c = t != t ? _mm256_cmp_ps(v, v, _CMP_ORD_Q) : _mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_GT_OQ);
-        unsigned m = (unsigned)_mm256_movemask_ps(c);
+        unsigned m = t != t ? 0xffu : (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_GE_OQ));
         while (m) {
             int j = __builtin_ctz(m);
             m &= m - 1;
-            st_topk_offer(h, k, x[i + j], (int32_t)(i + j));
+            st_topk_offer(h, k, x[i + j], (int32_t)(base + i + j));
         }
     }
-    for (; i < n; i++) st_topk_offer(h, k, x[i], (int32_t)i);
+    for (; i < n; i++) st_topk_offer(h, k, x[i], (int32_t)(base + i));
 }

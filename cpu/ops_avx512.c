@@ -134,22 +134,19 @@ void st_hadamard_avx512(float *x, int64_t n_vec, int64_t n) {
 }
 
 /* Filter 16 candidates at a time against the heap's worst: only lanes that could
- * beat it (greater than a number root; any number when the root is NaN) go
- * through the exact scalar offer, in index order. */
-void st_topk_scan_avx512(const float *x, int64_t n, int64_t k, st_topk_item *h) {
-    for (int64_t i = 0; i < k; i++) h[i] = (st_topk_item){x[i], (int32_t)i};
-    st_topk_heap_build(h, k);
-    int64_t i = k;
+ * beat it (not below a number root, since an equal value may have a lower index;
+ * every lane when the root is NaN) go through the exact offer, in index order. */
+void st_topk_scan_avx512(const float *x, int64_t n, int64_t base, int64_t k, st_topk_item *h) {
+    int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512 v = _mm512_loadu_ps(x + i);
         float t = h[0].v;
-        __mmask16 m = t != t ? _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q)
-                             : _mm512_cmp_ps_mask(v, _mm512_set1_ps(t), _CMP_GT_OQ);
+        __mmask16 m = t != t ? (__mmask16)0xffff : _mm512_cmp_ps_mask(v, _mm512_set1_ps(t), _CMP_GE_OQ);
         while (m) {
             int j = __builtin_ctz(m);
             m &= m - 1;
-            st_topk_offer(h, k, x[i + j], (int32_t)(i + j));
+            st_topk_offer(h, k, x[i + j], (int32_t)(base + i + j));
         }
     }
-    for (; i < n; i++) st_topk_offer(h, k, x[i], (int32_t)i);
+    for (; i < n; i++) st_topk_offer(h, k, x[i], (int32_t)(base + i));
 }

@@ -98,8 +98,6 @@ void st_topk_finish(st_topk_item *h, int64_t k, int32_t *idx, float *vals) {
     }
 }
 
-void st_topk_scan_generic(const float *x, int64_t n, int64_t k, st_topk_item *h) {
-    for (int64_t i = 0; i < k; i++) h[i] = (st_topk_item){x[i], (int32_t)i};
-    st_topk_heap_build(h, k);
-    for (int64_t i = k; i < n; i++) st_topk_offer(h, k, x[i], (int32_t)i);
+void st_topk_scan_generic(const float *x, int64_t n, int64_t base, int64_t k, st_topk_item *h) {
+    for (int64_t i = 0; i < n; i++) st_topk_offer(h, k, x[i], (int32_t)(base + i));
 }

@@ -11,7 +11,9 @@ typedef struct { float v; int32_t i; } st_topk_item;
 
 /* st_sumsq: sum of x^2 accumulated in double. st_scale_mul: y = (x * r) * w
  * (w may be NULL), the RMSNorm tail once the inverse rms r is known.
- * st_topk_scan: leaves the k best of x[n] in heap[k] as a heap (root = worst). */
+ * st_topk_scan: offers x[0..n), as indices base.., to the heap of the k best
+ * so far (built, root = worst): in any order of blocks (a candidate equal to
+ * the root goes to the exact comparison, and any when the root is NaN). */
 #define ST_OPS_DECLARE(sfx)                                                                           \
     double st_sumsq_##sfx(const float *x, int64_t n);                                                 \
     void st_scale_mul_##sfx(const float *x, float r, const float *w, int64_t n, float *y);           \
@@ -20,7 +22,7 @@ typedef struct { float v; int32_t i; } st_topk_item;
     void st_rope_rotate_##sfx(float *x, int64_t n_heads, int64_t head_stride, int64_t len,           \
                               const float *cos2, const float *sin2);                                  \
     void st_hadamard_##sfx(float *x, int64_t n_vec, int64_t n);                                       \
-    void st_topk_scan_##sfx(const float *x, int64_t n, int64_t k, st_topk_item *heap);
+    void st_topk_scan_##sfx(const float *x, int64_t n, int64_t base, int64_t k, st_topk_item *heap);
 
 ST_OPS_DECLARE(generic)
 ST_OPS_DECLARE(avx2)
@@ -43,7 +45,7 @@ static inline bool st_topk_better(st_topk_item a, st_topk_item b) {
 void st_topk_heap_sift(st_topk_item *h, int64_t k, int64_t at);
 void st_topk_heap_build(st_topk_item *h, int64_t k);
 void st_topk_finish(st_topk_item *h, int64_t k, int32_t *idx, float *vals);
-/* Offer x[i] (i larger than every index already in the heap). */
+/* Offer x[i]: kept when it ranks above the worst kept. */
 static inline void st_topk_offer(st_topk_item *h, int64_t k, float v, int32_t i) {
     st_topk_item c = {v, i};
     if (st_topk_better(c, h[0])) { h[0] = c; st_topk_heap_sift(h, k, 0); }

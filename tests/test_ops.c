@@ -413,6 +413,11 @@ static void topk_random_and_large(void **state) {
         check_topk(x, n, cases[c].k, all, ni);
         for (int64_t i = 0; i < n; i++) x[i] = (float)i; /* ascending: every element enters the heap */
         check_topk(x, n, cases[c].k, all, ni);
+        for (int64_t i = 0; i < n; i++) x[i] = (float)(n - i) * 0.25f; /* descending */
+        check_topk(x, n, cases[c].k, all, ni);
+        /* mostly NaN: the heap's worst is NaN over many blocks, NaNs rank by index among themselves */
+        for (int64_t i = 0; i < n; i++) x[i] = tu_rng_u64() % 16 ? NAN : (float)(tu_rng_u64() % 7);
+        check_topk(x, n, cases[c].k, all, ni);
         free(x);
     }
     /* 1M scores, k = 1024 (CSA selection over a 1M-token context) */
