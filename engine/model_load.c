@@ -128,6 +128,29 @@ static int rope_table(loader *ld, const st_config *cfg, bool compressed, float *
     return own(ld, f);
 }
 
+
+/* A hash layer's table: every entry an expert id, distinct within a token's row
+ * (the MoE groups a step's tokens by expert and counts each pair once; a
+ * repeated or out-of-range id corrupted the heap). */
+static int check_tid2eid(const int64_t *t, int64_t vocab, int64_t K, int64_t E, const char *name) {
+    int64_t *seen = malloc((size_t)E * sizeof *seen); /* seen[e] = 1 + the last row that listed e */
+    if (!seen) return st_error(ST_ERR_NOMEM, "out of memory");
+    for (int64_t e = 0; e < E; e++) seen[e] = 0;
+    int rc = 0;
+    for (int64_t r = 0; r < vocab && !rc; r++)
+        for (int64_t k = 0; k < K && !rc; k++) {
+            const int64_t e = t[r * K + k];
+            if (e < 0 || e >= E)
+                rc = st_error(ST_ERR_FORMAT, "%s: token %lld, entry %lld: expected an expert id in [0, %lld), found %lld",
+                              name, (long long)r, (long long)k, (long long)E, (long long)e);
+            else if (seen[e] == r + 1)
+                rc = st_error(ST_ERR_FORMAT, "%s: token %lld lists expert %lld twice (expected %lld distinct experts)",
+                              name, (long long)r, (long long)e, (long long)K);
+            else seen[e] = r + 1;
+        }
+    free(seen);
+    return rc;
+}
 static int bind_layer(loader *ld, const st_bind_src *src, const st_config *cfg, int i, st_layer_w *L, float *rope_plain,
                       float *rope_comp) {
     const int64_t dim = cfg->dim, hd = cfg->head_dim, H = cfg->n_heads, hc = cfg->hc_mult;
@@ -208,6 +231,7 @@ static int bind_layer(loader *ld, const st_bind_src *src, const st_config *cfg, 
     if (m->hash) {
         snprintf(nm, sizeof nm, "%s.gate.tid2eid", pre);
         if ((rc = st_bind_i64(src, nm, cfg->vocab_size, K, &m->tid2eid)) || (rc = own(ld, m->tid2eid))) return rc;
+        if ((rc = check_tid2eid(m->tid2eid, cfg->vocab_size, K, E, nm))) return rc;
     } else {
         float *bias;
         if ((rc = vec(ld, src, &bias, E, -1, "%s.gate.bias", pre))) return rc;

@@ -36,6 +36,7 @@ int st_moe_route(st_pool *pool, const st_moe_w *w, const float *xn, const int32_
                 }
                 it[k] = (int32_t)e;
             }
+            if (rc) break; /* it[] is not filled: no weights from it */
         } else {
             for (int e = 0; e < E; e++) sel[e] = s[e] + (w->gate_bias ? w->gate_bias[e] : 0.0f);
             st_topk(sel, E, K, it, NULL);
