@@ -138,5 +138,11 @@ void st_hadamard(float *x, int64_t n_vec, int64_t n);
 /* Indices of the k largest of x[n] in descending order of value; ties go to the
  * lower index; NaN ranks lowest. k <= n. vals may be NULL. */
 void st_topk(const float *x, int64_t n, int64_t k, int32_t *idx, float *vals);
+/* The same result over the pool's threads: each keeps the k best of its share of
+ * x, then the caller merges them by the same ranking (allocates nth * k items
+ * of 8 bytes). Rows shorter than ST_TOPK_POOL_MIN (or shares shorter than 2k)
+ * run as st_topk on the caller. */
+enum { ST_TOPK_POOL_MIN = 1 << 16 };
+void st_topk_pool(st_pool *pool, const float *x, int64_t n, int64_t k, int32_t *idx, float *vals);
 
 #endif

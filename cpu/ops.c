@@ -118,6 +118,25 @@ void st_hadamard(float *x, int64_t n_vec, int64_t n) {
 
 static int64_t gcd64(int64_t a, int64_t b) { return b ? gcd64(b, a % b) : a; }
 
+/* heap (k) = the k best of x[lo, hi) (hi - lo >= k), as indices lo.., as a heap. */
+static void topk_heap(const float *x, int64_t lo, int64_t hi, int64_t k, st_topk_item *heap) {
+    for (int64_t i = 0; i < k; i++) heap[i] = (st_topk_item){x[lo + i], (int32_t)(lo + i)};
+    st_topk_heap_build(heap, k);
+    /* The rest in blocks visited out of order (a stride coprime with their count):
+     * scores with a trend (rising with position, as an indexer's may) would make
+     * every element of an in-order scan beat the worst kept and cost a heap
+     * update (k = 1024 of 262K rising scores: 14-26 ms); out of order, the kept
+     * set soon holds values from all over and the filter rejects most. The
+     * result depends on the order of nothing: the ranking is total. */
+    const int64_t first = lo + k, block = ST_MAX((int64_t)4096, 4 * k), nb = (hi - first + block - 1) / block;
+    int64_t stride = nb > 2 ? nb * 5 / 8 : 1;
+    while (stride > 1 && gcd64(stride, nb) != 1) stride--;
+    for (int64_t j = 0, b = 0; j < nb; j++, b = (b + stride) % nb) {
+        const int64_t at = first + b * block, len = ST_MIN(block, hi - at);
+        DISPATCH(st_topk_scan, x + at, len, at, k, heap);
+    }
+}
+
 void st_topk(const float *x, int64_t n, int64_t k, int32_t *idx, float *vals) {
     ST_ASSERT(k <= n && n <= INT32_MAX);
     if (k <= 0) return;
@@ -126,21 +145,37 @@ void st_topk(const float *x, int64_t n, int64_t k, int32_t *idx, float *vals) {
         heap = malloc((size_t)k * sizeof *heap);
         ST_ASSERT(heap != NULL); /* k is at most n: a few MB for the largest vocabularies */
     }
-    for (int64_t i = 0; i < k; i++) heap[i] = (st_topk_item){x[i], (int32_t)i};
-    st_topk_heap_build(heap, k);
-    /* The rest in blocks visited out of order (a stride coprime with their count):
-     * scores with a trend (rising with position, as an indexer's may) would make
-     * every element of an in-order scan beat the worst kept and cost a heap
-     * update (k = 1024 of 262K rising scores: 14-26 ms); out of order, the kept
-     * set soon holds values from all over and the filter rejects most. The
-     * result depends on the order of nothing: the ranking is total. */
-    const int64_t rest = n - k, block = ST_MAX((int64_t)4096, 4 * k), nb = (rest + block - 1) / block;
-    int64_t stride = nb > 2 ? nb * 5 / 8 : 1;
-    while (stride > 1 && gcd64(stride, nb) != 1) stride--;
-    for (int64_t j = 0, b = 0; j < nb; j++, b = (b + stride) % nb) {
-        const int64_t lo = k + b * block, len = ST_MIN(block, n - lo);
-        DISPATCH(st_topk_scan, x + lo, len, lo, k, heap);
-    }
+    topk_heap(x, 0, n, k, heap);
     st_topk_finish(heap, k, idx, vals);
     if (heap != stack_heap) free(heap);
+}
+
+typedef struct {
+    const float *x;
+    int64_t n, k;
+    st_topk_item *heaps; /* (nth, k) */
+} topk_share;
+
+static void topk_share_task(void *ctx, int ith, int nth) {
+    topk_share *t = ctx;
+    int64_t lo, hi;
+    st_split(t->n, ith, nth, 16, &lo, &hi);
+    topk_heap(t->x, lo, hi, t->k, t->heaps + (int64_t)ith * t->k);
+}
+
+void st_topk_pool(st_pool *pool, const float *x, int64_t n, int64_t k, int32_t *idx, float *vals) {
+    ST_ASSERT(k <= n && n <= INT32_MAX);
+    const int nth = pool ? st_pool_size(pool) : 1;
+    st_topk_item *heaps = NULL;
+    /* worth it on long rows only, and every thread's share must hold k (16-aligned shares) */
+    if (nth < 2 || k <= 0 || n < ST_TOPK_POOL_MIN || n / nth < 2 * k + 32 ||
+        !(heaps = malloc((size_t)nth * (size_t)k * sizeof *heaps))) {
+        st_topk(x, n, k, idx, vals);
+        return;
+    }
+    topk_share t = {.x = x, .n = n, .k = k, .heaps = heaps};
+    st_pool_run(pool, topk_share_task, &t);
+    for (int64_t i = k; i < (int64_t)nth * k; i++) st_topk_offer(heaps, k, heaps[i].v, heaps[i].i);
+    st_topk_finish(heaps, k, idx, vals);
+    free(heaps);
 }

@@ -388,7 +388,13 @@ static void index_select_chunk(st_pool *pool, const st_indexer_w *ix, const st_c
         index_job j = {.ix = ix, .ks = ks, .dq = dq, .qp = exact ? qp : NULL, .iq = iq + t0 * H * hd, .iw = iw + t0 * H,
                        .n_vis = n_vis + t0, .g = g, .n_max = n_vis[t0 + g - 1], .scores = scores,
                        .sel = sel + t0 * ix->topk};
-        if (j.n_max * g >= 256) { st_pool_run(pool, index_rows, &j); st_pool_run(pool, index_topk, &j); }
+        if (j.n_max * g >= 256) {
+            st_pool_run(pool, index_rows, &j);
+            if (g == 1 && n_vis[t0] >= ST_TOPK_POOL_MIN) /* a decoded token: its one row over every thread */
+                st_topk_pool(pool, scores, n_vis[t0], ST_MIN((int64_t)ix->topk, n_vis[t0]), j.sel, NULL);
+            else
+                st_pool_run(pool, index_topk, &j);
+        }
         else { index_rows(&j, 0, 1); index_topk(&j, 0, 1); }
     }
 }

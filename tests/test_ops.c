@@ -428,6 +428,39 @@ static void topk_random_and_large(void **state) {
     free(x);
 }
 
+/* st_topk_pool: every pool size gives st_topk's result (set and order) */
+static void topk_pool_equals_topk(void **state) {
+    (void)state;
+    st_isa all[3];
+    int ni = isas(all);
+    st_pool *pools[5] = {NULL};
+    for (int t = 1; t <= 4; t++) assert_int_equal(st_pool_new(t, false, &pools[t]), 0);
+    tu_rng_seed(17);
+    const struct { int64_t n, k; } cases[] = {{ST_TOPK_POOL_MIN, 1}, {100003, 1024}, {262147, 3}, {70000, 2000}};
+    for (size_t c = 0; c < ST_ARRAY_LEN(cases); c++)
+        for (int kind = 0; kind < 4; kind++) {
+            const int64_t n = cases[c].n, k = cases[c].k;
+            float *x = malloc(n * 4), *v0 = malloc(k * 4), *v1 = malloc(k * 4);
+            int32_t *i0 = malloc(k * 4), *i1 = malloc(k * 4);
+            for (int64_t i = 0; i < n; i++)
+                x[i] = kind == 0 ? (float)(tu_rng_u64() % 3000) : kind == 1 ? (float)i
+                     : kind == 2 ? (float)(n - i) : (tu_rng_u64() % 8 ? NAN : (float)(tu_rng_u64() % 5));
+            for (int a = 0; a < ni; a++) {
+                use_isa(all[a]);
+                st_topk(x, n, k, i0, v0);
+                for (int t = 1; t <= 4; t++) {
+                    memset(i1, 0xff, k * 4);
+                    st_topk_pool(pools[t], x, n, k, i1, v1);
+                    if (memcmp(i0, i1, k * 4) || memcmp(v0, v1, k * 4))
+                        fail_msg("%s n=%ld k=%ld kind %d, %d threads: differs from st_topk", st_isa_name(all[a]), (long)n,
+                                 (long)k, kind, t);
+                }
+            }
+            free(x); free(v0); free(v1); free(i0); free(i1);
+        }
+    for (int t = 1; t <= 4; t++) st_pool_free(pools[t]);
+}
+
 /* ---- threads: the ops keep no shared state --------------------------------------- */
 
 typedef struct { float *x; int64_t rows, n; int32_t *idx; const float *f; } mt_ctx;
@@ -489,6 +522,7 @@ int main(void) {
         cmocka_unit_test_teardown(hadamard_vs_official, teardown_isa),
         cmocka_unit_test_teardown(topk_edges, teardown_isa),
         cmocka_unit_test_teardown(topk_random_and_large, teardown_isa),
+        cmocka_unit_test_teardown(topk_pool_equals_topk, teardown_isa),
         cmocka_unit_test(ops_threaded_equal_serial),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
