@@ -197,7 +197,7 @@ static void same_text_any_batch(void **state) {
     write_input(in, 14);
     static const char *variants[] = {
         "--max-batch 1 --numerics reference", "--max-batch 24 --numerics reference", "--max-batch 1",
-        "--max-batch 4 --kv-budget 128K --kv-spill /var/tmp", "--max-batch 6 --expert-cache 40K",
+        "--max-batch 4 --kv-budget 192K --kv-spill /var/tmp", "--max-batch 6 --expert-cache 40K",
         "--max-batch 3 --kv-budget 12K --kv-page 4K --kv-spill /var/tmp --kv-dram 4K --numa auto",
     };
     cJSON *want[2] = {NULL, NULL}; /* reference, official */
