@@ -98,7 +98,12 @@ static void comp_state_free(st_comp_state *s) {
 int st_layer_state_init(st_layer_state *s, const st_attn_w *w, st_numerics num) {
     memset(s, 0, sizeof *s);
     s->window = calloc((size_t)w->window * (size_t)w->head_dim, sizeof(float));
-    if (!s->window) return st_error(ST_ERR_NOMEM, "window KV: out of memory");
+    if (!s->window) {
+        char sz[32];
+        return st_error(ST_ERR_NOMEM, "window KV: out of memory for sliding_window %d x head_dim %lld floats (%s)", w->window,
+                        (long long)w->head_dim,
+                        st_fmt_size((uint64_t)w->window * (uint64_t)w->head_dim * sizeof(float), sz, sizeof sz));
+    }
     int rc = 0;
     if (w->kind != ST_LAYER_WINDOW) rc = comp_state_init(&s->comp, &w->comp, w->rope_dims, num);
     if (!rc && w->kind == ST_LAYER_CSA) rc = comp_state_init(&s->icomp, &w->idx.comp, w->rope_dims, num);
@@ -818,7 +823,9 @@ int st_attn_forward(st_pool *pool, const st_attn_w *w, st_layer_state *s, const 
     rc = st_linear(pool, &w->wo_b, b.oa, T, out, num);
     goto done;
 oom:
-    rc = st_error(ST_ERR_NOMEM, "attention: out of memory for a chunk of %lld tokens", (long long)T);
+    rc = st_error(ST_ERR_NOMEM, "attention: out of memory for a chunk of %lld tokens (sliding_window %d, index_topk %d, "
+                  "%lld compressed entries)", (long long)T, w->window, w->kind == ST_LAYER_CSA ? w->idx.topk : 0,
+                  (long long)s->comp.n_entries);
 done:
     if (s->comp.pages) st_kv_pages_release(s->comp.pages, s->comp.stream);
     ws_release(T);

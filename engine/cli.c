@@ -1,5 +1,6 @@
 /* Small helpers shared by the commands. */
 #include "engine/cli.h"
+#include "engine/tokenizer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -66,4 +67,12 @@ bool cli_numerics(const char *cmd, const char *v, st_numerics *numerics) {
     else if (!strcmp(v, "reference")) *numerics = ST_NUMERICS_REFERENCE;
     else { fprintf(stderr, "strata %s: --numerics must be official or reference, not '%s'\n", cmd, v); return false; }
     return true;
+}
+
+int64_t cli_text_vocab(const char *cmd, int64_t model_vocab, const struct st_tokenizer *tok) {
+    const int64_t n = tok ? st_tokenizer_vocab_size(tok) : model_vocab;
+    if (n >= model_vocab) return model_vocab;
+    ST_WARN("%s: the model's vocabulary (%lld ids) is larger than its tokenizer's (%lld): the ids above "
+            "have no text and are never sampled", cmd, (long long)model_vocab, (long long)n);
+    return n;
 }

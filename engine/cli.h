@@ -44,5 +44,10 @@ bool cli_kv_size(const char *cmd, const char *opt, const char *v, uint64_t *out)
 bool cli_numa(const char *cmd, const char *v, int *numa);
 /* --numerics official|reference; else prints why and returns false. */
 bool cli_numerics(const char *cmd, const char *v, st_numerics *numerics);
+struct st_tokenizer;
+/* The ids a command that writes text may sample: the model's vocabulary, or
+ * the tokenizer's when that is smaller (a config whose vocab_size exceeds it:
+ * ids with no text are never picked; warned once). tok NULL: the model's. */
+int64_t cli_text_vocab(const char *cmd, int64_t model_vocab, const struct st_tokenizer *tok);
 
 #endif

@@ -120,6 +120,7 @@ typedef struct slot {
 typedef struct batch_run {
     st_model *m;
     st_tokenizer *tok;
+    int64_t text_vocab; /* ids the samplers may pick (cli_text_vocab) */
     slot *slots;        /* (max_batch) */
     int max_batch;
     int default_max_tokens;
@@ -241,7 +242,7 @@ static int start_request(batch_run *b, slot *sl) {
     st_sampler_cfg sc = {.temperature = temp ? (float)temp->valuedouble : 0.0f,
                          .top_p = top_p && cJSON_IsNumber(top_p) ? (float)top_p->valuedouble : 1.0f,
                          .seed = seed ? (uint64_t)seed->valuedouble : 0};
-    if ((r = st_sampler_init(&sl->smp, &sc, b->m->vocab))) { r = fail_request(b, sl, r); return r ? r : 1; }
+    if ((r = st_sampler_init(&sl->smp, &sc, b->text_vocab))) { r = fail_request(b, sl, r); return r ? r : 1; }
     sl->smp_live = true;
     sl->max_tokens = mt ? (int)mt->valuedouble : b->default_max_tokens;
     sl->finish = "length";
@@ -492,6 +493,7 @@ int cmd_batch(int argc, char **argv) {
     b.fd = open(outp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (b.fd < 0) { rc = st_error(ST_ERR_IO, "%s: %s", outp, strerror(errno)); goto out; }
     if ((rc = st_tokenizer_load(model, &b.tok)) || (rc = st_model_load(model, &opts, &b.m))) goto out;
+    b.text_vocab = cli_text_vocab("batch", b.m->vocab, b.tok);
     if (!(b.slots = calloc((size_t)b.max_batch, sizeof *b.slots))) { rc = st_error(ST_ERR_NOMEM, "out of memory"); goto out; }
     st_progress_begin(&b.pg, "batch", (uint64_t)total, false, quiet);
     double t_start = st_time_s();

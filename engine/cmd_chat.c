@@ -212,7 +212,7 @@ int cmd_chat(int argc, char **argv) {
     int rc;
     if ((rc = st_tokenizer_load(model, &c.tok)) || (rc = st_model_load(model, &opts, &c.m)) ||
         (rc = st_seq_new(c.m, &c.s)) || (kv_budget && (rc = st_seq_kv_tiering(c.s, kv_budget, kv_dram, kv_spill, kv_page))) ||
-        (rc = st_sampler_init(&c.smp, &sc, c.m->vocab)))
+        (rc = st_sampler_init(&c.smp, &sc, cli_text_vocab("chat", c.m->vocab, c.tok))))
         goto done;
     c.messages = cJSON_CreateArray();
     const bool tty = isatty(STDIN_FILENO);

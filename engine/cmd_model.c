@@ -456,7 +456,7 @@ int cmd_run(int argc, char **argv) {
     if ((rc = prompt_ids(&a, tok, &ids, &n)) || (rc = st_model_load(a.model, &a.opts, &m)) ||
         (a.ids_file && (rc = check_vocab(a.ids_file, ids, n, m->vocab))) || (rc = st_seq_new(m, &s)) ||
         (a.opts.kv_budget && (rc = st_seq_kv_tiering(s, a.opts.kv_budget, a.kv_dram, a.opts.kv_spill, a.kv_page))) ||
-        (rc = st_sampler_init(&smp, &a.samp, m->vocab)))
+        (rc = st_sampler_init(&smp, &a.samp, cli_text_vocab("run", m->vocab, tok))))
         goto fail;
     if (tok && (rc = st_detok_stream_init(&ds, tok, false))) goto fail;
     logits = malloc((size_t)m->vocab * sizeof(float));

@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "engine/cli.h"
+#include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
 static char data_dir[4096];
@@ -445,6 +447,34 @@ static void cli_commands(void **state) {
 }
 
 /* st_utf8_repair: the same replacements as Python's bytes.decode("utf-8", "replace"). */
+/* A model whose vocabulary exceeds its tokenizer's (a synthesised config): the
+ * commands that write text sample only ids the tokenizer can render, greedy or
+ * not, even when the logits favour the others. */
+static void text_commands_sample_renderable_ids(void **state) {
+    (void)state;
+    const int64_t model_vocab = 200000;
+    assert_int_equal(cli_text_vocab("run", 500, tok), 500);
+    assert_int_equal(cli_text_vocab("run", model_vocab, NULL), model_vocab);
+    const int64_t n = cli_text_vocab("run", model_vocab, tok);
+    assert_int_equal(n, st_tokenizer_vocab_size(tok));
+    float *logits = malloc((size_t)model_vocab * sizeof(float));
+    for (int64_t i = 0; i < model_vocab; i++) logits[i] = i >= n ? 50.0f : (float)(i % 1000) * 0.001f;
+    for (int temp = 0; temp <= 1; temp++) {
+        st_sampler smp;
+        st_sampler_cfg cfg = {.temperature = temp ? 1.0f : 0.0f, .seed = 3};
+        assert_int_equal(st_sampler_init(&smp, &cfg, n), 0);
+        for (int r = 0; r < 20; r++) {
+            int32_t id = st_sampler_sample(&smp, logits);
+            assert_true(id >= 0 && id < n);
+            char *text;
+            assert_int_equal(st_tokenizer_decode(tok, &id, 1, false, &text, NULL), 0);
+            free(text);
+        }
+        st_sampler_release(&smp);
+    }
+    free(logits);
+}
+
 static void utf8_repair_like_python(void **state) {
     (void)state;
     static const struct { const char *in; size_t n; const char *want; } cases[] = {
@@ -483,6 +513,7 @@ int main(void) {
         cmocka_unit_test(load_errors),
         cmocka_unit_test(cli_commands),
         cmocka_unit_test(utf8_repair_like_python),
+        cmocka_unit_test(text_commands_sample_renderable_ids),
     };
     return cmocka_run_group_tests(tests, load_group, free_group);
 }
