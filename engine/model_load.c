@@ -1,7 +1,8 @@
 /* Loading a checkpoint into an st_model: config, tensors bound by canonical
  * name with every shape checked against the config, RoPE tables, the pool.
  * Owns the checkpoint handle and every buffer it allocates; st_model_free
- * releases them. Never runs anything on a model that failed a check. */
+ * releases them. Never runs anything on a model that failed a check. The
+ * weights that stay in DRAM are placed by model_resident.c. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -14,21 +15,13 @@
 #include "engine/config.h"
 #include "engine/model.h"
 #include "engine/model_bind.h"
+#include "engine/model_load_internal.h"
 #include "engine/model_stream.h"
 #include "engine/tensor_names.h"
 #include "io/safetensors.h"
 
-typedef struct loader {
-    st_config cfg;
-    st_checkpoint *ck;
-    void **owned; /* buffers to free */
-    int n_owned, cap_owned;
-    st_model_stream *stream; /* routed experts from the NVMe tier (NULL: all resident) */
-    struct dram_copy *copies; /* dense matrices copied out of the mapping (make_resident) */
-    int n_copies, cap_copies;
-} loader;
 
-static int own(loader *ld, void *p) {
+int st_loader_own(loader *ld, void *p) {
     if (ld->n_owned == ld->cap_owned) {
         int cap = ld->cap_owned ? ld->cap_owned * 2 : 256;
         void **o = realloc(ld->owned, (size_t)cap * sizeof *o);
@@ -62,7 +55,7 @@ static int vec(loader *ld, const st_bind_src *src, float **dst, int64_t n1, int6
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
     int rc = st_bind_f32(src, name, n1, n2, dst);
-    return rc ? rc : own(ld, *dst);
+    return rc ? rc : st_loader_own(ld, *dst);
 }
 
 static int mat(const st_bind_src *src, st_weight *w, int64_t rows, int64_t cols, const char *fmt, ...)
@@ -94,7 +87,7 @@ static int prepare_wo_a(loader *ld, st_weight *w, int64_t group_rows) {
     if (!v) return st_error(ST_ERR_NOMEM, "wo_a: out of memory");
     st_dequant_rows(w, 0, w->rows, v);
     *w = (st_weight){.fmt = ST_WF_F32, .rows = w->rows, .cols = w->cols, .data = v};
-    return own(ld, v);
+    return st_loader_own(ld, v);
 }
 
 static int bind_compressor(loader *ld, const st_bind_src *src, st_compressor_w *c, const char *pre, int ratio,
@@ -125,7 +118,7 @@ static int rope_table(loader *ld, const st_config *cfg, bool compressed, float *
     if (!f) return st_error(ST_ERR_NOMEM, "rope: out of memory");
     st_rope_inv_freq(&rc, f);
     *out = f;
-    return own(ld, f);
+    return st_loader_own(ld, f);
 }
 
 
@@ -230,7 +223,7 @@ static int bind_layer(loader *ld, const st_bind_src *src, const st_config *cfg, 
     char nm[128];
     if (m->hash) {
         snprintf(nm, sizeof nm, "%s.gate.tid2eid", pre);
-        if ((rc = st_bind_i64(src, nm, cfg->vocab_size, K, &m->tid2eid)) || (rc = own(ld, m->tid2eid))) return rc;
+        if ((rc = st_bind_i64(src, nm, cfg->vocab_size, K, &m->tid2eid)) || (rc = st_loader_own(ld, m->tid2eid))) return rc;
         if ((rc = check_tid2eid(m->tid2eid, cfg->vocab_size, K, E, nm))) return rc;
     } else {
         float *bias;
@@ -238,7 +231,7 @@ static int bind_layer(loader *ld, const st_bind_src *src, const st_config *cfg, 
         m->gate_bias = bias;
     }
     m->experts = calloc((size_t)E, sizeof *m->experts);
-    if (!m->experts || (rc = own(ld, m->experts))) return m->experts ? rc : st_error(ST_ERR_NOMEM, "out of memory");
+    if (!m->experts || (rc = st_loader_own(ld, m->experts))) return m->experts ? rc : st_error(ST_ERR_NOMEM, "out of memory");
     for (int64_t e = 0; e < E; e++) {
         st_expert_w *x = &m->experts[e];
         if ((rc = mat(src, &x->w1, I, dim, "%s.experts.%lld.w1", pre, (long long)e)) ||
@@ -257,53 +250,49 @@ static int bind_layer(loader *ld, const st_bind_src *src, const st_config *cfg, 
     return 0;
 }
 
-static uint64_t weight_bytes(const st_weight *w) {
-    return st_weight_data_bytes(w->fmt, w->rows, w->cols) + st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols);
-}
-
 /* Bytes one decode token reads: everything but the routed experts and the
  * embedding table, plus top_k average routed experts and one embedding row. */
 static uint64_t decode_bytes(const st_model *m) {
     st_weight row = m->embed;
     row.rows = 1; /* one embedding row, in whatever format the table is stored */
-    uint64_t b = weight_bytes(&m->head) + weight_bytes(&m->hc_head.fn) + weight_bytes(&row);
+    uint64_t b = st_weight_bytes(&m->head) + st_weight_bytes(&m->hc_head.fn) + st_weight_bytes(&row);
     for (int l = 0; l < m->n_layers; l++) {
         const st_layer_w *L = &m->layers[l];
         const st_attn_w *a = &L->attn;
-        b += weight_bytes(&L->hc_attn.fn) + weight_bytes(&L->hc_ffn.fn);
-        b += weight_bytes(&a->wq_a) + weight_bytes(&a->wq_b) + weight_bytes(&a->wkv) + weight_bytes(&a->wo_a) +
-             weight_bytes(&a->wo_b);
-        if (a->kind != ST_LAYER_WINDOW) b += weight_bytes(&a->comp.wkv) + weight_bytes(&a->comp.wgate);
+        b += st_weight_bytes(&L->hc_attn.fn) + st_weight_bytes(&L->hc_ffn.fn);
+        b += st_weight_bytes(&a->wq_a) + st_weight_bytes(&a->wq_b) + st_weight_bytes(&a->wkv) + st_weight_bytes(&a->wo_a) +
+             st_weight_bytes(&a->wo_b);
+        if (a->kind != ST_LAYER_WINDOW) b += st_weight_bytes(&a->comp.wkv) + st_weight_bytes(&a->comp.wgate);
         if (a->kind == ST_LAYER_CSA)
-            b += weight_bytes(&a->idx.wq_b) + weight_bytes(&a->idx.weights_proj) + weight_bytes(&a->idx.comp.wkv) +
-                 weight_bytes(&a->idx.comp.wgate);
+            b += st_weight_bytes(&a->idx.wq_b) + st_weight_bytes(&a->idx.weights_proj) + st_weight_bytes(&a->idx.comp.wkv) +
+                 st_weight_bytes(&a->idx.comp.wgate);
         const st_moe_w *mo = &L->moe;
-        b += weight_bytes(&mo->gate);
-        if (mo->has_shared) b += weight_bytes(&mo->shared.w1) + weight_bytes(&mo->shared.w2) + weight_bytes(&mo->shared.w3);
+        b += st_weight_bytes(&mo->gate);
+        if (mo->has_shared) b += st_weight_bytes(&mo->shared.w1) + st_weight_bytes(&mo->shared.w2) + st_weight_bytes(&mo->shared.w3);
         const st_expert_w *e = &mo->experts[0];
-        b += (uint64_t)mo->top_k * (weight_bytes(&e->w1) + weight_bytes(&e->w2) + weight_bytes(&e->w3));
+        b += (uint64_t)mo->top_k * (st_weight_bytes(&e->w1) + st_weight_bytes(&e->w2) + st_weight_bytes(&e->w3));
     }
     return b;
 }
 
-static uint64_t expert_bytes(const st_expert_w *e) { return weight_bytes(&e->w1) + weight_bytes(&e->w2) + weight_bytes(&e->w3); }
+static uint64_t expert_bytes(const st_expert_w *e) { return st_weight_bytes(&e->w1) + st_weight_bytes(&e->w2) + st_weight_bytes(&e->w3); }
 
 /* DRAM the model holds whatever the budget: every weight but the routed
  * experts (read through the mapping or copied), tid2eid tables, small vectors. */
 static uint64_t pinned_bytes(const st_model *m, const st_config *cfg) {
-    uint64_t b = weight_bytes(&m->embed) + weight_bytes(&m->head) + weight_bytes(&m->hc_head.fn) + (uint64_t)m->dim * 4;
+    uint64_t b = st_weight_bytes(&m->embed) + st_weight_bytes(&m->head) + st_weight_bytes(&m->hc_head.fn) + (uint64_t)m->dim * 4;
     for (int l = 0; l < m->n_layers; l++) {
         const st_layer_w *L = &m->layers[l];
         const st_attn_w *a = &L->attn;
         const st_moe_w *mo = &L->moe;
-        b += weight_bytes(&L->hc_attn.fn) + weight_bytes(&L->hc_ffn.fn) + (uint64_t)m->dim * 8;
-        b += weight_bytes(&a->wq_a) + weight_bytes(&a->wq_b) + weight_bytes(&a->wkv) + weight_bytes(&a->wo_a) +
-             weight_bytes(&a->wo_b);
-        if (a->kind != ST_LAYER_WINDOW) b += weight_bytes(&a->comp.wkv) + weight_bytes(&a->comp.wgate);
+        b += st_weight_bytes(&L->hc_attn.fn) + st_weight_bytes(&L->hc_ffn.fn) + (uint64_t)m->dim * 8;
+        b += st_weight_bytes(&a->wq_a) + st_weight_bytes(&a->wq_b) + st_weight_bytes(&a->wkv) + st_weight_bytes(&a->wo_a) +
+             st_weight_bytes(&a->wo_b);
+        if (a->kind != ST_LAYER_WINDOW) b += st_weight_bytes(&a->comp.wkv) + st_weight_bytes(&a->comp.wgate);
         if (a->kind == ST_LAYER_CSA)
-            b += weight_bytes(&a->idx.wq_b) + weight_bytes(&a->idx.weights_proj) + weight_bytes(&a->idx.comp.wkv) +
-                 weight_bytes(&a->idx.comp.wgate);
-        b += weight_bytes(&mo->gate) + (uint64_t)mo->n_experts * 4;
+            b += st_weight_bytes(&a->idx.wq_b) + st_weight_bytes(&a->idx.weights_proj) + st_weight_bytes(&a->idx.comp.wkv) +
+                 st_weight_bytes(&a->idx.comp.wgate);
+        b += st_weight_bytes(&mo->gate) + (uint64_t)mo->n_experts * 4;
         if (mo->hash) b += (uint64_t)cfg->vocab_size * (uint64_t)mo->top_k * sizeof(int64_t);
         if (mo->has_shared) b += expert_bytes(&mo->shared);
     }
@@ -374,261 +363,6 @@ static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
     return st_model_stream_attach(m, ld->ck, &ld->cfg, o, cache, &ld->stream);
 }
 
-/* ---- resident weights ----
- * Weights that stay in DRAM for the whole run (everything but the embedding
- * table, and the routed experts when they do not stream) are read by every
- * decode token. Left as views of the checkpoint's file mapping, each 4 KiB page
- * costs a minor fault the first time a token touches it (the routed experts
- * fault in over the first hundreds of tokens: a tenth of the CPU time of a
- * 48-token run of flash-2l), and every read goes through 4 KiB TLB entries
- * (the 1 GB BF16 head: ~5% slower than from huge pages, interleaved A/B).
- * So at load:
- *  - the dense matrices (head, attention, compressors, indexer, router, shared
- *    experts) are copied, one at a time, into anonymous 2 MiB huge-page memory
- *    (the DRAM tier; interleaved over the NUMA nodes, or on --numa N's node),
- *    and the checkpoint pages they came from are dropped from this process's
- *    page tables, so the two copies coexist for one matrix at most. The
- *    pinned-bytes budget already counts these bytes. Only where huge pages can
- *    be had (else the mapping is as good) and unless STRATA_DENSE_COPY=0.
- *  - whatever is still read through the mapping and already in the page cache
- *    is populated (MADV_POPULATE_READ): page tables filled once, nothing
- *    faults later (what is not cached is still read from disk on first use).
- * Neither changes a single value the kernels read. */
-
-typedef struct dram_copy { void *p; uint64_t bytes; } dram_copy;
-
-static bool dense_copy_wanted(void) {
-    const char *env = getenv("STRATA_DENSE_COPY");
-    if (env && (!strcmp(env, "0") || !strcmp(env, "off"))) return false;
-    return st_mem_hugepages();
-}
-
-/* Pieces of at most 8 MiB, shared out to the pool threads in order: copied to
- * dst (then dropped from the mapping) or, dst NULL, only populated. */
-typedef struct { uint8_t *dst; const uint8_t *src; uint64_t len; } byte_piece;
-typedef struct { byte_piece *p; int n, cap; } piece_list;
-typedef struct { const piece_list *l; _Atomic int next; _Atomic uint64_t done; } piece_work;
-
-#define PIECE_BYTES (8ull << 20)
-
-static int add_pieces(piece_list *l, uint8_t *dst, const void *src, uint64_t len) {
-    for (uint64_t off = 0; src && off < len; off += PIECE_BYTES) {
-        if (l->n == l->cap) {
-            int cap = l->cap ? l->cap * 2 : 256;
-            byte_piece *p = realloc(l->p, (size_t)cap * sizeof *p);
-            if (!p) return st_error(ST_ERR_NOMEM, "loader: out of memory");
-            l->p = p;
-            l->cap = cap;
-        }
-        l->p[l->n++] = (byte_piece){dst ? dst + off : NULL, (const uint8_t *)src + off, ST_MIN(PIECE_BYTES, len - off)};
-    }
-    return 0;
-}
-
-static void piece_task(void *c, int ith, int nth) {
-    piece_work *w = c;
-    for (int i; (i = atomic_fetch_add(&w->next, 1)) < w->l->n;) {
-        const byte_piece *p = &w->l->p[i];
-        /* copies: one pass over the page tables, then read; the rest: only what the page cache
-         * holds (a load that is not followed by decode, e.g. for shapes, must not read every expert) */
-        atomic_fetch_add(&w->done, p->dst ? st_mem_populate(p->src, p->len) : st_mem_populate_cached(p->src, p->len));
-        if (p->dst) {
-            memcpy(p->dst, p->src, p->len);
-            st_mem_drop_pages(p->src, p->len);
-        }
-    }
-}
-
-/* Runs and empties l; returns the bytes populated. */
-static uint64_t run_pieces(st_pool *pool, piece_list *l) {
-    piece_work w = {.l = l};
-    st_pool_run(pool, piece_task, &w);
-    l->n = 0;
-    return atomic_load(&w.done);
-}
-
-static bool owned_by_loader(const loader *ld, const void *p) {
-    for (int i = 0; i < ld->n_owned; i++)
-        if (ld->owned[i] == p) return true;
-    return false;
-}
-
-/* ---- NUMA: dense rows on the node that computes them ----
- * On several nodes the per-node expert streams split the pool into teams, one
- * per node with threads (offload/expert_nodes.c, in the NUMA plan's node
- * order). A dense matrix is then cut into row parts in proportion to the
- * teams' threads, each part placed in its team's node memory, and st_matmul
- * computes each part on its team (cpu/cpu.h st_row_split): every weight byte
- * a decode token reads is local, with no copy per node. */
-typedef struct node_teams {
-    int n;                         /* teams (0: no split) */
-    int os_node[ST_ROW_SPLIT_MAX]; /* the node of team i */
-    int threads[ST_ROW_SPLIT_MAX];
-} node_teams;
-
-static node_teams pool_node_teams(const st_model *m) {
-    node_teams t = {0};
-    const int teams = st_pool_team_count(m->pool);
-    if (teams < 2 || teams > ST_ROW_SPLIT_MAX) return t;
-    st_numa *numa = NULL;
-    st_numa_plan *plan = NULL;
-    if (!st_numa_new_env(&numa) && !st_numa_plan_new(numa, st_pool_size(m->pool), &plan)) {
-        for (int i = 0, f, c; i < st_numa_plan_node_count(plan) && t.n < ST_ROW_SPLIT_MAX; i++) {
-            st_numa_plan_node_threads(plan, i, &f, &c);
-            if (c == 0) continue;
-            t.os_node[t.n] = st_numa_node_at(numa, i)->os_index;
-            t.threads[t.n++] = c;
-        }
-    }
-    st_error_clear(); /* no topology: no split */
-    st_numa_plan_free(plan);
-    st_numa_free(numa);
-    if (t.n != teams) t.n = 0; /* not the teams this plan makes: leave the matrices whole */
-    return t;
-}
-
-static int64_t gcd64(int64_t a, int64_t b) { return b ? gcd64(b, a % b) : a; }
-
-/* Row cuts of w for the teams, in proportion to their threads, each cut a
- * multiple of ST_ROW_SPLIT_ALIGN rows and of 2 MiB (4 KiB for smaller
- * matrices) of data. false: too small for every team to get a part. */
-static bool split_rows(const st_weight *w, const node_teams *t, st_row_split *sp) {
-    const int64_t row_bytes = (int64_t)st_weight_data_bytes(w->fmt, 1, w->cols);
-    int total = 0;
-    for (int i = 0; i < t->n; i++) total += t->threads[i];
-    if (t->n < 2 || row_bytes <= 0 || total <= 0) return false;
-    static const int64_t pages[] = {2 << 20, 4096};
-    for (size_t p = 0; p < ST_ARRAY_LEN(pages); p++) {
-        const int64_t page_rows = pages[p] / gcd64(pages[p], row_bytes),
-                      align = page_rows / gcd64(page_rows, ST_ROW_SPLIT_ALIGN) * ST_ROW_SPLIT_ALIGN;
-        *sp = (st_row_split){.n = t->n};
-        bool ok = true;
-        for (int i = 1, before = 0; i < t->n; i++) {
-            before += t->threads[i - 1];
-            int64_t cut = (w->rows * before / total + align / 2) / align * align;
-            sp->first[i] = cut;
-            ok &= cut > sp->first[i - 1] && cut < w->rows;
-        }
-        sp->first[t->n] = w->rows;
-        if (ok) return true;
-    }
-    return false;
-}
-
-/* Allocates w's DRAM copy (data, then scales at a 64-byte boundary), queues the
- * copy in l and points w at it (valid once l has run). No memory for it: w
- * stays a view of the mapping (a warning, once). teams (n > 1): the copy's rows
- * go to the teams' nodes and w gets the split. */
-static int plan_copy(loader *ld, piece_list *l, st_weight *w, st_mem_policy policy, int node, const node_teams *teams) {
-    if (!w->data || owned_by_loader(ld, w->data)) return 0; /* e.g. wo_a dequantised: already a copy */
-    const uint64_t db = st_weight_data_bytes(w->fmt, w->rows, w->cols),
-                   sb = w->scale ? st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols) : 0,
-                   off = ST_ALIGN_UP(db, 64), total = off + sb;
-    if (ld->n_copies == ld->cap_copies) {
-        int cap = ld->cap_copies ? ld->cap_copies * 2 : 64;
-        dram_copy *c = realloc(ld->copies, (size_t)cap * sizeof *c);
-        if (!c) return st_error(ST_ERR_NOMEM, "loader: out of memory");
-        ld->copies = c;
-        ld->cap_copies = cap;
-    }
-    st_row_split split, *kept = NULL;
-    const bool split_ok = teams->n > 1 && split_rows(w, teams, &split);
-    if (split_ok) {
-        if (!(kept = malloc(sizeof *kept))) return st_error(ST_ERR_NOMEM, "loader: out of memory");
-        *kept = split;
-        int rc = own(ld, kept);
-        if (rc) { free(kept); return rc; }
-        policy = ST_MEM_DEFAULT; /* the parts are placed below, before the copy touches them */
-    }
-    void *p;
-    if (st_mem_alloc(NULL, total, policy, node, &p)) {
-        static atomic_flag warned = ATOMIC_FLAG_INIT;
-        if (!atomic_flag_test_and_set(&warned)) ST_WARN("%s: weights stay in the checkpoint's mapping", st_last_error());
-        st_error_clear();
-        return 0;
-    }
-    ld->copies[ld->n_copies++] = (dram_copy){p, total};
-    if (split_ok) {
-        const uint64_t row_bytes = st_weight_data_bytes(w->fmt, 1, w->cols), end = st_mem_charge(total);
-        for (int i = 0; i < split.n; i++) { /* the last part takes the scales too (small) */
-            uint64_t lo = (uint64_t)split.first[i] * row_bytes, hi = i + 1 < split.n ? (uint64_t)split.first[i + 1] * row_bytes : end;
-            int rc = st_mem_place_range((uint8_t *)p + lo, hi - lo, teams->os_node[i]);
-            if (rc) return st_error_prefix(rc, "loader: NUMA part %d of a %lld-row matrix: ", i, (long long)w->rows);
-        }
-        w->split = kept;
-    }
-    int rc = add_pieces(l, p, w->data, db);
-    if (!rc) rc = add_pieces(l, (uint8_t *)p + off, w->scale, sb);
-    if (rc) return rc;
-    w->data = p;
-    w->scale = sb ? (uint8_t *)p + off : NULL;
-    return 0;
-}
-
-/* Calls f on every matrix a decode token may read (the routed experts only
- * when with_experts; never the embedding table: one row per token). */
-#define FOR_RESIDENT_WEIGHTS(m, with_experts, f)                                                                \
-    do {                                                                                                        \
-        f(&(m)->head);                                                                                          \
-        for (int l_ = 0; l_ < (m)->n_layers; l_++) {                                                            \
-            st_layer_w *L_ = &(m)->layers[l_];                                                                  \
-            st_attn_w *a_ = &L_->attn;                                                                          \
-            st_weight *ws_[] = {&a_->wq_a, &a_->wq_b, &a_->wkv, &a_->wo_a, &a_->wo_b, &a_->comp.wkv,            \
-                                &a_->comp.wgate, &a_->idx.wq_b, &a_->idx.weights_proj, &a_->idx.comp.wkv,        \
-                                &a_->idx.comp.wgate, &L_->moe.gate, &L_->moe.shared.w1, &L_->moe.shared.w2,      \
-                                &L_->moe.shared.w3};                                                            \
-            for (size_t i_ = 0; i_ < sizeof ws_ / sizeof *ws_; i_++) f(ws_[i_]);                               \
-            for (int e_ = 0; (with_experts) && e_ < L_->moe.n_experts; e_++) {                                  \
-                f(&L_->moe.experts[e_].w1);                                                                     \
-                f(&L_->moe.experts[e_].w2);                                                                     \
-                f(&L_->moe.experts[e_].w3);                                                                     \
-            }                                                                                                   \
-        }                                                                                                       \
-    } while (0)
-
-static int make_resident(st_model *m, loader *ld, const st_model_opts *o) {
-    const bool experts = ld->stream == NULL;
-    piece_list l = {0};
-    int rc = 0;
-    double t0 = st_time_s();
-    uint64_t copied = 0;
-    if (dense_copy_wanted()) {
-        st_mem_policy policy = ST_MEM_DEFAULT;
-        int node = 0;
-        if (o && o->numa > 0) policy = ST_MEM_NODE, node = o->numa - 1;
-        else if ((!o || o->numa == 0) && st_mem_numa_nodes() > 1) policy = ST_MEM_INTERLEAVE;
-        const node_teams teams = !o || o->numa == 0 ? pool_node_teams(m) : (node_teams){0};
-        /* one matrix at a time: its mapping pages are dropped before the next is read */
-#define COPY(w) if (!rc && !(rc = plan_copy(ld, &l, (w), policy, node, &teams))) copied += run_pieces(m->pool, &l)
-        FOR_RESIDENT_WEIGHTS(m, false, COPY);
-#undef COPY
-    }
-    /* what is left in the mapping (the routed experts; populating the copies costs nothing,
-     * their pages are present), unless it cannot all fit in memory */
-    uint64_t want = 0, populated = 0;
-#define COUNT(w) want += (w)->data ? weight_bytes(w) : 0
-    FOR_RESIDENT_WEIGHTS(m, experts, COUNT);
-#undef COUNT
-    const uint64_t ram = st_mem_limit(); /* the memory cgroup's limit, if lower than RAM */
-    if (!rc && ram && want > ram / 10 * 9) {
-        char a[32], b[32];
-        ST_DEBUG("resident weights (%s) do not fit in this process's memory (%s): the mapping is not populated",
-                 st_fmt_size(want, a, sizeof a), st_fmt_size(ram, b, sizeof b));
-    } else if (!rc) {
-#define POPULATE(w)                                                                                                    \
-    if (!rc && !(rc = add_pieces(&l, NULL, (w)->data, st_weight_data_bytes((w)->fmt, (w)->rows, (w)->cols))))       \
-        rc = add_pieces(&l, NULL, (w)->scale, st_weight_scale_bytes((w)->fmt, (w)->scale_fmt, (w)->rows, (w)->cols));
-        FOR_RESIDENT_WEIGHTS(m, experts, POPULATE);
-#undef POPULATE
-        if (!rc) populated = run_pieces(m->pool, &l);
-    }
-    free(l.p);
-    char a[32], b[32];
-    ST_DEBUG("resident weights: %d dense matrices (%s) copied to DRAM, %s of mappings populated, in %.2f s",
-             ld->n_copies, st_fmt_size(copied, a, sizeof a), st_fmt_size(populated, b, sizeof b), st_time_s() - t0);
-    return rc;
-}
-
 /* --numa N names a node of this machine (or of STRATA_TOPOLOGY) even when nothing streams:
  * a typo must not pass silently because the model happened to fit. */
 static int check_numa_node(int node) {
@@ -683,7 +417,7 @@ int st_model_load(const char *path, const st_model_opts *opts, st_model **out) {
     if ((rc = st_pool_new(opts ? opts->threads : 0, true, &m->pool))) goto fail;
     m->bytes_per_token = decode_bytes(m);
     if (opts && (rc = place_experts(m, ld, opts))) goto fail;
-    if ((rc = make_resident(m, ld, opts))) goto fail;
+    if ((rc = st_loader_make_resident(m, ld, opts))) goto fail;
     *out = m;
     return 0;
 fail:
