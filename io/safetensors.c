@@ -293,7 +293,7 @@ static int open_shard(st_sft *s, const char *path) {
     cJSON_Delete(root);
     if (rc) return rc;
     /* overlap check in offset order (zero-byte tensors overlap nothing) */
-    qsort(s->t + first, (size_t)(s->n - first), sizeof *s->t, cmp_offset);
+    if (s->n > first) qsort(s->t + first, (size_t)(s->n - first), sizeof *s->t, cmp_offset); /* none: s->t may be NULL */
     const st_sft_tensor *prev = NULL;
     for (int k = first; k < s->n; k++) {
         const st_sft_tensor *t = &s->t[k];
