@@ -1,5 +1,5 @@
 # strata build. `make` builds build/libstrata.{a,so} and build/strata.
-# make test | make asan | make bench | make run    (V=1 for full command lines)
+# make test | make asan | make bench | make run | make fuzz    (V=1 for full command lines)
 
 CC      ?= cc
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -53,7 +53,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_HELPERS := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
 
-.PHONY: all test asan bench run clean deps cuda-note
+.PHONY: all test asan bench run clean deps cuda-note fuzz
 all: $(BUILD)/libstrata.a $(BUILD)/libstrata.so $(BUILD)/strata
 
 deps: $(BUILD)/.deps-ok
@@ -111,6 +111,16 @@ endif
 
 bench: all
 	$(BUILD)/strata bench kernels
+
+# libFuzzer harnesses of the file readers (tests/fuzz/fz_*.c; clang; not part of make test):
+# build/fuzz/fz_NAME, each file's top comment says how to run it.
+FUZZ_SRC := $(wildcard tests/fuzz/fz_*.c)
+fuzz:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/fuzz CC=clang NO_CUDA=1 OPT="-O1" \
+		EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined -Wno-error" $(BUILD)/fuzz/libstrata.a
+	$(Q)for f in $(FUZZ_SRC); do \
+		clang $(BASEFLAGS) -O1 -fsanitize=fuzzer,address,undefined -o $(BUILD)/fuzz/$$(basename $$f .c) $$f \
+			$(BUILD)/fuzz/libstrata.a $(LIBS) || exit 1; done
 
 run: all
 	@bash tests/tools/make_run.sh $(BUILD)/strata
