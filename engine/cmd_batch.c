@@ -448,7 +448,7 @@ int cmd_batch(int argc, char **argv) {
         if (!strcmp(o, "--model")) model = v;
         else if (!strcmp(o, "--in")) in = v;
         else if (!strcmp(o, "--out")) outp = v;
-        else if (!strcmp(o, "-n")) { if (!cli_int("batch", o, v, 1, INT32_MAX, &x)) return 2; b.default_max_tokens = (int)x; }
+        else if (!strcmp(o, "-n")) { if (!cli_int("batch", o, v, 0, INT32_MAX, &x)) return 2; b.default_max_tokens = (int)x; }
         else if (!strcmp(o, "--threads")) { if (!cli_int("batch", o, v, 1, 4096, &x)) return 2; opts.threads = (int)x; }
         else if (!strcmp(o, "--max-batch")) {
             char *e;

@@ -78,14 +78,14 @@ static void run_batch_with(const char *in, const char *out, const char *extra) {
 }
 
 /* Usage errors exit 2 with one line naming the option: a directory as --in or
- * --out, -n below 1, --max-batch 0, a size with an unknown unit, a missing
+ * --out, -n below 0 (0 is allowed, as a line's max_tokens and run's -n are), --max-batch 0, a size with an unknown unit, a missing
  * --kv-spill directory; nothing is written. */
 static void usage_errors(void **state) {
     (void)state;
     static const struct { const char *args, *expect; } cases[] = {
         {"--in %s --out %s/u.jsonl", "--in %s: is a directory, expected a JSONL file"},
         {"--in %s/in1.jsonl --out %s", "--out %s: is a directory, expected a JSONL file"},
-        {"--in %s/in1.jsonl --out %s/u.jsonl -n -1", "-n must be an integer 1..2147483647, not '-1'"},
+        {"--in %s/in1.jsonl --out %s/u.jsonl -n -1", "-n must be an integer 0..2147483647, not '-1'"},
         {"--in %s/in1.jsonl --out %s/u.jsonl --max-batch 0", "--max-batch must be 1..4096, not '0'"},
         {"--in %s/in1.jsonl --out %s/u.jsonl --kv-budget 1E", "--kv-budget: '1E': unknown unit 'E'"},
         {"--in %s/in1.jsonl --out %s/u.jsonl --kv-budget 1M --kv-spill /nonexistent-dir",
@@ -103,6 +103,22 @@ static void usage_errors(void **state) {
         snprintf(u, sizeof u, "%s/u.jsonl", dir);
         assert_int_equal(access(u, F_OK), -1);
     }
+    /* -n 0: a line without max_tokens finishes at once, with no text */
+    char in0[160], out0[160], *buf;
+    size_t len;
+    snprintf(in0, sizeof in0, "%s/n0.jsonl", dir);
+    snprintf(out0, sizeof out0, "%s/n0_out.jsonl", dir);
+    FILE *f = fopen(in0, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"id\": \"z\", \"prompt\": \"hello\"}\n");
+    fclose(f);
+    run_batch_with(in0, out0, "-n 0");
+    if (st_read_file(out0, 1 << 20, &buf, &len)) fail_msg("%s", st_last_error());
+    assert_non_null(strstr(buf, "\"text\":\"\""));
+    assert_non_null(strstr(buf, "\"completion_tokens\":0"));
+    free(buf);
+    unlink(in0);
+    unlink(out0);
 }
 
 /* A model that does not load: exit 1 naming it, and no empty results file left behind
