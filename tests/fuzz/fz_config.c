@@ -1,6 +1,7 @@
 /* libFuzzer harness: st_config_parse over arbitrary bytes (any outcome but a
  * crash or a sanitizer report is fine). make fuzz; then
- *   build/fuzz/fz_config -max_total_time=60 tests/data/config */
+ *   build/fuzz/fz_config -max_total_time=60 CORPUS   (a scratch copy: libFuzzer adds its finds to it,
+ *   e.g. cp -r tests/data/config /tmp/corpus) */
 #include <stddef.h>
 #include <stdint.h>
 
