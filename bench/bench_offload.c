@@ -466,6 +466,17 @@ int bench_e2e_offload(int argc, char **argv) {
     }
     uint64_t heap = have_probe ? bench_memcg_peak(&probe) : 0;
     bench_memcg_remove(&probe);
+    /* measured again right after (a): this VM's bandwidth drifts over minutes (48 to 67 GB/s seen), and the
+       all-DRAM decode was seen reading faster than the first measurement; the limit is the best seen */
+    const double dram_first = dram;
+    double dram_after = 0;
+    if (!st_pool_new(a.threads, true, &pool)) {
+        dram_after = bench_dram_read_gbs(pool, (size_t)1 << 30) * 1e9;
+        st_pool_free(pool);
+    } else {
+        st_error_clear();
+    }
+    dram = ST_MAX(dram, dram_after);
     all.cg_peak = 0; /* the row shows its RSS (the group saw only its heap: the weights were cached before) */
     const uint64_t headroom = a.headroom ? a.headroom : 64ull << 20;
 
@@ -505,8 +516,9 @@ int bench_e2e_offload(int argc, char **argv) {
        what streaming costs on top of this engine's compute (the goal uses the measured bandwidth) */
     const double dram_eff = pl_all.read[ST_TIER_DRAM] * (all.ok ? all.decode_tok_s : 0);
     if (dram_eff > 0)
-        printf("  achieved/model %.2f: the engine reads its weights at %.2f GB/s of the %.2f GB/s DRAM can give\n",
-               all.decode_tok_s / pl_all.tok_s, dram_eff / 1e9, dram / 1e9);
+        printf("  achieved/model %.2f: the engine reads its weights at %.2f GB/s of the %.2f GB/s DRAM can give\n"
+               "  (DRAM read %.2f GB/s at the start, %.2f right after (a): the cost model uses the better)\n",
+               all.decode_tok_s / pl_all.tok_s, dram_eff / 1e9, dram / 1e9, dram_first / 1e9, dram_after / 1e9);
     bool goal_stall = true, goal_model = true, goal_mmap = true, any_mmap = false;
     for (int i = 0; i < a.n_budgets; i++) {
         budget_runs *b = &br[i];
