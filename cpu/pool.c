@@ -221,6 +221,10 @@ void st_pool_set_observer(st_pool *p, void (*fn)(void *ctx, int team, int thread
 }
 
 int st_pool_team_count(const st_pool *p) { return p && p->n_teams > 1 ? p->n_teams : 1; }
+int st_pool_team_size(const st_pool *p, int team) {
+    if (!p || p->n_teams <= 1) return team == 0 ? st_pool_size(p) : 0;
+    return team >= 0 && team < p->n_teams ? p->teams[team].nth : 0;
+}
 
 int st_pool_set_teams(st_pool *p, int n_teams, const int *first, const int *count) {
     if (p->parent) return st_error(ST_ERR_INVALID, "thread pool: a team cannot have teams");

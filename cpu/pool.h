@@ -33,6 +33,7 @@ typedef void (*st_pool_team_fn)(void *ctx, int team, st_pool *team_pool);
 /* n_teams <= 1 removes the teams. ST_ERR_INVALID unless the teams tile [0, size). */
 int st_pool_set_teams(st_pool *pool, int n_teams, const int *first, const int *count);
 int st_pool_team_count(const st_pool *pool); /* 1 without teams */
+int st_pool_team_size(const st_pool *pool, int team); /* its threads (0: no such team) */
 void st_pool_run_teams(st_pool *pool, st_pool_team_fn fn, void *ctx);
 /* Pins thread i to OS PU pu_os[i] (i < size; a warning where refused). */
 void st_pool_pin_threads(st_pool *pool, const int *pu_os);

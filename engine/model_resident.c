@@ -8,8 +8,9 @@
 
 #include "base/base.h"
 #include "cpu/mem.h"
-#include "cpu/numa.h"
 #include "engine/model_load_internal.h"
+#include "engine/model_stream.h"
+#include "offload/expert_nodes.h"
 
 /* ----
  * Weights that stay in DRAM for the whole run (everything but the embedding
@@ -101,28 +102,20 @@ typedef struct node_teams {
     int threads[ST_ROW_SPLIT_MAX];
 } node_teams;
 
+/* The teams the per-node expert streams made (offload/expert_nodes.c), with
+ * each one's node and threads; none when the pool has no teams. */
 static node_teams pool_node_teams(const st_model *m) {
     node_teams t = {0};
+    const st_expert_nodes *en = st_model_expert_nodes(m);
     const int teams = st_pool_team_count(m->pool);
-    if (teams < 2 || teams > ST_ROW_SPLIT_MAX) return t;
-    st_numa *numa = NULL;
-    st_numa_plan *plan = NULL;
-    if (!st_numa_new_env(&numa) && !st_numa_plan_new(numa, st_pool_size(m->pool), &plan)) {
-        for (int i = 0, f, c; i < st_numa_plan_node_count(plan) && t.n < ST_ROW_SPLIT_MAX; i++) {
-            st_numa_plan_node_threads(plan, i, &f, &c);
-            if (c == 0) continue;
-            t.os_node[t.n] = st_numa_node_at(numa, i)->os_index;
-            t.threads[t.n++] = c;
-        }
+    if (!en || teams < 2 || teams > ST_ROW_SPLIT_MAX || st_expert_nodes_count(en) != teams) return t;
+    for (int i = 0; i < teams; i++) {
+        t.os_node[i] = st_expert_nodes_os_node(en, i);
+        t.threads[i] = st_pool_team_size(m->pool, i);
     }
-    st_error_clear(); /* no topology: no split */
-    st_numa_plan_free(plan);
-    st_numa_free(numa);
-    if (t.n != teams) t.n = 0; /* not the teams this plan makes: leave the matrices whole */
+    t.n = teams;
     return t;
 }
-
-static int64_t gcd64(int64_t a, int64_t b) { return b ? gcd64(b, a % b) : a; }
 
 /* Row cuts of w for the teams, in proportion to their threads, each cut a
  * multiple of ST_ROW_SPLIT_ALIGN rows and of 2 MiB (4 KiB for smaller
@@ -134,8 +127,8 @@ static bool split_rows(const st_weight *w, const node_teams *t, st_row_split *sp
     if (t->n < 2 || row_bytes <= 0 || total <= 0) return false;
     static const int64_t pages[] = {2 << 20, 4096};
     for (size_t p = 0; p < ST_ARRAY_LEN(pages); p++) {
-        const int64_t page_rows = pages[p] / gcd64(pages[p], row_bytes),
-                      align = page_rows / gcd64(page_rows, ST_ROW_SPLIT_ALIGN) * ST_ROW_SPLIT_ALIGN;
+        const int64_t page_rows = pages[p] / st_gcd64(pages[p], row_bytes),
+                      align = page_rows / st_gcd64(page_rows, ST_ROW_SPLIT_ALIGN) * ST_ROW_SPLIT_ALIGN;
         *sp = (st_row_split){.n = t->n};
         bool ok = true;
         for (int i = 1, before = 0; i < t->n; i++) {
