@@ -20,6 +20,7 @@
 #define ST_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define ST_DIV_UP(a, b) (((a) + (b) - 1) / (b))
 #define ST_ALIGN_UP(a, b) (ST_DIV_UP(a, b) * (b))
+static inline int64_t st_gcd64(int64_t a, int64_t b) { while (b) { int64_t t = a % b; a = b; b = t; } return a; }
 
 /* Aborts with file and line: only for broken invariants, never for bad input. */
 #define ST_ASSERT(cond)                                                                  \

@@ -116,8 +116,6 @@ void st_hadamard(float *x, int64_t n_vec, int64_t n) {
     DISPATCH(st_hadamard, x, n_vec, n);
 }
 
-static int64_t gcd64(int64_t a, int64_t b) { return b ? gcd64(b, a % b) : a; }
-
 /* heap (k) = the k best of x[lo, hi) (hi - lo >= k), as indices lo.., as a heap. */
 static void topk_heap(const float *x, int64_t lo, int64_t hi, int64_t k, st_topk_item *heap) {
     for (int64_t i = 0; i < k; i++) heap[i] = (st_topk_item){x[lo + i], (int32_t)(lo + i)};
@@ -130,7 +128,7 @@ static void topk_heap(const float *x, int64_t lo, int64_t hi, int64_t k, st_topk
      * result depends on the order of nothing: the ranking is total. */
     const int64_t first = lo + k, block = ST_MAX((int64_t)4096, 4 * k), nb = (hi - first + block - 1) / block;
     int64_t stride = nb > 2 ? nb * 5 / 8 : 1;
-    while (stride > 1 && gcd64(stride, nb) != 1) stride--;
+    while (stride > 1 && st_gcd64(stride, nb) != 1) stride--;
     for (int64_t j = 0, b = 0; j < nb; j++, b = (b + stride) % nb) {
         const int64_t at = first + b * block, len = ST_MIN(block, hi - at);
         DISPATCH(st_topk_scan, x + at, len, at, k, heap);
