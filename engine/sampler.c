@@ -73,15 +73,8 @@ static void sort_all(st_sampler *s, const float *x, int64_t n) {
     }
 }
 
-int32_t st_sampler_sample(st_sampler *s, const float *logits) {
-    const int64_t n = s->n_vocab;
-    if (s->cfg.temperature <= 0) return argmax(logits, n);
-    int64_t k = s->cfg.top_k > 0 && s->cfg.top_k < n ? s->cfg.top_k : n;
-    /* candidates in descending order of logit */
-    if (k == n) sort_all(s, logits, n);
-    else st_topk(logits, n, k, s->order, s->probs);
-    float mx = s->probs[0];
-    if (isnan(mx)) return argmax(logits, n);
+int32_t st_sampler_draw(st_sampler *s, int64_t k) {
+    const float mx = s->probs[0];
     double sum = 0;
     for (int64_t i = 0; i < k; i++) {
         float l = s->probs[i];
@@ -104,4 +97,15 @@ int32_t st_sampler_sample(st_sampler *s, const float *logits) {
         if (u < c) return s->order[i];
     }
     return s->order[keep - 1];
+}
+
+int32_t st_sampler_sample(st_sampler *s, const float *logits) {
+    const int64_t n = s->n_vocab;
+    if (s->cfg.temperature <= 0) return argmax(logits, n);
+    int64_t k = s->cfg.top_k > 0 && s->cfg.top_k < n ? s->cfg.top_k : n;
+    /* candidates in descending order of logit */
+    if (k == n) sort_all(s, logits, n);
+    else st_topk(logits, n, k, s->order, s->probs);
+    if (isnan(s->probs[0])) return argmax(logits, n);
+    return st_sampler_draw(s, k);
 }

@@ -25,6 +25,10 @@ int st_sampler_init(st_sampler *s, const st_sampler_cfg *cfg, int64_t n_vocab);
 void st_sampler_release(st_sampler *s);
 /* Picks a token from logits (n_vocab). Never fails: NaN logits rank lowest. */
 int32_t st_sampler_sample(st_sampler *s, const float *logits);
+/* The draw st_sampler_sample makes once its k candidates are in s->order
+ * (ids) and s->probs (their logits), best first: softmax at the temperature,
+ * the top-p cut, one uniform draw. The candidates' order decides the token. */
+int32_t st_sampler_draw(st_sampler *s, int64_t k);
 /* Uniform in [0, 1) from the sampler's generator (splitmix64). */
 double st_sampler_uniform(st_sampler *s);
 

@@ -446,33 +446,10 @@ static void transformers_fixture(void **state) {
     free(json);
 }
 
-/* The sampler before its whole-vocabulary sort: st_topk of every logit, then the same walk. */
+/* The sampler before its whole-vocabulary sort: st_topk of every logit, then the same draw. */
 static int32_t sample_by_topk(st_sampler *s, const float *logits) {
-    const int64_t n = s->n_vocab;
-    st_topk(logits, n, n, s->order, s->probs);
-    float mx = s->probs[0];
-    double sum = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float l = s->probs[i];
-        s->probs[i] = isnan(l) ? 0.0f : expf((l - mx) / s->cfg.temperature);
-        sum += s->probs[i];
-    }
-    int64_t keep = n;
-    if (s->cfg.top_p > 0 && s->cfg.top_p < 1) {
-        double c = 0;
-        for (int64_t i = 0; i < n; i++) {
-            c += s->probs[i] / sum;
-            if (c >= s->cfg.top_p) { keep = i + 1; break; }
-        }
-        sum = 0;
-        for (int64_t i = 0; i < keep; i++) sum += s->probs[i];
-    }
-    double u = st_sampler_uniform(s) * sum, c = 0;
-    for (int64_t i = 0; i < keep; i++) {
-        c += s->probs[i];
-        if (u < c) return s->order[i];
-    }
-    return s->order[keep - 1];
+    st_topk(logits, s->n_vocab, s->n_vocab, s->order, s->probs);
+    return st_sampler_draw(s, s->n_vocab);
 }
 
 /* Sampling a whole vocabulary (no top-k) gave ~50 tok/s decode on a 129K
