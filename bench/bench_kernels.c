@@ -44,9 +44,6 @@ static int make_weight(st_wfmt fmt, int64_t rows, int64_t cols, st_weight *w) {
     return 0;
 }
 static void free_weight(st_weight *w) { free((void *)w->data); free((void *)w->scale); }
-static double weight_bytes(const st_weight *w) {
-    return (double)(st_weight_data_bytes(w->fmt, w->rows, w->cols) + st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols));
-}
 static float *rand_vec(int64_t n) {
     float *x = malloc((size_t)n * sizeof(float));
     if (x)
@@ -59,7 +56,7 @@ static int bench_gemv(st_pool *pool, st_wfmt fmt, int64_t rows, int64_t cols, do
     st_weight one;
     int rc = make_weight(fmt, rows, cols, &one);
     if (rc) return rc;
-    int count = (int)(total / weight_bytes(&one)) + 1;
+    int count = (int)(total / (double)st_weight_bytes(&one)) + 1;
     st_weight *w = calloc((size_t)count, sizeof(*w));
     float *x = rand_vec(cols), *y = malloc((size_t)rows * sizeof(float));
     w[0] = one;
@@ -68,7 +65,7 @@ static int bench_gemv(st_pool *pool, st_wfmt fmt, int64_t rows, int64_t cols, do
     for (int pass = 0; pass < 4 && !rc; pass++) {
         double t0 = st_time_s();
         for (int i = 0; i < count && !rc; i++) rc = st_matmul(pool, &w[i], x, 1, y, ST_ACT_F32);
-        double dt = st_time_s() - t0, g = weight_bytes(&one) * count / dt / 1e9;
+        double dt = st_time_s() - t0, g = (double)st_weight_bytes(&one) * count / dt / 1e9;
         if (g > *gbs) { *gbs = g; *gflops = 2.0 * (double)rows * cols * count / dt / 1e9; }
     }
     for (int i = 0; i < count; i++) free_weight(&w[i]);
@@ -91,7 +88,7 @@ static int bench_experts(st_pool *pool, double total, double *tok_s, double *gbs
             (rc = make_weight(ST_WF_FP4, dim, inter, &one.w2)))
             break;
         e[count++] = one;
-        ebytes = weight_bytes(&one.w1) + weight_bytes(&one.w3) + weight_bytes(&one.w2);
+        ebytes = (double)st_weight_bytes(&one.w1) + (double)st_weight_bytes(&one.w3) + (double)st_weight_bytes(&one.w2);
         if (ebytes * count >= total && count % topk == 0) break;
     }
     *tok_s = *gbs = 0;

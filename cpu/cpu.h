@@ -71,6 +71,10 @@ typedef struct st_weight {
 /* Bytes of data / scale for a weight of that shape and format. */
 uint64_t st_weight_data_bytes(st_wfmt fmt, int64_t rows, int64_t cols);
 uint64_t st_weight_scale_bytes(st_wfmt fmt, st_scale_fmt sf, int64_t rows, int64_t cols);
+/* Both: the bytes a product over w reads. */
+static inline uint64_t st_weight_bytes(const st_weight *w) {
+    return st_weight_data_bytes(w->fmt, w->rows, w->cols) + st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols);
+}
 /* 0, or ST_ERR_UNSUPPORTED/INVALID with a message if the kernels cannot take it
  * (e.g. FP4 needs cols % 32 == 0). `what` names the tensor in the message. */
 int st_weight_check(const st_weight *w, const char *what);

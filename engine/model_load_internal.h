@@ -28,9 +28,4 @@ int st_loader_own(loader *ld, void *p);
  * nodes when the pool has teams) and populates what stays mapped. */
 int st_loader_make_resident(st_model *m, loader *ld, const st_model_opts *o);
 
-/* Bytes of a weight: data and scales. */
-static inline uint64_t st_weight_bytes(const st_weight *w) {
-    return st_weight_data_bytes(w->fmt, w->rows, w->cols) + st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols);
-}
-
 #endif
