@@ -59,12 +59,12 @@ int st_seq_kv_tiering(st_seq *s, uint64_t fast_bytes, uint64_t dram_bytes, const
         rc = st_kv_pages_add_stream(s->kv, cs->entry_bytes, false, name, &cs->stream);
         if (!rc) cs->pages = s->kv;
     }
-    if (!rc) { /* each CSA layer keeps its open page fast, and a token's entries need one more at the least */
+    if (!rc) {
         st_kv_pages_stats ks;
         st_kv_pages_get_stats(s->kv, &ks);
-        const uint64_t least = ((uint64_t)ks.streams + 1) * ks.page_bytes;
+        const uint64_t least = st_kv_pages_least_fast(s->kv);
         char a[32], b[32], c[32];
-        if (ks.streams && fast_bytes < least)
+        if (fast_bytes < least)
             rc = st_error(ST_ERR_BUDGET, "KV fast budget (--kv-budget) %s is below the least this model's KV tiering works "
                           "with: %s (a %s page for each of its %d CSA layers to append to, and one to read): raise the KV "
                           "budget", st_fmt_size(fast_bytes, a, sizeof a), st_fmt_size(least, b, sizeof b),

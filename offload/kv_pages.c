@@ -441,6 +441,10 @@ int st_kv_pages_append(st_kv_pages *kv, int stream, const void *entries, int64_t
 
 /* ---- stats ------------------------------------------------------------------------------------------ */
 
+uint64_t st_kv_pages_least_fast(const st_kv_pages *kv) {
+    return kv->n_streams ? ((uint64_t)kv->n_streams + 1) * kv->page_bytes : 0;
+}
+
 void st_kv_pages_get_stats(const st_kv_pages *kv, st_kv_pages_stats *out) {
     *out = kv->st;
     out->pages_fast = out->pages_cached = out->pages_dram = out->pages_nvme = 0;

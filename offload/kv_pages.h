@@ -127,6 +127,11 @@ void st_kv_pages_free(st_kv_pages *kv);
  * appears in messages ("layer 3 csa"). resident: never leaves the fast tier.
  * *stream is its number (0, 1, ... in order of creation). */
 int st_kv_pages_add_stream(st_kv_pages *kv, size_t entry_bytes, bool resident, const char *name, int *stream);
+/* The least fast budget its gets can work with: every stream keeps its last
+ * (open) page fast, and a get needs one more frame to read a page into (a
+ * token's top-k on more pages than the budget holds must be fetched in
+ * several gets). 0 without streams. */
+uint64_t st_kv_pages_least_fast(const st_kv_pages *kv);
 int64_t st_kv_pages_count(const st_kv_pages *kv, int stream);        /* entries appended */
 int64_t st_kv_pages_page_entries(const st_kv_pages *kv, int stream); /* P */
 size_t st_kv_pages_entry_bytes(const st_kv_pages *kv, int stream);

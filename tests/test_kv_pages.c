@@ -242,7 +242,9 @@ static void prefetch_then_get_hits(void **state) {
     assert_int_equal(st_budget_new("kv fast", 12 * PAGE, &fast), 0);
     st_kv_pages *kv = make(PAGE, fast, NULL, dir);
     int s;
+    assert_int_equal(st_kv_pages_least_fast(kv), 0); /* no stream: nothing to keep */
     assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 5 csa", &s), 0);
+    assert_int_equal(st_kv_pages_least_fast(kv), 2 * PAGE); /* its open page and one to read into */
     append_range(kv, s, 0, 64 * 50, 0); /* 50 pages */
     /* the last 12 pages (38..49) are home on the fast tier; these 6 are on NVMe */
     int32_t sel[8] = {0, 1, 64 * 7 + 3, 64 * 20, 64 * 20 + 63, 64 * 33 + 9, 64 * 31, 64 * 2 + 5};
