@@ -110,6 +110,48 @@ int st_gpu_gemv_fp4(const st_gpu_gemv *g, st_gpu_stream *s);
 int st_gpu_emulate_gemv_fp8(const st_gpu_gemv *g);
 int st_gpu_emulate_gemv_fp4(const st_gpu_gemv *g);
 
+/* ---- routed expert FFN, bit-identical to the CPU ------------------------------ */
+
+/* One quantised weight in device memory (cpu/cpu.h st_weight without the split). */
+typedef struct st_gpu_mat {
+    int fmt;              /* ST_WF_FP4 or ST_WF_FP8 (cpu/cpu.h st_wfmt values) */
+    const void *data;     /* as st_weight.data */
+    const void *scale;    /* as st_weight.scale */
+    int64_t rows, cols;
+    bool scale_f32;       /* FP8 only: ST_SCALE_F32 scales */
+} st_gpu_mat;
+
+/* o (n, dim) = the expert's output for n tokens, without adding it anywhere:
+ *   h = swiglu(w1 x, w3 x) with the clamp `limit` (<= 0: none), times coef[i];
+ *   official: h rounded to bf16, then act_quant-ed (e4m3 per 128) before a
+ *   quantised w2, as engine/moe.c expert_apply; x is then already act_quant-ed
+ *   by the caller. reference: as st_expert_ffn(..., ST_ACT_F32).
+ *   o = w2 h.
+ * Every product reproduces the canonical reduction of the CPU ISA `isa`
+ * (cpu/matmul_internal.h), and the elementwise steps the CPU's operations, so
+ * o is bit-identical to what the CPU computes for that expert on that ISA; the
+ * caller adds the experts' outputs in its fixed order. */
+typedef struct st_gpu_ffn {
+    st_gpu_mat w1, w3, w2; /* (inter, dim), (inter, dim), (dim, inter) */
+    const float *x;        /* (n, dim) */
+    int64_t n;
+    const float *coef;     /* (n) or NULL (1.0) */
+    float limit;
+    bool official;         /* official numerics (see above) */
+    int isa;               /* st_isa whose reductions to reproduce (st_cpu_isa() of the run) */
+    float *o;              /* (n, dim) */
+    void *scratch;         /* st_gpu_ffn_scratch_bytes(w1.rows, n) bytes */
+} st_gpu_ffn;
+
+size_t st_gpu_ffn_scratch_bytes(int64_t inter, int64_t n);
+/* Queue the FFN on s; device pointers. 0, ST_ERR_INVALID (shapes, formats,
+ * pointers, with a message) or ST_ERR_UNSUPPORTED (no GPU / not compiled in). */
+int st_gpu_expert_ffn(const st_gpu_ffn *f, st_gpu_stream *s);
+/* The same computation on the host, running the kernels' __host__ __device__
+ * code (host pointers): lets the bit-identity be tested without a GPU.
+ * ST_ERR_UNSUPPORTED without CUDA. */
+int st_gpu_emulate_expert_ffn(const st_gpu_ffn *f);
+
 #ifdef __cplusplus
 }
 #endif

@@ -58,3 +58,7 @@ int st_gpu_gemv_fp8(const st_gpu_gemv *g, st_gpu_stream *s) { return NO_CUDA("FP
 int st_gpu_gemv_fp4(const st_gpu_gemv *g, st_gpu_stream *s) { return NO_CUDA("FP4 GEMV"); }
 int st_gpu_emulate_gemv_fp8(const st_gpu_gemv *g) { return NO_CUDA("FP8 GEMV emulation"); }
 int st_gpu_emulate_gemv_fp4(const st_gpu_gemv *g) { return NO_CUDA("FP4 GEMV emulation"); }
+
+size_t st_gpu_ffn_scratch_bytes(int64_t inter, int64_t n) { return 0; }
+int st_gpu_expert_ffn(const st_gpu_ffn *f, st_gpu_stream *s) { return NO_CUDA("GPU expert FFN"); }
+int st_gpu_emulate_expert_ffn(const st_gpu_ffn *f) { return NO_CUDA("GPU expert FFN emulation"); }
