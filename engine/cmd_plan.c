@@ -177,6 +177,7 @@ int cmd_plan(int argc, char **argv) {
             cJSON_AddNumberToObject(pj, "decode_tok_s", pl.tok_s);
             cJSON_AddNumberToObject(pj, "decode_tok_s_no_overlap", pl.tok_s_serial);
             cJSON_AddNumberToObject(pj, "decode_tok_s_head_serial", pl.tok_s_dependent);
+            cJSON_AddNumberToObject(pj, "decode_tok_s_predicted", pl.tok_s_dependent);
         }
         char *t = cJSON_Print(o);
         puts(t);
@@ -218,10 +219,11 @@ int cmd_plan(int argc, char **argv) {
             }
             printf("  expert cache in DRAM: %s; routed-expert reads served by GPU/DRAM: %.1f%% (uniform use)\n",
                    st_fmt_size(pl.expert_cache_bytes, a, sizeof a), 100.0 * pl.fast_share);
-            printf("predicted decode: %.2f tok/s with prefetch overlap, %.2f tok/s without (memory-bound cost model)\n",
-                   pl.tok_s, pl.tok_s_serial);
-            printf("                  %.2f tok/s when the next token's reads wait for the head to pick it\n"
-                   "                  (what prefetch can reach without guessing the next token)\n", pl.tok_s_dependent);
+            printf("predicted decode: %.2f tok/s (memory-bound cost model: prefetch overlaps every tier's reads but the\n"
+                   "                  head's, which must pick the next token before its experts can be read)\n"
+                   "                  %.2f tok/s if the head overlapped too (a bound: the next token known early)\n"
+                   "                  %.2f tok/s without prefetch (every read in turn)\n",
+                   pl.tok_s_dependent, pl.tok_s, pl.tok_s_serial);
         }
     }
     st_config_free(&cfg);

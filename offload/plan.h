@@ -45,10 +45,11 @@ typedef struct st_plan {
     double fast_share;                         /* fraction of routed-expert reads served by GPU/DRAM */
     double seconds_overlap, seconds_serial;    /* one decode token */
     double tok_s, tok_s_serial;
-    /* The same with the data dependency of decoding: the next token's expert reads
-     * can start only once the head has picked that token, so the head's read
-     * (on its tier) does not overlap them; everything else does. Between the
-     * two: the best any engine does without guessing the next token. */
+    /* The prediction: the same with the data dependency of decoding: the next
+     * token's expert reads can start only once the head has picked that token,
+     * so the head's read (on its tier) does not overlap them; everything else
+     * does. Between the two above: the best any engine does without guessing
+     * the next token (tok_s is the bound with the next token known early). */
     double seconds_dependent, tok_s_dependent;
 } st_plan;
 
