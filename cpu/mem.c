@@ -334,9 +334,25 @@ static uint64_t cgroup_limit(const char *root, const char *dir, const char *file
     return ST_MIN(lim, read_limit(path));
 }
 
+/* STRATA_MEM_LIMIT=SIZE: pretend the machine has no more memory than that
+ * (tests of the defaults that follow from it); UINT64_MAX when unset. */
+static uint64_t pretend_limit(void) {
+    const char *v = getenv("STRATA_MEM_LIMIT");
+    uint64_t b;
+    if (!v || !*v) return UINT64_MAX;
+    if (st_parse_size(v, 0, "STRATA_MEM_LIMIT", &b) || !b) {
+        ST_WARN("STRATA_MEM_LIMIT='%s' is not a size: ignored", v);
+        st_error_clear();
+        return UINT64_MAX;
+    }
+    return b;
+}
+
 uint64_t st_mem_limit(void) {
     const long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     uint64_t lim = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+    const uint64_t pretend = pretend_limit();
+    if (pretend != UINT64_MAX && (!lim || pretend < lim)) lim = pretend;
     FILE *f = fopen("/proc/self/cgroup", "r");
     char line[512];
     while (f && fgets(line, sizeof line, f)) {
@@ -352,4 +368,22 @@ uint64_t st_mem_limit(void) {
     }
     if (f) fclose(f);
     return lim;
+}
+
+/* /proc/meminfo's MemAvailable (free memory plus what the kernel can reclaim
+ * without swapping, e.g. clean page cache); 0 when unreadable. */
+static uint64_t meminfo_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+    if (f) fclose(f);
+    return (uint64_t)kib * 1024;
+}
+
+uint64_t st_mem_available(void) {
+    const uint64_t lim = st_mem_limit(), avail = meminfo_available();
+    if (!avail) return lim;
+    return lim && lim < avail ? lim : avail;
 }

@@ -83,6 +83,10 @@ uint64_t st_mem_populate_cached(const void *p, uint64_t len);
  * holding it (v1 memory.limit_in_bytes or v2 memory.max, or an ancestor's) has
  * a lower limit. 0: unknown. */
 uint64_t st_mem_limit(void);
+/* Memory this process could fill now: the smaller of st_mem_limit() and the
+ * kernel's MemAvailable (free + reclaimable page cache). 0: unknown. Both obey
+ * STRATA_MEM_LIMIT=SIZE (pretend the machine has no more than SIZE: tests). */
+uint64_t st_mem_available(void);
 /* Drops this process's page-table entries for the whole pages inside
  * [p, p + len) of a file mapping (MADV_DONTNEED: the bytes stay readable, the
  * page cache keeps them, they no longer count in this process's RSS). Pages

@@ -21,6 +21,7 @@
 #include <pcre2.h>
 
 #include "base/base.h"
+#include "cpu/mem.h"
 #include "cpu/cpu.h"
 #include "engine/cli.h"
 #include "io/uring_probe.h"
@@ -109,6 +110,11 @@ static void add_numa(cJSON *root, hwloc_topology_t topo) {
     cJSON_AddNumberToObject(numa, "count", n > 0 ? n : 1);
     cJSON_AddNumberToObject(numa, "memory_bytes", (double)total);
     cJSON_AddBoolToObject(numa, "libnuma", numa_available() >= 0);
+    /* what runs default to: every weight in DRAM when it fits in 90% of this, else that 90% is the budget */
+    cJSON *mem = cJSON_AddObjectToObject(root, "memory");
+    cJSON_AddNumberToObject(mem, "limit_bytes", (double)st_mem_limit());
+    cJSON_AddNumberToObject(mem, "available_bytes", (double)st_mem_available());
+    cJSON_AddNumberToObject(mem, "default_dram_budget_bytes", (double)(st_mem_available() / 10 * 9));
 }
 
 static void add_huge_pages(cJSON *root) {
@@ -265,6 +271,13 @@ static void print_text(const cJSON *root) {
     cJSON_ArrayForEach(node, cJSON_GetObjectItem(numa, "nodes"))
         printf("             node %g: %s, PUs %s\n", num_of(node, "os_index"),
                st_fmt_size((uint64_t)num_of(node, "memory_bytes"), s1, sizeof s1), str_of(node, "cpus"));
+    const cJSON *mem = cJSON_GetObjectItem(root, "memory");
+    char m2[32], m3[32];
+    printf("memory:      %s available now of %s this process may use; runs keep every weight in DRAM when it fits\n"
+           "             in %s (90%%), else stream routed experts with that as --dram-budget (the default)\n",
+           st_fmt_size((uint64_t)num_of(mem, "available_bytes"), s1, sizeof s1),
+           st_fmt_size((uint64_t)num_of(mem, "limit_bytes"), m2, sizeof m2),
+           st_fmt_size((uint64_t)num_of(mem, "default_dram_budget_bytes"), m3, sizeof m3));
     const cJSON *hp = cJSON_GetObjectItem(root, "huge_pages"), *sz;
     printf("huge pages:  ");
     bool any = false;

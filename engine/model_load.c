@@ -339,24 +339,43 @@ static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
     uint64_t routed = st_model_routed_bytes(m), cache = o->expert_cache;
     if (!cache && !o->expert_slots) {
         const int nodes = o->numa == 0 && !getenv("STRATA_NUMA_MAPPED") ? thread_nodes(m) : 1;
-        if (!o->dram_budget) return nodes > 1 ? experts_on_their_nodes(m, ld, o, nodes, 0) : 0;
-        uint64_t pinned = pinned_bytes(m, &ld->cfg);
-        if (o->dram_budget >= pinned + routed) /* everything fits: no streaming */
-            return nodes > 1 ? experts_on_their_nodes(m, ld, o, nodes, o->dram_budget - pinned) : 0;
+        const uint64_t pinned = pinned_bytes(m, &ld->cfg);
         char a[32], b[32], c[32];
-        if (o->dram_budget <= pinned)
+        uint64_t budget = o->dram_budget;
+        /* no budget given: everything resident when it fits in 90% of the memory available now
+           (the rest for KV, activations and the system), else that 90% becomes the budget, so a
+           model larger than memory streams its experts instead of paging through the mapping */
+        const uint64_t avail = budget ? 0 : st_mem_available(), room = avail / 10 * 9;
+        const bool automatic = avail && pinned + routed > room;
+        if (automatic) {
+            if (pinned >= room)
+                return st_error(ST_ERR_BUDGET, "the weights that stay in DRAM (%s: attention, shared experts, "
+                                "embeddings, head, routers) do not fit in 90%% of the memory available (%s of %s); "
+                                "routed experts need more on top (%s in all)", st_fmt_size(pinned, a, sizeof a),
+                                st_fmt_size(room, b, sizeof b), st_fmt_size(avail, c, sizeof c),
+                                st_fmt_size(routed, (char[32]){0}, 32));
+            budget = room;
+            ST_WARN("the weights (%s) do not fit in 90%% of the memory available (%s): routed experts stream from "
+                    "the checkpoint through a DRAM budget of %s (--dram-budget SIZE sets it)",
+                    st_fmt_size(pinned + routed, a, sizeof a), st_fmt_size(avail, b, sizeof b),
+                    st_fmt_size(budget, c, sizeof c));
+        }
+        if (!budget) return nodes > 1 ? experts_on_their_nodes(m, ld, o, nodes, 0) : 0;
+        if (budget >= pinned + routed) /* everything fits: no streaming */
+            return nodes > 1 ? experts_on_their_nodes(m, ld, o, nodes, budget - pinned) : 0;
+        if (budget <= pinned)
             return st_error(ST_ERR_BUDGET, "DRAM budget %s is below the weights that stay in DRAM (%s: attention, shared "
                             "experts, embeddings, head, routers); routed experts need more on top (%s in all)",
-                            st_fmt_size(o->dram_budget, a, sizeof a), st_fmt_size(pinned, b, sizeof b),
+                            st_fmt_size(budget, a, sizeof a), st_fmt_size(pinned, b, sizeof b),
                             st_fmt_size(routed, c, sizeof c));
-        cache = o->dram_budget - pinned;
+        cache = budget - pinned;
         int rc = st_model_stream_attach(m, ld->ck, &ld->cfg, o, cache, &ld->stream);
         if (rc == ST_ERR_BUDGET) { /* say where the expert cache's bytes came from */
             char why[512];
             snprintf(why, sizeof why, "%s", st_last_error());
-            return st_error(rc, "DRAM budget %s leaves %s for routed experts after the weights that stay in DRAM (%s): %s",
-                            st_fmt_size(o->dram_budget, a, sizeof a), st_fmt_size(cache, c, sizeof c),
-                            st_fmt_size(pinned, b, sizeof b), why);
+            return st_error(rc, "DRAM budget %s%s leaves %s for routed experts after the weights that stay in DRAM (%s): %s",
+                            st_fmt_size(budget, a, sizeof a), automatic ? " (90% of the memory available)" : "",
+                            st_fmt_size(cache, c, sizeof c), st_fmt_size(pinned, b, sizeof b), why);
         }
         return rc;
     }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "base/base.h"
@@ -195,6 +196,51 @@ static void chat_session(void **state) {
     free(out);
 }
 
+/* Without --dram-budget, a model larger than 90% of the memory available streams its
+ * routed experts through that budget (same tokens), and one whose DRAM-resident part
+ * alone does not fit is refused with a message saying so. STRATA_MEM_LIMIT pretends
+ * the machine's memory is that small. */
+static void model_larger_than_memory_streams(void **state) {
+    (void)state;
+    char path[160];
+    snprintf(path, sizeof path, "%s/m", model_dir);
+    st_model *m = tu_load(path, NULL, 1);
+    const uint64_t routed = st_model_routed_bytes(m);
+    st_model_free(m);
+    snprintf(path, sizeof path, "%s/m/model.safetensors", model_dir);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    const uint64_t total = (uint64_t)st.st_size; /* every weight, and a small header */
+    assert_true(routed > 0 && routed < total);
+
+    cJSON *all = run_json("--ids 5,6,7,8 -n 6");
+    assert_null(cJSON_GetObjectItem(all, "experts")); /* everything resident */
+    /* 90% of the limit holds everything but about half of the routed experts */
+    char limit[32];
+    snprintf(limit, sizeof limit, "%llu", (unsigned long long)((total - routed / 2) / 9 * 10));
+    setenv("STRATA_MEM_LIMIT", limit, 1);
+    cJSON *streamed = run_json("--ids 5,6,7,8 -n 6");
+    unsetenv("STRATA_MEM_LIMIT");
+    cJSON *ex = cJSON_GetObjectItem(streamed, "experts");
+    assert_non_null(ex);
+    assert_true(cJSON_GetObjectItem(ex, "cache_bytes")->valuedouble < (double)routed);
+    assert_true(cJSON_GetObjectItem(ex, "bytes_read")->valuedouble > 0);
+    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(all, "generated"));
+    char *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(streamed, "generated"));
+    assert_string_equal(a, b);
+    free(a); free(b);
+    cJSON_Delete(all);
+    cJSON_Delete(streamed);
+
+    /* the DRAM-resident weights alone do not fit: a clear refusal, nothing run */
+    char cmd[512], *out;
+    snprintf(cmd, sizeof cmd, "STRATA_MEM_LIMIT=%llu %s run --model %s/m --ids 5,6 -n 2 --threads 1 2>&1",
+             (unsigned long long)((total - routed) / 2), bin, model_dir);
+    assert_int_not_equal(tu_run(cmd, &out), 0);
+    if (!strstr(out, "do not fit in 90% of the memory available")) fail_msg("unexpected: %s", out);
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(text_prompt_generates_text),
@@ -203,6 +249,7 @@ int main(void) {
         cmocka_unit_test(option_value_errors),
         cmocka_unit_test(logits_json_shape),
         cmocka_unit_test(chat_session),
+        cmocka_unit_test(model_larger_than_memory_streams),
     };
     return cmocka_run_group_tests_name("cli_run", tests, setup, teardown);
 }
