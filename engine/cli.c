@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "engine/model.h"
+#include "offload/policy.h"
 
 bool cli_wants_help(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
@@ -75,4 +77,46 @@ int64_t cli_text_vocab(const char *cmd, int64_t model_vocab, const struct st_tok
     ST_WARN("%s: the model's vocabulary (%lld ids) is larger than its tokenizer's (%lld): the ids above "
             "have no text and are never sampled", cmd, (long long)model_vocab, (long long)n);
     return n;
+}
+
+const char cli_tier_help[] =
+    "  --dram-budget SIZE   DRAM the weights may hold (e.g. 40G, a percentage is refused): what stays after\n"
+    "                       the attention/shared/embedding weights caches routed experts, the rest\n"
+    "                       streams from the checkpoint with O_DIRECT (default: no limit when every weight\n"
+    "                       fits in 90% of the memory available, else that 90%: see strata info)\n"
+    "  --expert-cache SIZE  DRAM for the routed-expert cache itself (instead of --dram-budget)\n"
+    "  --numa auto|off|N    expert cache and threads: auto (default) every NUMA node, each node's experts\n"
+    "                       in its memory and computed by its threads; off: no binding; N: all on node N\n"
+    "  --prefetch on|off    predict the next layer's experts from the router (default on)\n"
+    "  --cache-policy P     lru (default), lfu or lfru\n"
+    "  --io-depth N         reads in flight (default 32)\n";
+
+int cli_tier_option(const char *cmd, const char *o, const char *v, st_model_opts *opts) {
+    const bool ours = !strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--numa") ||
+                      !strcmp(o, "--prefetch") || !strcmp(o, "--cache-policy") || !strcmp(o, "--io-depth");
+    if (!ours) return 0;
+    if (!v) { fprintf(stderr, "strata %s: %s needs a value\n", cmd, o); return -1; }
+    if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache")) {
+        uint64_t bytes;
+        if (st_parse_size(v, 0, o, &bytes)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return -1; }
+        *(!strcmp(o, "--dram-budget") ? &opts->dram_budget : &opts->expert_cache) = bytes;
+    } else if (!strcmp(o, "--numa")) {
+        if (!cli_numa(cmd, v, &opts->numa)) return -1;
+    } else if (!strcmp(o, "--prefetch")) {
+        if (strcmp(v, "on") && strcmp(v, "off")) { fprintf(stderr, "strata %s: --prefetch on|off, not '%s'\n", cmd, v); return -1; }
+        opts->no_prefetch = !strcmp(v, "off");
+    } else if (!strcmp(o, "--cache-policy")) {
+        st_policy_kind k;
+        if (st_policy_parse(v, &k) || k == ST_POLICY_BELADY || k == ST_POLICY_HOTSET) {
+            st_error_clear();
+            fprintf(stderr, "strata %s: --cache-policy must be lru, lfu or lfru, not '%s'\n", cmd, v);
+            return -1;
+        }
+        opts->cache_policy = (int)k;
+    } else {
+        long long x;
+        if (!cli_int(cmd, o, v, 1, 4096, &x)) return -1;
+        opts->io_depth = (int)x;
+    }
+    return 1;
 }

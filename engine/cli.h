@@ -44,6 +44,14 @@ bool cli_kv_size(const char *cmd, const char *opt, const char *v, uint64_t *out)
 bool cli_numa(const char *cmd, const char *v, int *numa);
 /* --numerics official|reference; else prints why and returns false. */
 bool cli_numerics(const char *cmd, const char *v, st_numerics *numerics);
+struct st_model_opts;
+/* The tier options of every command that runs a model (run, logits, chat, batch):
+ * --dram-budget, --expert-cache, --numa, --prefetch, --cache-policy, --io-depth,
+ * into opts. 1: o is one of them and its value v was taken; 0: o is not one of
+ * them; -1: a missing or bad value (said on stderr: the caller returns 2). */
+int cli_tier_option(const char *cmd, const char *o, const char *v, struct st_model_opts *opts);
+/* Their --help lines (22-column option field, as the commands' own). */
+extern const char cli_tier_help[];
 struct st_tokenizer;
 /* The ids a command that writes text may sample: the model's vocabulary, or
  * the tokenizer's when that is smaller (a config whose vocab_size exceeds it:

@@ -415,7 +415,8 @@ int cmd_batch(int argc, char **argv) {
         printf("usage: strata batch --model DIR --in prompts.jsonl --out results.jsonl [-n MAX] [--max-batch B]\n"
                "                    [--threads N] [--numerics official|reference] [--dram-budget SIZE]\n"
                "                    [--expert-cache SIZE] [--numa auto|off|N] [--kv-budget SIZE [--kv-page SIZE]\n"
-               "                    [--kv-spill DIR [--kv-dram SIZE]]] [--quiet]\n\n"
+               "                    [--kv-spill DIR [--kv-dram SIZE]]] [--prefetch on|off] [--cache-policy P]\n"
+               "                    [--io-depth N] [--quiet]\n\n"
                "Each input line: {\"id\": ..., \"prompt\": \"...\" | \"messages\": [...], \"max_tokens\": N,\n"
                "                  \"temperature\": T, \"top_p\": P, \"seed\": S}\n"
                "Each output line: {\"id\", \"key\", \"text\", \"prompt_tokens\", \"completion_tokens\",\n"
@@ -426,14 +427,11 @@ int cmd_batch(int argc, char **argv) {
                "  --max-batch B      requests decoded together, one token each per step (default 8;\n"
                "                     1: one at a time). The text of every request is the same for\n"
                "                     any B; results are written in the order they finish\n"
-               "  --dram-budget SIZE DRAM the weights may hold; routed experts beyond it stream from disk\n"
-               "  --expert-cache SIZE DRAM for the routed-expert cache itself (instead of --dram-budget)\n"
-               "  --numa auto|off|N  expert cache per NUMA node, computed on its threads (auto), no binding,\n"
-               "                     or everything on node N\n"
                "  --kv-budget SIZE   KV tiering, per sequence (B of them): CSA cache entries beyond SIZE\n"
                "                     page out to DRAM, or with --kv-spill DIR to a file in DIR\n"
                "  --kv-page SIZE     KV page size (multiple of 4 KiB; default 64K)\n"
-               "  --kv-dram SIZE     with --kv-spill: DRAM for pages before they go to the file\n");
+               "  --kv-dram SIZE     with --kv-spill: DRAM for pages before they go to the file\n"
+               "%s", cli_tier_help);
         return 0;
     }
     const char *model = NULL, *in = NULL, *outp = NULL;
@@ -457,17 +455,12 @@ int cmd_batch(int argc, char **argv) {
             b.max_batch = (int)n;
         } else if (!strcmp(o, "--numerics")) {
             if (!cli_numerics("batch", v, &opts.numerics)) return 2;
-        } else if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache")) {
-            uint64_t bytes;
-            if (st_parse_size(v, 0, o, &bytes)) { fprintf(stderr, "strata batch: %s\n", st_last_error()); return 2; }
-            *(!strcmp(o, "--dram-budget") ? &opts.dram_budget : &opts.expert_cache) = bytes;
         } else if (!strcmp(o, "--kv-budget") || !strcmp(o, "--kv-page") || !strcmp(o, "--kv-dram")) {
             if (!cli_kv_size("batch", o, v, !strcmp(o, "--kv-budget") ? &b.kv_budget : !strcmp(o, "--kv-page") ? &b.kv_page : &b.kv_dram))
                 return 2;
         } else if (!strcmp(o, "--kv-spill")) b.kv_spill = v;
-        else if (!strcmp(o, "--numa")) {
-            if (!cli_numa("batch", v, &opts.numa)) return 2;
-        } else { fprintf(stderr, "strata batch: unknown option '%s' (strata batch --help)\n", o); return 2; }
+        else if ((x = cli_tier_option("batch", o, v, &opts)) < 0) return 2;
+        else if (!x) { fprintf(stderr, "strata batch: unknown option '%s' (strata batch --help)\n", o); return 2; }
         i++;
     }
     if (!model || !in || !outp) { fprintf(stderr, "strata batch: --model, --in and --out are required\n"); return 2; }

@@ -159,17 +159,20 @@ int cmd_chat(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
         printf("usage: strata chat --model DIR [--think off|on|max] [-n MAX] [--temp T] [--top-p P] [--seed S]\n"
                "                  [--numerics official|reference] [--threads N]\n"
-               "                  [--kv-budget SIZE [--kv-spill DIR [--kv-dram SIZE]] [--kv-page SIZE]]\n\n"
+               "                  [--kv-budget SIZE [--kv-spill DIR [--kv-dram SIZE]] [--kv-page SIZE]]\n"
+               "                  [--dram-budget SIZE] [--expert-cache SIZE] [--numa auto|off|N] [--prefetch on|off]\n"
+               "                  [--cache-policy P] [--io-depth N]\n\n"
                "  -n MAX              tokens per answer at most (default 512)\n"
                "  --temp T, --top-p P sampling (default 0.6 and 0.95); --seed S (default: the clock)\n"
                "  --kv-budget SIZE    KV tiering: fast memory for CSA compressed entries (the rest spills\n"
                "                      to DRAM, or to a file in --kv-spill DIR; --kv-dram SIZE keeps that\n"
-               "                      much in DRAM first); --kv-page SIZE: page size (default 64K)\n\n"
+               "                      much in DRAM first); --kv-page SIZE: page size (default 64K)\n"
+               "%s\n"
                "Interactive chat with line editing and history. Commands:\n"
                "  /think on|off|max   thinking mode of the chat template\n"
                "  /reset              forget the conversation\n"
                "  /stats              speed of the last answer and context size\n"
-               "  /quit               leave (or Ctrl-D); Ctrl-C stops the current answer\n");
+               "  /quit               leave (or Ctrl-D); Ctrl-C stops the current answer\n", cli_tier_help);
         return 0;
     }
     chat c = {.max_tokens = 512, .think = ST_THINK_OFF};
@@ -181,6 +184,9 @@ int cmd_chat(int argc, char **argv) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long long x;
         if (!v) { fprintf(stderr, "strata chat: '%s' needs a value (strata chat --help)\n", o); return 2; }
+        const int tier = cli_tier_option("chat", o, v, &opts);
+        if (tier < 0) return 2;
+        if (tier) { i++; continue; }
         if (!strcmp(o, "--model")) model = v;
         else if (!strcmp(o, "--think")) {
             if (st_think_mode_parse(v, &c.think)) { fprintf(stderr, "strata chat: --think must be off, on or max, not '%s'\n", v); return 2; }

@@ -196,6 +196,27 @@ static void chat_session(void **state) {
     free(out);
 }
 
+/* chat takes the tier options of run: streaming experts through a small cache, with
+ * prefetch off and another policy, answers exactly as everything resident; bad values
+ * are usage errors */
+static void chat_tier_options(void **state) {
+    (void)state;
+    char cmd[1024], *resident, *streamed, *out;
+    const char *base = "printf 'Hello\\nAnd then?\\n' | %s chat --model %s/m -n 6 --temp 0 --threads 1 %s";
+    snprintf(cmd, sizeof cmd, base, bin, model_dir, "");
+    assert_int_equal(tu_run(cmd, &resident), 0);
+    snprintf(cmd, sizeof cmd, base, bin, model_dir, "--expert-cache 40K --prefetch off --cache-policy lfu --io-depth 4");
+    assert_int_equal(tu_run(cmd, &streamed), 0);
+    assert_true(strlen(resident) > 0);
+    assert_string_equal(resident, streamed);
+    free(resident);
+    free(streamed);
+    snprintf(cmd, sizeof cmd, "%s chat --model %s/m --cache-policy belady </dev/null 2>&1", bin, model_dir);
+    assert_int_equal(tu_run(cmd, &out), 2);
+    assert_non_null(strstr(out, "--cache-policy must be lru, lfu or lfru"));
+    free(out);
+}
+
 /* Without --dram-budget, a model larger than 90% of the memory available streams its
  * routed experts through that budget (same tokens), and one whose DRAM-resident part
  * alone does not fit is refused with a message saying so. STRATA_MEM_LIMIT pretends
@@ -249,6 +270,7 @@ int main(void) {
         cmocka_unit_test(option_value_errors),
         cmocka_unit_test(logits_json_shape),
         cmocka_unit_test(chat_session),
+        cmocka_unit_test(chat_tier_options),
         cmocka_unit_test(model_larger_than_memory_streams),
     };
     return cmocka_run_group_tests_name("cli_run", tests, setup, teardown);
