@@ -15,6 +15,7 @@
 #include "base/base.h"
 #include "engine/chat_template.h"
 #include "engine/cli.h"
+#include "engine/model_stream.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
@@ -33,6 +34,7 @@ typedef struct chat {
     int64_t n_held, cap_held;
     int max_tokens;
     double last_prefill_s, last_decode_s;
+    double busy_s; /* prefill + decode time of the whole session (the tiers' stall share) */
     int64_t last_prefill_n, last_decode_n, total_tokens;
 } chat;
 
@@ -62,6 +64,7 @@ static int sync_prompt(chat *c, const int32_t *ids, int64_t n, float *logits) {
     double t0 = st_time_s();
     int rc = st_seq_forward(c->s, ids + common, n - common, logits, false);
     c->last_prefill_s = st_time_s() - t0;
+    c->busy_s += c->last_prefill_s;
     c->last_prefill_n = n - common;
     return rc ? rc : hold(c, ids + common, n - common);
 }
@@ -97,6 +100,7 @@ static int answer(chat *c, const char *user) {
     }
     sigaction(SIGINT, &old, NULL);
     c->last_decode_s = st_time_s() - t0;
+    c->busy_s += c->last_decode_s;
     c->last_decode_n = (int64_t)out.len;
     c->total_tokens += (int64_t)out.len;
     if (ds_ok) {
@@ -129,6 +133,9 @@ static void print_stats(const chat *c) {
            (long long)c->last_prefill_n, c->last_prefill_s > 0 ? (double)c->last_prefill_n / c->last_prefill_s : 0,
            (long long)c->last_decode_n, c->last_decode_s > 0 ? (double)c->last_decode_n / c->last_decode_s : 0,
            (long long)c->n_held, c->think == ST_THINK_OFF ? "off" : c->think == ST_THINK_ON ? "on" : "max");
+    char tiers[400];
+    st_model_offload_summary(c->m, c->busy_s, tiers, sizeof tiers);
+    printf("[tiers since the start: %s]\n", tiers);
 }
 
 /* One line from the user: readline on a terminal, fgets otherwise. NULL at EOF. */

@@ -211,6 +211,12 @@ static void chat_tier_options(void **state) {
     assert_string_equal(resident, streamed);
     free(resident);
     free(streamed);
+    /* /stats shows the stream's numbers (so the run above did stream) */
+    snprintf(cmd, sizeof cmd, "printf 'Hello\\n/stats\\n' | %s chat --model %s/m -n 2 --threads 1 --expert-cache 40K",
+             bin, model_dir);
+    assert_int_equal(tu_run(cmd, &out), 0);
+    if (!strstr(out, "[tiers since the start: experts: DRAM ")) fail_msg("no stream numbers in /stats: %s", out);
+    free(out);
     snprintf(cmd, sizeof cmd, "%s chat --model %s/m --cache-policy belady </dev/null 2>&1", bin, model_dir);
     assert_int_equal(tu_run(cmd, &out), 2);
     assert_non_null(strstr(out, "--cache-policy must be lru, lfu or lfru"));
