@@ -9,6 +9,7 @@
 
 #include "base/base.h"
 #include "cpu/cpu.h"
+#include "cpu/expf.h"
 #include "cpu/matmul_internal.h"
 
 static int check_expert(const st_expert_w *e) {
@@ -38,7 +39,7 @@ static void swiglu(float *g, const float *u, int64_t n, int64_t inter, int64_t k
                 a = a > limit ? limit : a;
                 b = b > limit ? limit : b < -limit ? -limit : b;
             }
-            float h = a / (1.0f + expf(-a)) * b;
+            float h = a / (1.0f + st_expf(-a)) * b;
             g[i * inter + k] = coef ? h * c : h;
         }
     }

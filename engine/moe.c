@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "cpu/expf.h"
 #include "cpu/quant.h"
 #include "engine/attention.h"
 
@@ -88,7 +89,7 @@ static int expert_apply(st_pool *pool, const st_expert_w *e, const float *x, int
                 if (c > limit) c = limit;
                 if (c < -limit) c = -limit;
             }
-            float h = a / (1.0f + expf(-a)) * c;
+            float h = a / (1.0f + st_expf(-a)) * c;
             if (coef) h *= coef[i];
             g[i * inter + k] = h;
         }
