@@ -113,6 +113,13 @@ int st_experts_ffn(st_pool *pool, const st_expert_w *const *e, int ne, const flo
 
 /* ---- elementwise and small ops ---------------------------------------------- */
 
+/* Hidden units [k0, k1) of n tokens, in place in g (n, inter):
+ * g = silu(min(g, limit)) * clamp(u, -limit, limit), times coef[i] (coef may be
+ * NULL); limit <= 0: no clamp. silu(a) = a / (1 + st_expf(-a)) (cpu/expf.h): the
+ * same bits on every ISA and on the GPU. */
+void st_swiglu(float *g, const float *u, int64_t n, int64_t inter, int64_t k0, int64_t k1, const float *coef,
+               float limit);
+
 /* y = x * rsqrt(mean(x^2) + eps) * w (w may be NULL: no weight). In place allowed. */
 void st_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y);
 void st_rmsnorm_bf16w(const float *x, const uint16_t *w, int64_t n, float eps, float *y);

@@ -1,7 +1,8 @@
 /* Routed/shared expert FFN: y += coef * w2(silu(min(w1 x, limit)) * clamp(w3 x)),
  * for a batch of tokens, on the matrix kernels of cpu/matmul.c. The SwiGLU and
- * the coefficient are computed here in F32 per hidden unit, so results are the
- * same for any thread count (and equal to three st_matmul calls). */
+ * the coefficient (st_swiglu, cpu/swiglu.c) are computed in F32 per hidden
+ * unit, so results are the same for any thread count (and equal to three
+ * st_matmul calls). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -9,7 +10,6 @@
 
 #include "base/base.h"
 #include "cpu/cpu.h"
-#include "cpu/expf.h"
 #include "cpu/matmul_internal.h"
 
 static int check_expert(const st_expert_w *e) {
@@ -25,24 +25,6 @@ static int check_expert(const st_expert_w *e) {
                         (long long)e->w1.rows, (long long)e->w1.cols, (long long)e->w3.rows, (long long)e->w3.cols,
                         (long long)e->w2.rows, (long long)e->w2.cols);
     return 0;
-}
-
-/* h = silu(min(g, limit)) * clamp(u, -limit, limit) * coef for hidden units
- * [k0, k1) of every token, in place in g. g, u (n, inter). */
-static void swiglu(float *g, const float *u, int64_t n, int64_t inter, int64_t k0, int64_t k1, const float *coef,
-                   float limit) {
-    for (int64_t i = 0; i < n; i++) {
-        float c = coef ? coef[i] : 1.0f;
-        for (int64_t k = k0; k < k1; k++) {
-            float a = g[i * inter + k], b = u[i * inter + k];
-            if (limit > 0) {
-                a = a > limit ? limit : a;
-                b = b > limit ? limit : b < -limit ? -limit : b;
-            }
-            float h = a / (1.0f + st_expf(-a)) * b;
-            g[i * inter + k] = coef ? h * c : h;
-        }
-    }
 }
 
 /* One pool run per half: each thread computes its hidden units' rows of w1 and
@@ -62,7 +44,7 @@ static void up_task(void *c, int ith, int nth) {
     st_split(inter, ith, nth, ST_MM_ROW_ALIGN, &lo, &hi);
     if (lo >= hi) return;
     if (st_mm_job_rows(&f->j1, lo, hi) || st_mm_job_rows(&f->j3, lo, hi)) { atomic_store(&f->failed, 1); return; }
-    swiglu(f->j1.y, f->j3.y, f->j1.n, inter, lo, hi, f->coef, f->limit);
+    st_swiglu(f->j1.y, f->j3.y, f->j1.n, inter, lo, hi, f->coef, f->limit);
 }
 
 static void down_task(void *c, int ith, int nth) {
@@ -131,7 +113,7 @@ static void multi_up_task(void *c, int ith, int nth) {
     if (lo >= hi) return;
     for (int k = 0; k < m->ne; k++) {
         if (st_mm_job_rows(&m->up1[k], lo, hi) || st_mm_job_rows(&m->up3[k], lo, hi)) { atomic_store(&m->failed, 1); return; }
-        swiglu(m->up1[k].y, m->up3[k].y, m->up1[k].n, inter, lo, hi, m->coef ? m->coef + k * m->up1[k].n : NULL, m->limit);
+        st_swiglu(m->up1[k].y, m->up3[k].y, m->up1[k].n, inter, lo, hi, m->coef ? m->coef + k * m->up1[k].n : NULL, m->limit);
     }
 }
 
