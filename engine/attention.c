@@ -200,7 +200,7 @@ typedef struct chunk_attn {
     const void **cand;       /* (nth, max_cand) */
     float *scratch;          /* (nth, max_cand * n_heads) */
     const void **paged;      /* (topk) */
-    unsigned char *gathered; /* (topk, entry_bytes): the top-k copied in rounds when the budget cannot pin it at once */
+    unsigned char *gathered; /* (topk, entry_bytes): the top-k copied when the budget cannot pin it at once */
     float *tile;             /* (nth, tile_len): packed rows decoded a chunk at a time */
     int64_t tile_len;
     const float *hca;        /* (n_entries, head_dim): packed HCA entries decoded once (prefill), or NULL */
@@ -319,30 +319,18 @@ static int prefetch_existing(st_comp_state *cs, const int32_t *sel, int64_t n) {
 }
 
 /* The token's top-k entries when the KV fast budget cannot pin all their pages
- * at once: fetched in rounds (halving until a round fits; one page at the
- * least), each round's entries copied into `gathered` and its pins released.
- * Same bytes, so the same results, only slower: warned about once. */
-static int gather_in_rounds(st_comp_state *cs, const int32_t *sel, int64_t n, unsigned char *gathered, const void **ptrs) {
+ * at once: copied into `gathered` by the store a few pages at a time (it works
+ * at the least budget), ptrs pointed at the copies. Same bytes, so the same
+ * results, only slower: warned about once. */
+static int gather_copies(st_comp_state *cs, const int32_t *sel, int64_t n, unsigned char *gathered, const void **ptrs) {
     static atomic_flag warned = ATOMIC_FLAG_INIT;
     if (!atomic_flag_test_and_set(&warned))
-        ST_WARN("%s; the top-k entries are fetched in rounds instead (slower: raise --kv-budget)", st_last_error());
+        ST_WARN("%s; the top-k entries are copied a few pages at a time instead (slower: raise --kv-budget)", st_last_error());
     st_error_clear();
     const size_t eb = cs->entry_bytes;
-    for (int64_t i0 = 0, m = n; i0 < n; i0 += m) {
-        m = ST_MIN(m, n - i0);
-        int rc;
-        while ((rc = st_kv_pages_get(cs->pages, cs->stream, sel + i0, m, ptrs + i0)) == ST_ERR_BUDGET && m > 1) {
-            st_error_clear();
-            m = (m + 1) / 2;
-        }
-        if (rc) return rc;
-        for (int64_t i = i0; i < i0 + m; i++) {
-            memcpy(gathered + (size_t)i * eb, ptrs[i], eb);
-            ptrs[i] = gathered + (size_t)i * eb;
-        }
-        st_kv_pages_release(cs->pages, cs->stream);
-    }
-    return 0;
+    int rc = st_kv_pages_gather(cs->pages, cs->stream, sel, n, gathered, eb);
+    for (int64_t i = 0; i < n && !rc; i++) ptrs[i] = gathered + (size_t)i * eb;
+    return rc;
 }
 
 /* One token at a time, heads over the threads (decode, or paged CSA entries:
@@ -356,7 +344,7 @@ static int attn_sequential(st_pool *pool, chunk_attn *c) {
         if (c->w->kind == ST_LAYER_CSA && cs->pages) {
             const int32_t *sel = c->sel + t * c->w->idx.topk;
             int rc = st_kv_pages_get(cs->pages, cs->stream, sel, c->n_sel[t], c->paged);
-            if (rc == ST_ERR_BUDGET && c->n_sel[t] > 1) rc = gather_in_rounds(cs, sel, c->n_sel[t], c->gathered, c->paged);
+            if (rc == ST_ERR_BUDGET) rc = gather_copies(cs, sel, c->n_sel[t], c->gathered, c->paged);
             if (rc) return rc;
             for (int64_t i = 0; i < c->n_sel[t]; i++) c->cand[nc++] = c->paged[i];
             if (!cs->packed) n_f32 = nc;
@@ -396,7 +384,7 @@ typedef struct attn_bufs {
     float *split_tmp;
     const void **cand;
     const void **paged; /* (topk) entry pointers from kv_pages */
-    unsigned char *gathered; /* (topk, entry_bytes) see gather_in_rounds */
+    unsigned char *gathered; /* (topk, entry_bytes) see gather_copies */
 } attn_bufs;
 
 /* Work buffers come from a per-thread arena of blocks that decode calls

@@ -72,6 +72,7 @@ void st_kv_pages_free(st_kv_pages *kv) {
     free(kv->comps);
     free(kv->reqs);
     free(kv->scratch);
+    free(kv->gather_keys);
     free(kv->spill_dir);
     free(kv->faults);
     free(kv);
@@ -100,23 +101,23 @@ int st_kv_pages_add_stream(st_kv_pages *kv, size_t entry_bytes, bool resident, c
     return 0;
 }
 
-static kv_stream *stream_of(const st_kv_pages *kv, int stream) {
+kv_stream *kv_stream_of(const st_kv_pages *kv, int stream) {
     return kv && stream >= 0 && stream < kv->n_streams ? &kv->streams[stream] : NULL;
 }
-static int bad_stream(const st_kv_pages *kv, int stream) {
+int kv_bad_stream(const st_kv_pages *kv, int stream) {
     return st_error(ST_ERR_INVALID, "kv pages: no stream %d (the store has %d)", stream, kv ? kv->n_streams : 0);
 }
 
 int64_t st_kv_pages_count(const st_kv_pages *kv, int stream) {
-    kv_stream *s = stream_of(kv, stream);
+    kv_stream *s = kv_stream_of(kv, stream);
     return s ? s->count : 0;
 }
 int64_t st_kv_pages_page_entries(const st_kv_pages *kv, int stream) {
-    kv_stream *s = stream_of(kv, stream);
+    kv_stream *s = kv_stream_of(kv, stream);
     return s ? s->per_page : 0;
 }
 size_t st_kv_pages_entry_bytes(const st_kv_pages *kv, int stream) {
-    kv_stream *s = stream_of(kv, stream);
+    kv_stream *s = kv_stream_of(kv, stream);
     return s ? s->entry_bytes : 0;
 }
 const char *st_kv_pages_spill_path(const st_kv_pages *kv) { return kv->spill_path; }
@@ -124,14 +125,14 @@ struct st_io *st_kv_pages_io(st_kv_pages *kv) { return kv->io; }
 
 /* ---- pins ------------------------------------------------------------------------------ */
 
-static void pin(st_kv_pages *kv, kv_stream *s, uint64_t h) {
+void kv_pin(st_kv_pages *kv, kv_stream *s, uint64_t h) {
     ST_ASSERT(s->n_pinned < s->cap_pinned);
     s->pinned[s->n_pinned++] = h;
     kv_page_at(kv, h)->pins++;
     kv_lru_remove(kv, h);
 }
 
-static void unpin_to(st_kv_pages *kv, kv_stream *s, int64_t keep) {
+void kv_unpin_to(st_kv_pages *kv, kv_stream *s, int64_t keep) {
     while (s->n_pinned > keep) {
         uint64_t h = s->pinned[--s->n_pinned];
         kv_page *p = kv_page_at(kv, h);
@@ -141,11 +142,11 @@ static void unpin_to(st_kv_pages *kv, kv_stream *s, int64_t keep) {
 }
 
 void st_kv_pages_release(st_kv_pages *kv, int stream) {
-    kv_stream *s = stream_of(kv, stream);
-    if (s) unpin_to(kv, s, 0);
+    kv_stream *s = kv_stream_of(kv, stream);
+    if (s) kv_unpin_to(kv, s, 0);
 }
 
-static int read_failed(st_kv_pages *kv, uint64_t h) {
+int kv_read_failed(st_kv_pages *kv, uint64_t h) {
     kv_stream *s = &kv->streams[kv_handle_stream(h)];
     if (kv->err_handle == h)
         return st_error(kv->err_status, "kv pages: stream '%s' page %lld: %s", s->name, (long long)kv_handle_page(h),
@@ -198,7 +199,7 @@ static int bring(st_kv_pages *kv, kv_stream *s, const uint64_t *hs, int64_t n) {
     int rc = kv_grow((void **)&s->pinned, &s->cap_pinned, keep + n, sizeof *s->pinned);
     if (rc) return rc;
     for (int64_t i = 0; i < n; i++)
-        if (kv_page_at(kv, hs[i])->fast) { pin(kv, s, hs[i]); kv->st.hits++; }
+        if (kv_page_at(kv, hs[i])->fast) { kv_pin(kv, s, hs[i]); kv->st.hits++; }
     for (int64_t i = 0; i < n && !rc; i++) {
         kv_page *p = kv_page_at(kv, hs[i]);
         if (p->fast) continue;
@@ -213,7 +214,7 @@ static int bring(st_kv_pages *kv, kv_stream *s, const uint64_t *hs, int64_t n) {
             p->fast = NULL;
             break;
         }
-        pin(kv, s, hs[i]);
+        kv_pin(kv, s, hs[i]);
     }
     int src = kv_submit_reads(kv); /* every read is queued before the first wait */
     if (!rc) rc = src;
@@ -222,8 +223,8 @@ static int bring(st_kv_pages *kv, kv_stream *s, const uint64_t *hs, int64_t n) {
     uint64_t failed = KV_NONE; /* report the page whose error message was kept, else the first that failed */
     for (int64_t i = 0; i < n && !rc && failed != kv->err_handle; i++)
         if (!kv_page_at(kv, hs[i])->fast && (failed == KV_NONE || hs[i] == kv->err_handle)) failed = hs[i];
-    if (!rc && failed != KV_NONE) rc = read_failed(kv, failed);
-    if (rc) unpin_to(kv, s, keep);
+    if (!rc && failed != KV_NONE) rc = kv_read_failed(kv, failed);
+    if (rc) kv_unpin_to(kv, s, keep);
     return rc;
 }
 
@@ -246,8 +247,8 @@ static int collect(st_kv_pages *kv, int si, const int32_t *idx, int64_t n, int64
 }
 
 int st_kv_pages_prefetch(st_kv_pages *kv, int stream, const int32_t *idx, int64_t n) {
-    kv_stream *s = stream_of(kv, stream);
-    if (!s) return bad_stream(kv, stream);
+    kv_stream *s = kv_stream_of(kv, stream);
+    if (!s) return kv_bad_stream(kv, stream);
     if (n < 0 || (n && !idx)) return st_error(ST_ERR_INVALID, "kv pages: prefetch needs n >= 0 indices");
     int64_t m;
     int rc = collect(kv, stream, idx, n, &m);
@@ -278,9 +279,9 @@ static int measure_overlap(st_kv_pages *kv, kv_stream *s, const int32_t *idx, in
 }
 
 int st_kv_pages_get(st_kv_pages *kv, int stream, const int32_t *idx, int64_t n, const void **ptrs) {
-    kv_stream *s = stream_of(kv, stream);
-    if (!s) return bad_stream(kv, stream);
-    unpin_to(kv, s, 0);
+    kv_stream *s = kv_stream_of(kv, stream);
+    if (!s) return kv_bad_stream(kv, stream);
+    kv_unpin_to(kv, s, 0);
     if (n < 0 || (n && (!idx || !ptrs))) return st_error(ST_ERR_INVALID, "kv pages: get needs n >= 0 indices and room for pointers");
     int64_t m;
     int rc = collect(kv, stream, idx, n, &m);
@@ -306,8 +307,8 @@ int st_kv_pages_get(st_kv_pages *kv, int stream, const int32_t *idx, int64_t n, 
 }
 
 int st_kv_pages_span(st_kv_pages *kv, int stream, int64_t first, const void **ptr, int64_t *n) {
-    kv_stream *s = stream_of(kv, stream);
-    if (!s) return bad_stream(kv, stream);
+    kv_stream *s = kv_stream_of(kv, stream);
+    if (!s) return kv_bad_stream(kv, stream);
     if (!ptr || !n) return st_error(ST_ERR_INVALID, "kv pages: span needs room for the pointer and count");
     if (first < 0 || first >= s->count)
         return st_error(ST_ERR_INVALID, "kv pages: stream '%s': span at %lld is out of range (%lld entries)", s->name,
@@ -356,7 +357,7 @@ static int tail_home_fast(st_kv_pages *kv, int si) {
             kv->st.fetched_dram++;
         } else {
             if ((rc = kv_read_sync(kv, h))) return rc;
-            if (!p->fast) return read_failed(kv, h);
+            if (!p->fast) return kv_read_failed(kv, h);
         }
     }
     kv_lru_remove(kv, h);
@@ -370,14 +371,14 @@ static int tail_home_fast(st_kv_pages *kv, int si) {
 }
 
 int st_kv_pages_truncate(st_kv_pages *kv, int stream, int64_t n) {
-    kv_stream *s = stream_of(kv, stream);
-    if (!s) return bad_stream(kv, stream);
+    kv_stream *s = kv_stream_of(kv, stream);
+    if (!s) return kv_bad_stream(kv, stream);
     if (n < 0 || n > s->count)
         return st_error(ST_ERR_INVALID, "kv pages: stream '%s': cannot truncate to %lld entries (it has %lld)", s->name,
                         (long long)n, (long long)s->count);
     int rc = kv->io ? kv_wait(kv, KV_NONE) : 0; /* no read may land in a frame given away below */
     if (rc) return rc;
-    unpin_to(kv, s, 0);
+    kv_unpin_to(kv, s, 0);
     const int64_t keep = ST_DIV_UP(n, s->per_page);
     for (int64_t i = keep; i < s->n_pages; i++) kv_page_drop_all(kv, kv_handle(stream, i));
     s->n_pages = keep;
@@ -420,8 +421,8 @@ static int append_some(st_kv_pages *kv, int si, const uint8_t *src, int64_t n) {
 }
 
 int st_kv_pages_append(st_kv_pages *kv, int stream, const void *entries, int64_t n, int64_t *first) {
-    kv_stream *s = stream_of(kv, stream);
-    if (!s) return bad_stream(kv, stream);
+    kv_stream *s = kv_stream_of(kv, stream);
+    if (!s) return kv_bad_stream(kv, stream);
     if (n < 0 || (n && !entries)) return st_error(ST_ERR_INVALID, "kv pages: stream '%s': append needs n >= 0 entries", s->name);
     if (s->count + n > INT32_MAX)
         return st_error(ST_ERR_INVALID, "kv pages: stream '%s': %lld + %lld entries exceed the 2^31 - 1 a stream holds", s->name,

@@ -113,6 +113,9 @@ typedef struct st_kv_pages_stats {
     uint64_t get_missing_repeat; /* ... and named by the previous get (what read-ahead could have fetched) */
     uint64_t get_entries;      /* with STRATA_KV_STATS set: entries the gets named */
     uint64_t get_entry_repeat; /* ... of them, named by the previous get on the same stream too */
+    uint64_t gathers;          /* st_kv_pages_gather calls */
+    uint64_t gather_pages;     /* distinct pages those calls named */
+    uint64_t gather_batches;   /* groups of missing pages they fetched (pinned together) */
     uint64_t io_errors;
 } st_kv_pages_stats;
 
@@ -127,10 +130,10 @@ void st_kv_pages_free(st_kv_pages *kv);
  * appears in messages ("layer 3 csa"). resident: never leaves the fast tier.
  * *stream is its number (0, 1, ... in order of creation). */
 int st_kv_pages_add_stream(st_kv_pages *kv, size_t entry_bytes, bool resident, const char *name, int *stream);
-/* The least fast budget its gets can work with: every stream keeps its last
- * (open) page fast, and a get needs one more frame to read a page into (a
- * token's top-k on more pages than the budget holds must be fetched in
- * several gets). 0 without streams. */
+/* The least fast budget the store works with: every stream keeps its last
+ * (open) page fast, and one more frame to read a page into. A get needs every
+ * page it names pinned at once; st_kv_pages_gather works at this least
+ * whatever the pages named. 0 without streams. */
 uint64_t st_kv_pages_least_fast(const st_kv_pages *kv);
 int64_t st_kv_pages_count(const st_kv_pages *kv, int stream);        /* entries appended */
 int64_t st_kv_pages_page_entries(const st_kv_pages *kv, int stream); /* P */
@@ -158,6 +161,20 @@ int st_kv_pages_prefetch(st_kv_pages *kv, int stream, const int32_t *idx, int64_
  * other pins and the tail pages); ST_ERR_IO / ST_ERR_FORMAT (a read failed:
  * file, offset, errno). On failure nothing of this call stays pinned. */
 int st_kv_pages_get(st_kv_pages *kv, int stream, const int32_t *idx, int64_t n, const void **ptrs);
+
+/* Copies entries idx[0..n) (any order, repeats allowed) into dst: entry
+ * idx[i] at dst + i * stride (stride >= the stream's entry_bytes). The way to
+ * read a set of pages that a get cannot pin at once: pages already in fast
+ * memory are copied first, then the missing ones are fetched a few at a time
+ * (at most 8 pages pinned together; one at the least budget), copied and
+ * unpinned, their frames free for the next ones. Releases the stream's
+ * earlier pins first and leaves nothing of this call pinned. Same bytes as a
+ * get. 0; ST_ERR_INVALID (stream, stride, or an index out of range: message
+ * names it); ST_ERR_BUDGET (not even one frame to read into); ST_ERR_IO /
+ * ST_ERR_FORMAT (a read failed: file, offset, errno; a read of a page
+ * prefetched earlier that failed is reported here, as by get). On failure
+ * dst is partly written. */
+int st_kv_pages_gather(st_kv_pages *kv, int stream, const int32_t *idx, int64_t n, void *dst, size_t stride);
 
 /* Dense walk (HCA-style, or scoring every indexer key): *ptr = entry `first`,
  * *n = how many entries from there on share its page (contiguous, >= 1).

@@ -1,6 +1,7 @@
 /* Internals of the KV page store shared by offload/kv_pages.c (streams, get,
- * span, truncate) and offload/kv_pages_tier.c (frames, eviction, spill file,
- * reads). Nothing outside offload/kv_pages*.c includes this. */
+ * span, truncate), offload/kv_pages_gather.c (copies a page at a time) and
+ * offload/kv_pages_tier.c (frames, eviction, spill file, reads). Nothing
+ * outside offload/kv_pages*.c includes this. */
 #ifndef ST_OFFLOAD_KV_PAGES_INTERNAL_H
 #define ST_OFFLOAD_KV_PAGES_INTERNAL_H
 
@@ -82,6 +83,8 @@ struct st_kv_pages {
 
     uint64_t *scratch;           /* distinct pages of one call */
     int64_t cap_scratch;
+    uint64_t *gather_keys;       /* gather: page << 32 | position, sorted by page */
+    int64_t cap_gather_keys;
 
     st_kv_pages_stats st;
 };
@@ -92,6 +95,16 @@ static inline int64_t kv_handle_page(uint64_t h) { return (int64_t)(h & ((1ull <
 static inline kv_page *kv_page_at(st_kv_pages *kv, uint64_t h) {
     return &kv->streams[kv_handle_stream(h)].pages[kv_handle_page(h)];
 }
+
+/* kv_pages.c */
+kv_stream *kv_stream_of(const st_kv_pages *kv, int stream); /* NULL: no such stream */
+int kv_bad_stream(const st_kv_pages *kv, int stream);       /* ST_ERR_INVALID naming it */
+/* Adds page h (in fast memory) to s's pins (room in s->pinned reserved by the caller). */
+void kv_pin(st_kv_pages *kv, kv_stream *s, uint64_t h);
+/* Drops s's pins after the first `keep`; unpinned cached copies join the LRU. */
+void kv_unpin_to(st_kv_pages *kv, kv_stream *s, int64_t keep);
+/* The error of page h's failed read: the kept message (file, offset, errno), else ST_ERR_IO. */
+int kv_read_failed(st_kv_pages *kv, uint64_t h);
 
 /* kv_pages_tier.c */
 int kv_grow(void **v, int64_t *cap, int64_t need, size_t elem);

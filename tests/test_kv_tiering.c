@@ -115,7 +115,8 @@ static void tiered_equals_resident(void **state) {
 /* A fast budget below an open page per CSA layer plus one to read is refused
  * when tiering is set up (before any work), naming the least it needs; at that
  * least, a token's top-k (several pages) cannot be pinned at once and is
- * fetched in rounds: the logits still equal the resident run's. */
+ * copied page by page (st_kv_pages_gather): the logits still equal the
+ * resident run's. */
 static void budget_below_least_refused_least_works(void **state) {
     (void)state;
     st_model_opts o = {.numerics = ST_NUMERICS_OFFICIAL, .threads = 1, .quiet = true};
@@ -149,6 +150,8 @@ static void budget_below_least_refused_least_works(void **state) {
     st_kv_pages_get_stats(s->kv, &st);
     assert_true(st.bytes_fast <= least);
     assert_true(st.pages_dram > 0); /* pages really left the fast tier */
+    assert_true(st.gathers > 0);        /* the top-k went through the page-by-page copy */
+    assert_true(st.gather_batches > 0); /* ... which fetched spilled pages */
     st_seq_free(s);
     free(want);
     free(got);
