@@ -133,11 +133,45 @@ static int open_fds_under(const char *prefix) {
     return n;
 }
 
-static st_kv_pages *make(uint64_t page_bytes, st_budget *fast, st_budget *dram, const char *dir) {
-    st_kv_pages_options o = {.page_bytes = page_bytes, .fast = fast, .dram = dram, .spill_dir = dir};
+/* ---- the fixture: a temp spill directory, budgets, a store ---------------------------- */
+
+typedef struct fixture {
+    char dir[64];           /* temp directory for the spill file ("": none made) */
+    st_budget *fast, *dram; /* "kv fast", "kv dram" (NULL: no DRAM tier) */
     st_kv_pages *kv;
-    assert_int_equal(st_kv_pages_new(&o, &kv), 0);
-    return kv;
+} fixture;
+
+/* Budgets of `fast` and `dram` bytes (dram 0: no DRAM tier) and a store over
+ * them with the rest of the options from o (page size, spill directory, ...). */
+static void fx_store(fixture *f, uint64_t fast, uint64_t dram, st_kv_pages_options o) {
+    assert_int_equal(st_budget_new("kv fast", fast, &f->fast), 0);
+    f->dram = NULL;
+    if (dram) assert_int_equal(st_budget_new("kv dram", dram, &f->dram), 0);
+    o.fast = f->fast;
+    o.dram = f->dram;
+    int rc = st_kv_pages_new(&o, &f->kv);
+    if (rc) fail_msg("kv pages: %s", st_last_error());
+}
+
+/* The usual set-up: a temp directory, 4 KiB pages spilling into it. */
+static void fx_open(fixture *f, uint64_t fast, uint64_t dram) {
+    temp_dir(f->dir);
+    fx_store(f, fast, dram, (st_kv_pages_options){.page_bytes = PAGE, .spill_dir = f->dir});
+}
+
+/* Frees the store, then the budgets (the store gives its frames back first). */
+static void fx_free_store(fixture *f) {
+    st_kv_pages_free(f->kv);
+    st_budget_free(f->fast);
+    st_budget_free(f->dram);
+    f->kv = NULL;
+    f->fast = f->dram = NULL;
+}
+
+/* Everything, and the (by then empty) temp directory. */
+static void fx_close(fixture *f) {
+    fx_free_store(f);
+    if (f->dir[0]) rmdir(f->dir);
 }
 
 /* ---- tests --------------------------------------------------------------------------- */
@@ -145,8 +179,8 @@ static st_kv_pages *make(uint64_t page_bytes, st_budget *fast, st_budget *dram, 
 /* The same 1000 odd-sized entries under four placements: bytes identical, budgets never exceeded. */
 static void every_tier_returns_the_appended_bytes(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
+    fixture f = {0};
+    temp_dir(f.dir);
     struct { uint64_t fast, dram; bool nvme; } cfg[] = {
         {UINT64_MAX, 0, false},   /* all resident */
         {6 * PAGE, 64 * PAGE, false}, /* fast + DRAM */
@@ -154,14 +188,11 @@ static void every_tier_returns_the_appended_bytes(void **state) {
         {6 * PAGE, 0, true},          /* fast + NVMe */
     };
     for (size_t c = 0; c < ST_ARRAY_LEN(cfg); c++) {
-        st_budget *fast, *dram = NULL;
-        assert_int_equal(st_budget_new("kv fast", cfg[c].fast, &fast), 0);
-        if (cfg[c].dram) assert_int_equal(st_budget_new("kv dram", cfg[c].dram, &dram), 0);
         /* the last placement writes and reads the spill file through the page cache */
-        st_kv_pages_options o = {.page_bytes = PAGE, .fast = fast, .dram = dram, .spill_dir = cfg[c].nvme ? dir : NULL,
-                                 .spill_buffered = c == 3};
-        st_kv_pages *kv;
-        assert_int_equal(st_kv_pages_new(&o, &kv), 0);
+        fx_store(&f, cfg[c].fast, cfg[c].dram,
+                 (st_kv_pages_options){.page_bytes = PAGE, .spill_dir = cfg[c].nvme ? f.dir : NULL, .spill_buffered = c == 3});
+        st_kv_pages *kv = f.kv;
+        st_budget *fast = f.fast, *dram = f.dram;
         int s;
         assert_int_equal(st_kv_pages_add_stream(kv, 100, false, "layer 2 csa", &s), 0); /* P = 40: pages end mid-4096 */
         assert_int_equal(st_kv_pages_page_entries(kv, s), 40);
@@ -182,24 +213,22 @@ static void every_tier_returns_the_appended_bytes(void **state) {
         assert_true(st_budget_peak(fast) <= cfg[c].fast);
         if (dram) assert_true(st_budget_peak(dram) <= cfg[c].dram);
         st_kv_pages_free(kv);
+        f.kv = NULL;
         assert_int_equal(st_budget_used(fast), 0);
         if (dram) assert_int_equal(st_budget_used(dram), 0);
-        st_budget_free(fast);
-        st_budget_free(dram);
+        fx_free_store(&f);
     }
-    assert_int_equal(dir_entries(dir), 0);
-    rmdir(dir);
+    assert_int_equal(dir_entries(f.dir), 0);
+    fx_close(&f);
 }
 
 /* Resident streams (indexer keys) never move; a get's pointers stay valid and
  * unchanged while other streams and the same stream append and spill. */
 static void pins_and_resident_streams_hold(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
-    st_budget *fast;
-    assert_int_equal(st_budget_new("kv fast", 16 * PAGE, &fast), 0);
-    st_kv_pages *kv = make(PAGE, fast, NULL, dir);
+    fixture f = {0};
+    fx_open(&f, 16 * PAGE, 0);
+    st_kv_pages *kv = f.kv;
     int idx_keys, main_kv, other;
     assert_int_equal(st_kv_pages_add_stream(kv, 68, true, "layer 0 indexer keys", &idx_keys), 0);
     assert_int_equal(st_kv_pages_add_stream(kv, 256, false, "layer 0 csa", &main_kv), 0);
@@ -227,20 +256,16 @@ static void pins_and_resident_streams_hold(void **state) {
     check_all_span(kv, main_kv, 0);
     check_all_span(kv, other, 0);
     check_random_gets(kv, main_kv, 0, 100, 24, 6, 99);
-    assert_true(st_budget_peak(fast) <= 16 * PAGE);
-    st_kv_pages_free(kv);
-    st_budget_free(fast);
-    rmdir(dir);
+    assert_true(st_budget_peak(f.fast) <= 16 * PAGE);
+    fx_close(&f);
 }
 
 /* Prefetch queues the reads; the get that follows finds every page in fast memory. */
 static void prefetch_then_get_hits(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
-    st_budget *fast;
-    assert_int_equal(st_budget_new("kv fast", 12 * PAGE, &fast), 0);
-    st_kv_pages *kv = make(PAGE, fast, NULL, dir);
+    fixture f = {0};
+    fx_open(&f, 12 * PAGE, 0);
+    st_kv_pages *kv = f.kv;
     int s;
     assert_int_equal(st_kv_pages_least_fast(kv), 0); /* no stream: nothing to keep */
     assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 5 csa", &s), 0);
@@ -270,10 +295,8 @@ static void prefetch_then_get_hits(void **state) {
     st_kv_pages_release(kv, s);
     assert_int_equal(st_kv_pages_prefetch(kv, s, many, 40), 0);
     check_random_gets(kv, s, 0, 100, 16, 5, 7);
-    assert_true(st_budget_peak(fast) <= 12 * PAGE);
-    st_kv_pages_free(kv);
-    st_budget_free(fast);
-    rmdir(dir);
+    assert_true(st_budget_peak(f.fast) <= 12 * PAGE);
+    fx_close(&f);
 }
 
 /* The counters that measure consecutive gets (what read-ahead could win): distinct pages
@@ -281,13 +304,11 @@ static void prefetch_then_get_hits(void **state) {
  * STRATA_KV_STATS the same for entries. */
 static void get_counts_overlap_and_missing(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
-    st_budget *fast;
-    assert_int_equal(st_budget_new("kv fast", 12 * PAGE, &fast), 0);
+    fixture f = {0};
     setenv("STRATA_KV_STATS", "1", 1);
-    st_kv_pages *kv = make(PAGE, fast, NULL, dir);
+    fx_open(&f, 12 * PAGE, 0);
     unsetenv("STRATA_KV_STATS");
+    st_kv_pages *kv = f.kv;
     int s, r;
     assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 1 csa", &s), 0);
     assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 3 csa", &r), 0);
@@ -307,21 +328,17 @@ static void get_counts_overlap_and_missing(void **state) {
     assert_int_equal(st.get_missing, 3); /* 0 (first get), 10 and 4 */
     assert_int_equal(st.get_entries, 6);
     assert_int_equal(st.get_entry_repeat, 1); /* entry 6 */
-    assert_true(st_budget_peak(fast) <= 12 * PAGE);
-    st_kv_pages_free(kv);
-    st_budget_free(fast);
-    rmdir(dir);
+    assert_true(st_budget_peak(f.fast) <= 12 * PAGE);
+    fx_close(&f);
 }
 
 /* Prefetch is advisory: its reads in flight hold fast frames nothing may take, so a get
  * that needs them waits for those reads and drops their copies instead of failing. */
 static void get_waits_out_prefetched_frames(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
-    st_budget *fast;
-    assert_int_equal(st_budget_new("kv fast", 4 * PAGE, &fast), 0);
-    st_kv_pages *kv = make(PAGE, fast, NULL, dir);
+    fixture f = {0};
+    fx_open(&f, 4 * PAGE, 0);
+    st_kv_pages *kv = f.kv;
     int s;
     assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 2 csa", &s), 0);
     append_range(kv, s, 0, 64 * 10, 0); /* pages 0..5 on NVMe, 6..9 fast (9: the tail) */
@@ -334,21 +351,18 @@ static void get_waits_out_prefetched_frames(void **state) {
     st_kv_pages_stats st;
     st_kv_pages_get_stats(kv, &st);
     assert_true(st.dropped >= 1); /* a prefetched copy gave its frame */
-    assert_true(st_budget_peak(fast) <= 4 * PAGE);
+    assert_true(st_budget_peak(f.fast) <= 4 * PAGE);
     check_random_gets(kv, s, 0, 50, 2, 3, 11);
-    st_kv_pages_free(kv);
-    st_budget_free(fast);
-    rmdir(dir);
+    fx_close(&f);
 }
 
 /* Budgets are hard: what cannot fit is an error naming the budget, nothing stays pinned. */
 static void budgets_are_hard_limits(void **state) {
     (void)state;
-    st_budget *fast, *dram;
-    assert_int_equal(st_budget_new("kv fast", 4 * PAGE, &fast), 0);
-    assert_int_equal(st_budget_new("kv dram", 2 * PAGE, &dram), 0);
+    fixture f = {0};
     /* no spill directory: fast 4 pages + DRAM 2 pages hold 6 pages, the 7th fails */
-    st_kv_pages *kv = make(PAGE, fast, dram, NULL);
+    fx_store(&f, 4 * PAGE, 2 * PAGE, (st_kv_pages_options){.page_bytes = PAGE});
+    st_kv_pages *kv = f.kv;
     int s;
     assert_int_equal(st_kv_pages_add_stream(kv, 1024, false, "layer 9 csa", &s), 0);
     append_range(kv, s, 0, 24, 0);
@@ -374,31 +388,27 @@ static void budgets_are_hard_limits(void **state) {
     int32_t sel2[2] = {4, 8};
     assert_int_equal(st_kv_pages_get(kv, s, sel2, 2, ptr), 0);
     for (int i = 0; i < 2; i++) assert_true(entry_ok(ptr[i], 1024, s, sel2[i], 0));
-    assert_true(st_budget_peak(fast) <= 4 * PAGE);
-    assert_true(st_budget_peak(dram) <= 2 * PAGE);
-    st_kv_pages_free(kv);
-    /* a budget below one page refuses the first append */
+    assert_true(st_budget_peak(f.fast) <= 4 * PAGE);
+    assert_true(st_budget_peak(f.dram) <= 2 * PAGE);
+    fx_free_store(&f);
+    /* a budget below one page refuses the first append (and the message names that budget) */
     st_budget *tiny;
     assert_int_equal(st_budget_new("kv tiny", PAGE - 1, &tiny), 0);
-    kv = make(PAGE, tiny, NULL, NULL);
+    assert_int_equal(st_kv_pages_new(&(st_kv_pages_options){.page_bytes = PAGE, .fast = tiny}, &kv), 0);
     assert_int_equal(st_kv_pages_add_stream(kv, 16, false, "x", &s), 0);
     assert_int_equal(st_kv_pages_append(kv, s, e, 1, NULL), ST_ERR_BUDGET);
     assert_non_null(strstr(st_last_error(), "kv tiny"));
     assert_int_equal(st_budget_peak(tiny), 0);
     st_kv_pages_free(kv);
     st_budget_free(tiny);
-    st_budget_free(fast);
-    st_budget_free(dram);
 }
 
 /* Injected read faults come back naming the spill file and offset; the page is not lost. */
 static void io_faults_propagate(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
-    st_budget *fast;
-    assert_int_equal(st_budget_new("kv fast", 4 * PAGE, &fast), 0);
-    st_kv_pages *kv = make(PAGE, fast, NULL, dir);
+    fixture f = {0};
+    fx_open(&f, 4 * PAGE, 0);
+    st_kv_pages *kv = f.kv;
     int s;
     assert_int_equal(st_kv_pages_add_stream(kv, 128, false, "layer 3 csa", &s), 0);
     append_range(kv, s, 0, 32 * 10, 0); /* 10 pages, the oldest spilled first: page 0 -> slot 0, page 1 -> slot 1 */
@@ -438,11 +448,11 @@ static void io_faults_propagate(void **state) {
     assert_int_equal(st_kv_pages_prefetch(kv, s, &two, 1), 0);
     assert_int_equal(st_kv_pages_get(kv, s, &two, 1, ptr), ST_ERR_IO);
     assert_non_null(strstr(st_last_error(), "offset 8192"));
-    st_kv_pages_free(kv);
+    fx_free_store(&f);
 
     /* the options' fault rules (same grammar as STRATA_IO_FAULTS) reach the spill file's reader */
-    st_kv_pages_options o = {.page_bytes = PAGE, .fast = fast, .spill_dir = dir, .io_faults = "eio@0"};
-    assert_int_equal(st_kv_pages_new(&o, &kv), 0);
+    fx_store(&f, 4 * PAGE, 0, (st_kv_pages_options){.page_bytes = PAGE, .spill_dir = f.dir, .io_faults = "eio@0"});
+    kv = f.kv;
     assert_int_equal(st_kv_pages_add_stream(kv, 128, false, "layer 4 csa", &s), 0);
     append_range(kv, s, 0, 32 * 10, 0);
     assert_int_equal(st_kv_pages_get(kv, s, sel, 1, ptr), ST_ERR_IO);
@@ -452,31 +462,29 @@ static void io_faults_propagate(void **state) {
     assert_int_equal(st_kv_pages_span(kv, s, 32, &p, &n), 0); /* page 1 is fine */
     assert_true(entry_ok(p, 128, s, 32, 0));
     st_kv_pages_free(kv);
-    assert_int_equal(st_budget_used(fast), 0);
-    st_budget_free(fast);
+    f.kv = NULL;
+    assert_int_equal(st_budget_used(f.fast), 0);
+    fx_free_store(&f);
 
     /* a spill directory that does not exist: the error names it */
-    assert_int_equal(st_budget_new("kv fast", 2 * PAGE, &fast), 0);
-    kv = make(PAGE, fast, NULL, "/nonexistent/strata-kv-dir");
+    fx_store(&f, 2 * PAGE, 0, (st_kv_pages_options){.page_bytes = PAGE, .spill_dir = "/nonexistent/strata-kv-dir"});
+    kv = f.kv;
     assert_int_equal(st_kv_pages_add_stream(kv, 2048, false, "layer 0 csa", &s), 0);
     uint8_t e[2048];
     int rc = 0;
     for (int i = 0; i < 8 && !rc; i++) { entry_bytes(e, 2048, s, i, 0); rc = st_kv_pages_append(kv, s, e, 1, NULL); }
     assert_int_equal(rc, ST_ERR_IO);
     assert_non_null(strstr(st_last_error(), "/nonexistent/strata-kv-dir"));
-    st_kv_pages_free(kv);
-    st_budget_free(fast);
-    rmdir(dir);
+    fx_close(&f);
 }
 
 /* The spill file never has a name in the directory and its blocks go at close. */
 static void spill_file_is_private(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
-    st_budget *fast;
-    assert_int_equal(st_budget_new("kv fast", 3 * PAGE, &fast), 0);
-    st_kv_pages *kv = make(PAGE, fast, NULL, dir);
+    fixture f = {0};
+    fx_open(&f, 3 * PAGE, 0);
+    st_kv_pages *kv = f.kv;
+    const char *dir = f.dir;
     int s;
     assert_int_equal(st_kv_pages_add_stream(kv, 512, false, "layer 0 csa", &s), 0);
     assert_int_equal(open_fds_under(dir), 0);
@@ -485,21 +493,19 @@ static void spill_file_is_private(void **state) {
     assert_int_equal(dir_entries(dir), 0); /* unlinked while open */
     assert_true(open_fds_under(dir) >= 1);
     st_kv_pages_free(kv);
+    f.kv = NULL;
     assert_int_equal(open_fds_under(dir), 0); /* closed: the blocks are freed */
     assert_int_equal(dir_entries(dir), 0);
-    st_budget_free(fast);
+    fx_free_store(&f);
     assert_int_equal(rmdir(dir), 0);
 }
 
 /* Truncate to mid-page (that page on NVMe / DRAM), append new bytes, reset. */
 static void truncate_and_reset(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
-    st_budget *fast, *dram;
-    assert_int_equal(st_budget_new("kv fast", 8 * PAGE, &fast), 0);
-    assert_int_equal(st_budget_new("kv dram", 4 * PAGE, &dram), 0);
-    st_kv_pages *kv = make(PAGE, fast, dram, dir);
+    fixture f = {0};
+    fx_open(&f, 8 * PAGE, 4 * PAGE);
+    st_kv_pages *kv = f.kv;
     int s, t;
     assert_int_equal(st_kv_pages_add_stream(kv, 200, false, "layer 1 csa", &s), 0); /* P = 20 */
     assert_int_equal(st_kv_pages_add_stream(kv, 32, true, "layer 1 indexer keys", &t), 0);
@@ -532,12 +538,9 @@ static void truncate_and_reset(void **state) {
     append_range(kv, s, 0, 400, 2); /* frames and spill slots are reused */
     check_random_gets(kv, s, 2, 50, 20, 3, 5);
     check_all_span(kv, s, 2);
-    assert_true(st_budget_peak(fast) <= 8 * PAGE);
-    assert_true(st_budget_peak(dram) <= 4 * PAGE);
-    st_kv_pages_free(kv);
-    st_budget_free(fast);
-    st_budget_free(dram);
-    rmdir(dir);
+    assert_true(st_budget_peak(f.fast) <= 8 * PAGE);
+    assert_true(st_budget_peak(f.dram) <= 4 * PAGE);
+    fx_close(&f);
 }
 
 static void bad_input_is_an_error(void **state) {
@@ -578,14 +581,12 @@ static void bad_input_is_an_error(void **state) {
  * walk. Prints throughput; must stay quick. */
 static void million_entries_run_quickly(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
+    fixture f = {0};
+    temp_dir(f.dir);
     const bool asan = getenv("STRATA_ASAN") != NULL;
     const int64_t N = 1 << 20;
-    st_budget *fast, *dram;
-    assert_int_equal(st_budget_new("kv fast", 1024 * KiB, &fast), 0);
-    assert_int_equal(st_budget_new("kv dram", 4096 * KiB, &dram), 0);
-    st_kv_pages *kv = make(0, fast, dram, dir); /* 64 KiB pages: 4096 entries */
+    fx_store(&f, 1024 * KiB, 4096 * KiB, (st_kv_pages_options){.spill_dir = f.dir}); /* 64 KiB pages: 4096 entries */
+    st_kv_pages *kv = f.kv;
     int s;
     assert_int_equal(st_kv_pages_add_stream(kv, 16, false, "long csa", &s), 0);
     double t0 = st_time_s();
@@ -620,17 +621,14 @@ static void million_entries_run_quickly(void **state) {
            (b.stall_ns - a.stall_ns) / 1e9);
     printf("[ kv pages ] dense walk of 1M entries (readahead 4): %.3f s, %.1f MB read from NVMe at %.0f MB/s\n", t_walk,
            walk_mb, walk_mb / t_walk);
-    assert_true(st_budget_peak(fast) <= 1024 * KiB);
-    assert_true(st_budget_peak(dram) <= 4096 * KiB);
+    assert_true(st_budget_peak(f.fast) <= 1024 * KiB);
+    assert_true(st_budget_peak(f.dram) <= 4096 * KiB);
     /* the store's own work must stay quick; waits on the device (stalls, pwrite) are the shared
      * disk's and vary with what else runs on it */
     const double io_wait = (c.stall_ns + c.write_ns) / 1e9;
     printf("[ kv pages ] total %.3f s, of which waiting on the spill device %.3f s\n", t_append + t_get + t_walk, io_wait);
     assert_true(t_append + t_get + t_walk - io_wait < (asan ? 30.0 : 3.0));
-    st_kv_pages_free(kv);
-    st_budget_free(fast);
-    st_budget_free(dram);
-    rmdir(dir);
+    fx_close(&f);
 }
 
 /* ---- the engine's use, end to end ---------------------------------------------------------- */
@@ -720,8 +718,8 @@ static void sim_step(sim *m, int64_t t, float *ref_main, float *ref_keys, float 
  * with everything resident and with a budget that keeps ~1/3 of the main KV on DRAM/NVMe. */
 static void attention_from_pages_is_bit_identical(void **state) {
     (void)state;
-    char dir[64];
-    temp_dir(dir);
+    fixture f = {0};
+    temp_dir(f.dir);
     float *ref_main = malloc(SIM_STEPS * SIM_D * sizeof(float)), *ref_keys = malloc(SIM_STEPS * SIM_ID * sizeof(float));
     float *want = malloc(SIM_STEPS * SIM_D * sizeof(float)), got[SIM_D];
     assert_non_null(ref_main); assert_non_null(ref_keys); assert_non_null(want);
@@ -729,10 +727,8 @@ static void attention_from_pages_is_bit_identical(void **state) {
     /* main: 16 entries a page (44 pages); keys: 32 a page (22 pages, resident) */
     const uint64_t fast_limits[2] = {UINT64_MAX, 48 * PAGE};
     for (int c = 0; c < 2; c++) {
-        st_budget *fast, *dram;
-        assert_int_equal(st_budget_new("kv fast", fast_limits[c], &fast), 0);
-        assert_int_equal(st_budget_new("kv dram", 4 * PAGE, &dram), 0);
-        sim m = {.kv = make(PAGE, fast, dram, dir)};
+        fx_store(&f, fast_limits[c], 4 * PAGE, (st_kv_pages_options){.page_bytes = PAGE, .spill_dir = f.dir});
+        sim m = {.kv = f.kv};
         assert_int_equal(st_kv_pages_add_stream(m.kv, SIM_D * sizeof(float), false, "layer 0 csa", &m.main_kv), 0);
         assert_int_equal(st_kv_pages_add_stream(m.kv, SIM_ID * sizeof(float), true, "layer 0 indexer keys", &m.keys), 0);
         for (int64_t t = 0; t < SIM_STEPS; t++) {
@@ -743,14 +739,12 @@ static void attention_from_pages_is_bit_identical(void **state) {
         st_kv_pages_get_stats(m.kv, &st);
         if (c == 0) assert_int_equal(st.spilled_dram + st.spilled_nvme, 0);
         else { assert_true(st.spilled_nvme > 0); assert_true(st.fetched_nvme + st.fetched_dram > 0); }
-        assert_true(st_budget_peak(fast) <= fast_limits[c]);
-        assert_true(st_budget_peak(dram) <= 4 * PAGE);
-        st_kv_pages_free(m.kv);
-        st_budget_free(fast);
-        st_budget_free(dram);
+        assert_true(st_budget_peak(f.fast) <= fast_limits[c]);
+        assert_true(st_budget_peak(f.dram) <= 4 * PAGE);
+        fx_free_store(&f);
     }
     free(ref_main); free(ref_keys); free(want);
-    rmdir(dir);
+    fx_close(&f);
 }
 
 int main(void) {
