@@ -7,7 +7,9 @@
  * has no name and is gone at close, bad input is an error, a 1M-entry
  * stream runs in well under the suite's time (throughput printed), the
  * counters of consecutive gets (pages and entries named again, pages missing)
- * are exact, and a get waits out prefetched reads in flight instead of failing. */
+ * are exact, a get waits out prefetched reads in flight instead of failing,
+ * and a gather copies any set (its pages on every tier) at the least fast
+ * budget, bad input and read faults reported as for get. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -576,6 +578,157 @@ static void bad_input_is_an_error(void **state) {
     st_kv_pages_free(NULL);
 }
 
+/* ---- gather: a set no get can pin at once, copied a few pages at a time ----------------------- */
+
+/* st_kv_pages_gather returns the appended bytes of any set (every page of the
+ * stream, any order, repeats) whose pages are home on the fast tier, in DRAM
+ * and in the spill file: at the least fast budget, where a get of the set is
+ * refused, one missing page at a time; with room, missing pages are fetched
+ * together. Bytes between entries (stride) are left alone, nothing stays pinned,
+ * budgets are never exceeded. */
+static void gather_copies_any_set_at_the_least_budget(void **state) {
+    (void)state;
+    struct { uint64_t fast_pages, dram_pages; bool buffered; } cfg[] = {
+        {3, 6, false}, /* least for two streams; DRAM (3 of its pages, 3 of the other stream) then NVMe */
+        {3, 0, true},  /* least; NVMe only, through the page cache */
+        {10, 2, false} /* room for a few pages at once */
+    };
+    enum { N = 150, STRIDE = 112 };
+    fixture f = {0};
+    temp_dir(f.dir);
+    for (size_t c = 0; c < ST_ARRAY_LEN(cfg); c++) {
+        const bool least = cfg[c].fast_pages == 3;
+        fx_store(&f, cfg[c].fast_pages * PAGE, cfg[c].dram_pages * PAGE,
+                 (st_kv_pages_options){.page_bytes = PAGE, .spill_dir = f.dir, .spill_buffered = cfg[c].buffered});
+        st_kv_pages *kv = f.kv;
+        int s, r;
+        assert_int_equal(st_kv_pages_add_stream(kv, 100, false, "layer 2 csa", &s), 0); /* P = 40 */
+        assert_int_equal(st_kv_pages_add_stream(kv, 64, false, "layer 4 csa", &r), 0);
+        if (least) assert_int_equal(st_kv_pages_least_fast(kv), 3 * PAGE);
+        append_range(kv, s, 0, 40 * 12, 0); /* 12 pages */
+        append_range(kv, r, 0, 64 * 3 + 5, 0);
+        st_kv_pages_stats a, b;
+        st_kv_pages_get_stats(kv, &a);
+        assert_true(a.pages_nvme > 0);
+        if (cfg[c].dram_pages) assert_true(a.pages_dram > 0);
+        /* every page once, then random entries; shuffled; the last 10 repeat the first 10 */
+        int32_t idx[N];
+        uint64_t seed = 77 + c;
+        for (int i = 0; i < 12; i++) idx[i] = (int32_t)(i * 40 + (int)(mix(seed++) % 40));
+        for (int i = 12; i < N - 10; i++) idx[i] = (int32_t)(mix(seed++) % 480);
+        for (int i = N - 11; i > 0; i--) {
+            int j = (int)(mix(seed++) % (uint64_t)(i + 1));
+            int32_t t = idx[i];
+            idx[i] = idx[j];
+            idx[j] = t;
+        }
+        for (int i = 0; i < 10; i++) idx[N - 10 + i] = idx[i];
+        const void *ptr[N];
+        if (least) { /* the 12 pages cannot be pinned at once next to the two open pages */
+            assert_int_equal(st_kv_pages_get(kv, s, idx, N, ptr), ST_ERR_BUDGET);
+            st_error_clear();
+        }
+        static uint8_t out[N * STRIDE];
+        memset(out, 0xab, sizeof out);
+        st_kv_pages_get_stats(kv, &a);
+        int rc = st_kv_pages_gather(kv, s, idx, N, out, STRIDE);
+        if (rc) fail_msg("config %zu: gather: %s", c, st_last_error());
+        for (int i = 0; i < N; i++) {
+            if (!entry_ok(out + i * STRIDE, 100, s, idx[i], 0)) fail_msg("config %zu: position %d (entry %d) differs", c, i, idx[i]);
+            for (int k = 100; k < STRIDE; k++) assert_int_equal(out[i * STRIDE + k], 0xab);
+        }
+        st_kv_pages_get_stats(kv, &b);
+        assert_int_equal(b.gathers - a.gathers, 1);
+        assert_int_equal(b.gather_pages - a.gather_pages, 12);
+        const uint64_t missing = 12 - (b.hits - a.hits);
+        assert_true(missing >= 6);
+        assert_true(b.fetched_nvme > a.fetched_nvme);
+        /* (with room, making it spills the fast tier into DRAM, whose pages go on to NVMe first) */
+        if (least && cfg[c].dram_pages) assert_true(b.fetched_dram > a.fetched_dram);
+        if (least) assert_int_equal(b.gather_batches - a.gather_batches, missing); /* one frame: one page at a time */
+        else assert_true(b.gather_batches - a.gather_batches < missing);            /* several pages a batch */
+        /* nothing stays pinned: the other stream's spilled first page needs the free frame */
+        int32_t one = 3;
+        rc = st_kv_pages_get(kv, r, &one, 1, ptr);
+        if (rc) fail_msg("config %zu: get after gather: %s", c, st_last_error());
+        assert_true(entry_ok(ptr[0], 64, r, 3, 0));
+        st_kv_pages_release(kv, r);
+        /* a gather drops the stream's earlier pins first (a get's) */
+        assert_int_equal(st_kv_pages_get(kv, s, idx, 1, ptr), 0);
+        assert_int_equal(st_kv_pages_gather(kv, s, idx, N, out, STRIDE), 0);
+        for (int i = 0; i < N; i++) assert_true(entry_ok(out + i * STRIDE, 100, s, idx[i], 0));
+        assert_true(st_budget_peak(f.fast) <= cfg[c].fast_pages * PAGE);
+        if (f.dram) assert_true(st_budget_peak(f.dram) <= cfg[c].dram_pages * PAGE);
+        fx_free_store(&f);
+    }
+    assert_int_equal(dir_entries(f.dir), 0);
+    fx_close(&f);
+}
+
+/* Bad input is ST_ERR_INVALID naming it; a failed read of the spill file (injected
+ * through the io fault hook) comes back naming the file, offset, stream and page,
+ * also when the read was a prefetch's; the page is not lost. At the least budget. */
+static void gather_bad_input_and_read_errors(void **state) {
+    (void)state;
+    fixture f = {0};
+    fx_open(&f, 2 * PAGE, 0);
+    st_kv_pages *kv = f.kv;
+    int s;
+    assert_int_equal(st_kv_pages_add_stream(kv, 128, false, "layer 3 csa", &s), 0); /* P = 32 */
+    assert_int_equal(st_kv_pages_least_fast(kv), 2 * PAGE);
+    append_range(kv, s, 0, 32 * 10, 0); /* pages 0..8 spilled, page k to slot k */
+    uint8_t out[4 * 128];
+    int32_t bad[3] = {5, 320, 7};
+    assert_int_equal(st_kv_pages_gather(kv, s, bad, 3, out, 128), ST_ERR_INVALID);
+    assert_non_null(strstr(st_last_error(), "index 320 at position 1"));
+    assert_non_null(strstr(st_last_error(), "layer 3 csa"));
+    bad[1] = -2;
+    assert_int_equal(st_kv_pages_gather(kv, s, bad, 3, out, 128), ST_ERR_INVALID);
+    assert_non_null(strstr(st_last_error(), "index -2"));
+    assert_int_equal(st_kv_pages_gather(kv, 9, bad, 1, out, 128), ST_ERR_INVALID);
+    assert_non_null(strstr(st_last_error(), "stream 9"));
+    assert_int_equal(st_kv_pages_gather(kv, s, bad, 1, out, 100), ST_ERR_INVALID);
+    assert_non_null(strstr(st_last_error(), "stride 100"));
+    assert_int_equal(st_kv_pages_gather(kv, s, bad, -1, out, 128), ST_ERR_INVALID);
+    assert_int_equal(st_kv_pages_gather(kv, s, bad, 1, NULL, 128), ST_ERR_INVALID);
+    assert_int_equal(st_kv_pages_gather(kv, s, NULL, 0, NULL, 128), 0);
+
+    int32_t sel[4] = {64 + 2, 5, 32 + 7, 2}; /* pages 2, 0, 1, 0 */
+    assert_int_equal(st_io_set_faults(st_kv_pages_io(kv), "eio@4096"), 0);
+    assert_int_equal(st_kv_pages_gather(kv, s, sel, 4, out, 128), ST_ERR_IO);
+    const char *msg = st_last_error();
+    assert_non_null(strstr(msg, st_kv_pages_spill_path(kv)));
+    assert_non_null(strstr(msg, "offset 4096"));
+    assert_non_null(strstr(msg, "layer 3 csa"));
+    assert_non_null(strstr(msg, "page 1"));
+    assert_non_null(strstr(msg, "errno 5"));
+    /* a read that comes back short is a format error, never zero-filled bytes */
+    assert_int_equal(st_io_set_faults(st_kv_pages_io(kv), "short@8192:0"), 0);
+    assert_int_equal(st_kv_pages_gather(kv, s, sel, 4, out, 128), ST_ERR_FORMAT);
+    assert_non_null(strstr(st_last_error(), "offset 8192"));
+    assert_non_null(strstr(st_last_error(), "page 2"));
+    /* faults gone: the same pages read back intact (and nothing stayed pinned) */
+    assert_int_equal(st_io_set_faults(st_kv_pages_io(kv), NULL), 0);
+    int rc = st_kv_pages_gather(kv, s, sel, 4, out, 128);
+    if (rc) fail_msg("gather: %s", st_last_error());
+    for (int i = 0; i < 4; i++) assert_true(entry_ok(out + i * 128, 128, s, sel[i], 0));
+    /* a prefetch whose read failed is reported by the gather that needs the page */
+    assert_int_equal(st_io_set_faults(st_kv_pages_io(kv), "eio@12288"), 0);
+    int32_t three = 96 + 1;
+    assert_int_equal(st_kv_pages_prefetch(kv, s, &three, 1), 0);
+    assert_int_equal(st_kv_pages_gather(kv, s, &three, 1, out, 128), ST_ERR_IO);
+    assert_non_null(strstr(st_last_error(), "offset 12288"));
+    assert_non_null(strstr(st_last_error(), "page 3"));
+    assert_int_equal(st_io_set_faults(st_kv_pages_io(kv), NULL), 0);
+    assert_int_equal(st_kv_pages_gather(kv, s, &three, 1, out, 128), 0);
+    assert_true(entry_ok(out, 128, s, three, 0));
+    st_kv_pages_stats st;
+    st_kv_pages_get_stats(kv, &st);
+    assert_int_equal(st.io_errors, 3);
+    assert_true(st_budget_peak(f.fast) <= 2 * PAGE);
+    fx_close(&f);
+}
+
 /* 1M entries of 16 bytes through a 1 MiB fast budget, 4 MiB of DRAM and NVMe,
  * appended one at a time as the engine does; then top-k style gets and a dense
  * walk. Prints throughput; must stay quick. */
@@ -759,6 +912,8 @@ int main(void) {
         cmocka_unit_test(spill_file_is_private),
         cmocka_unit_test(truncate_and_reset),
         cmocka_unit_test(bad_input_is_an_error),
+        cmocka_unit_test(gather_copies_any_set_at_the_least_budget),
+        cmocka_unit_test(gather_bad_input_and_read_errors),
         cmocka_unit_test(million_entries_run_quickly),
         cmocka_unit_test(attention_from_pages_is_bit_identical),
     };
