@@ -1,0 +1,333 @@
+/* The GPU expert tier (see gpu_experts.h): device memory charged to the
+ * --gpu-mem budget, the slot cache over it, one stream for the FFNs and their
+ * activations and one for expert copies, and the per-layer pins.
+ * Owns every device allocation it makes; never allocates device memory after
+ * creation. */
+#include "offload/gpu_experts.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "cpu/mem.h"
+#include "offload/slot_cache.h"
+
+#define PIECE_ALIGN 256
+#define DEFAULT_ROWS 256
+
+struct st_gpu_experts {
+    const st_gpu_dev *dev;
+    st_gpu_experts_opts o;
+    st_budget *budget;
+    void *slot_mem;                 /* (n_slots, stride) bytes */
+    uint64_t slot_mem_bytes, stride;
+    float *x, *coef, *out;          /* (rows, dim), (rows), (rows, dim) */
+    void *scratch;
+    uint64_t x_bytes, coef_bytes, out_bytes, scratch_bytes;
+    void *compute, *copy;           /* streams */
+    void *copy_done;                /* event: the admitted expert's bytes have landed */
+    st_slot_cache *cache;
+    bool *resident;                 /* (n_layers, n_experts): held by a RESIDENT slot */
+    uint64_t *slot_key;             /* (n_slots): key loaded into the slot, UINT64_MAX: none */
+    /* the open layer */
+    bool open;
+    int layer;
+    int *slot_of;                   /* (n_experts): pinned slot of a placed expert, -1: not placed */
+    int *pinned, n_pinned;          /* (n_experts) */
+    int admit_slot;                 /* slot whose copy is in flight, -1: none */
+    uint64_t admit_bytes;
+    st_gpu_tier_stats st;
+};
+
+static uint64_t align_up(uint64_t v) { return ST_ALIGN_UP(v, (uint64_t)PIECE_ALIGN); }
+
+uint64_t st_gpu_expert_layout(const st_expert_w *e, uint64_t off[6]) {
+    const st_weight *w[3] = {&e->w1, &e->w3, &e->w2};
+    uint64_t at = 0;
+    for (int i = 0; i < 3; i++) {
+        off[2 * i] = at;
+        at = align_up(at + st_weight_data_bytes(w[i]->fmt, w[i]->rows, w[i]->cols));
+        off[2 * i + 1] = at;
+        at = align_up(at + st_weight_scale_bytes(w[i]->fmt, w[i]->scale_fmt, w[i]->rows, w[i]->cols));
+    }
+    return at;
+}
+
+static int64_t rows_of(const st_gpu_experts_opts *o) { return o->rows > 0 ? o->rows : DEFAULT_ROWS; }
+
+uint64_t st_gpu_experts_buffer_bytes(const st_gpu_dev *dev, const st_gpu_experts_opts *o) {
+    const uint64_t rows = (uint64_t)rows_of(o), dim = (uint64_t)o->dim;
+    return 2 * align_up(rows * dim * sizeof(float)) + align_up(rows * sizeof(float)) +
+           align_up(dev->ops->ffn_scratch_bytes(dev->ctx, o->inter, (int64_t)rows));
+}
+
+/* Device memory charged to the budget first. */
+static int dev_alloc(st_gpu_experts *g, uint64_t bytes, void **out) {
+    *out = NULL;
+    int rc = st_budget_reserve(g->budget, bytes);
+    if (rc) return rc;
+    if ((rc = g->dev->ops->alloc(g->dev->ctx, (size_t)bytes, out))) {
+        st_budget_release(g->budget, bytes);
+        return rc;
+    }
+    return 0;
+}
+
+static void dev_free(st_gpu_experts *g, void *p, uint64_t bytes) {
+    if (!p) return;
+    g->dev->ops->free(g->dev->ctx, p);
+    st_budget_release(g->budget, bytes);
+}
+
+void st_gpu_experts_free(st_gpu_experts *g) {
+    if (!g) return;
+    if (g->open && st_gpu_experts_end(g)) ST_WARN("GPU tier: %s", st_last_error());
+    const st_gpu_dev_ops *ops = g->dev->ops;
+    ops->stream_free(g->dev->ctx, g->compute);
+    ops->stream_free(g->dev->ctx, g->copy);
+    ops->event_free(g->dev->ctx, g->copy_done);
+    st_slot_cache_free(g->cache);
+    dev_free(g, g->slot_mem, g->slot_mem_bytes);
+    dev_free(g, g->x, g->x_bytes);
+    dev_free(g, g->coef, g->coef_bytes);
+    dev_free(g, g->out, g->out_bytes);
+    dev_free(g, g->scratch, g->scratch_bytes);
+    st_budget_free(g->budget);
+    free(g->resident);
+    free(g->slot_key);
+    free(g->slot_of);
+    free(g->pinned);
+    free(g);
+}
+
+int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *o, st_gpu_experts **out) {
+    *out = NULL;
+    if (!dev || !o->budget || o->n_layers <= 0 || o->n_experts <= 0 || !o->slot_bytes || o->dim <= 0 || o->inter <= 0)
+        return st_error(ST_ERR_INVALID, "GPU tier: expected a device, a budget, layers, experts and shapes");
+    const uint64_t stride = st_slot_cache_stride(o->slot_bytes), buffers = st_gpu_experts_buffer_bytes(dev, o);
+    char a[32], b[32], c[32], d[32];
+    if (o->budget < stride + buffers || (o->n_slots > 0 && o->budget - buffers < stride * (uint64_t)o->n_slots)) {
+        const int want = o->n_slots > 0 ? o->n_slots : 1;
+        return st_error(ST_ERR_BUDGET, "--gpu-mem %s is too small for the GPU expert tier: it needs at least %s "
+                        "(%d expert slot%s of %s and %s of FFN buffers for %lld token rows)",
+                        st_fmt_size(o->budget, a, sizeof a), st_fmt_size(stride * (uint64_t)want + buffers, b, sizeof b),
+                        want, want > 1 ? "s" : "", st_fmt_size(stride, c, sizeof c), st_fmt_size(buffers, d, sizeof d),
+                        (long long)rows_of(o));
+    }
+    st_gpu_experts *g = calloc(1, sizeof *g);
+    if (!g) return st_error(ST_ERR_NOMEM, "GPU tier: out of memory");
+    g->dev = dev;
+    g->o = *o;
+    g->stride = stride;
+    g->admit_slot = -1;
+    const size_t keys = (size_t)o->n_layers * (size_t)o->n_experts;
+    int rc = ST_ERR_NOMEM;
+    g->resident = calloc(keys, sizeof *g->resident);
+    g->slot_of = malloc((size_t)o->n_experts * sizeof *g->slot_of);
+    g->pinned = malloc((size_t)o->n_experts * sizeof *g->pinned);
+    if (!g->resident || !g->slot_of || !g->pinned) { rc = st_error(rc, "GPU tier: out of memory"); goto fail; }
+    for (int e = 0; e < o->n_experts; e++) g->slot_of[e] = -1;
+    if ((rc = st_budget_new("--gpu-mem", o->budget, &g->budget))) goto fail;
+    const uint64_t rows = (uint64_t)rows_of(o), dim = (uint64_t)o->dim;
+    g->x_bytes = g->out_bytes = align_up(rows * dim * sizeof(float));
+    g->coef_bytes = align_up(rows * sizeof(float));
+    g->scratch_bytes = align_up(dev->ops->ffn_scratch_bytes(dev->ctx, o->inter, (int64_t)rows));
+    if ((rc = dev_alloc(g, g->x_bytes, (void **)&g->x)) || (rc = dev_alloc(g, g->out_bytes, (void **)&g->out)) ||
+        (rc = dev_alloc(g, g->coef_bytes, (void **)&g->coef)) ||
+        (g->scratch_bytes && (rc = dev_alloc(g, g->scratch_bytes, &g->scratch))))
+        goto fail;
+    uint64_t fit = (o->budget - st_budget_used(g->budget)) / stride;
+    int n = o->n_slots > 0 ? o->n_slots : (int)ST_MIN(fit, (uint64_t)keys);
+    g->slot_mem_bytes = stride * (uint64_t)n;
+    if ((rc = dev_alloc(g, g->slot_mem_bytes, &g->slot_mem))) goto fail;
+    if (!(g->slot_key = malloc((size_t)n * sizeof *g->slot_key))) { rc = st_error(ST_ERR_NOMEM, "GPU tier: out of memory"); goto fail; }
+    for (int i = 0; i < n; i++) g->slot_key[i] = UINT64_MAX;
+    st_slot_cache_options so = {.name = "gpu experts", .n_slots = n, .slot_bytes = o->slot_bytes,
+                                .memory = g->slot_mem, .policy = o->policy};
+    if ((rc = st_slot_cache_new(&so, &g->cache))) goto fail;
+    const st_gpu_dev_ops *ops = dev->ops;
+    if ((rc = ops->stream_new(dev->ctx, &g->compute)) || (rc = ops->stream_new(dev->ctx, &g->copy)) ||
+        (rc = ops->event_new(dev->ctx, &g->copy_done)))
+        goto fail;
+    g->st.device = ops->name;
+    g->st.n_slots = n;
+    g->st.slot_bytes = stride;
+    g->st.buffer_bytes = g->x_bytes + g->out_bytes + g->coef_bytes + g->scratch_bytes;
+    g->st.budget = o->budget;
+    *out = g;
+    return 0;
+fail:
+    st_gpu_experts_free(g);
+    return rc;
+}
+
+static uint64_t key_of(int layer, int expert) { return st_cache_key_expert(layer, expert); }
+static size_t idx(const st_gpu_experts *g, int layer, int expert) { return (size_t)layer * (size_t)g->o.n_experts + (size_t)expert; }
+
+static bool valid(const st_gpu_experts *g, int layer, int expert) {
+    return layer >= 0 && layer < g->o.n_layers && expert >= 0 && expert < g->o.n_experts;
+}
+
+int st_gpu_experts_begin(st_gpu_experts *g, int layer, const int *experts, int n, bool *on_gpu) {
+    if (g->open) return st_error(ST_ERR_INVALID, "GPU tier: layer %d begins while layer %d is open", layer, g->layer);
+    g->open = true;
+    g->layer = layer;
+    g->n_pinned = 0;
+    for (int i = 0; i < n; i++) {
+        const int e = experts[i];
+        if (on_gpu) on_gpu[i] = false;
+        if (!valid(g, layer, e)) return st_error(ST_ERR_INVALID, "GPU tier: no expert %d in layer %d", e, layer);
+        if (g->slot_of[e] >= 0) return st_error(ST_ERR_INVALID, "GPU tier: expert %d named twice in layer %d", e, layer);
+        g->st.uses++;
+        int slot, r = st_slot_cache_lookup(g->cache, key_of(layer, e), &slot);
+        if (r == ST_SLOT_PENDING) { /* every load is waited for by its admit_done: cannot happen; be safe */
+            int w = st_slot_cache_wait(g->cache, slot, -1);
+            if (w) { st_slot_cache_release(g->cache, slot); r = ST_SLOT_MISS; }
+        }
+        if (r == ST_SLOT_HIT || r == ST_SLOT_PENDING) {
+            g->slot_of[e] = slot;
+            g->pinned[g->n_pinned++] = e;
+            g->st.hits++;
+            if (on_gpu) on_gpu[i] = true;
+        } else if (r == ST_SLOT_MISS) {
+            g->st.misses++;
+        } else {
+            return r;
+        }
+    }
+    return 0;
+}
+
+bool st_gpu_experts_placed(const st_gpu_experts *g, int layer, int expert) {
+    return g && g->open && g->layer == layer && expert >= 0 && expert < g->o.n_experts && g->slot_of[expert] >= 0;
+}
+
+bool st_gpu_experts_holds(st_gpu_experts *g, int layer, int expert) {
+    return g && valid(g, layer, expert) && g->resident[idx(g, layer, expert)];
+}
+
+static st_gpu_mat mat_at(const st_weight *w, const char *base, uint64_t data_off, uint64_t scale_off) {
+    const bool scaled = st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols) > 0;
+    return (st_gpu_mat){.fmt = (int)w->fmt, .data = base + data_off, .scale = scaled ? base + scale_off : NULL,
+                        .rows = w->rows, .cols = w->cols, .scale_f32 = w->scale_fmt == ST_SCALE_F32};
+}
+
+int st_gpu_experts_run(st_gpu_experts *g, int expert, const st_expert_w *shape, const float *x, int64_t n,
+                       const float *coef, float limit, bool official, float *o) {
+    if (!st_gpu_experts_placed(g, g->layer, expert))
+        return st_error(ST_ERR_INVALID, "GPU tier: expert %d of layer %d is not on the device", expert, g->layer);
+    const int64_t dim_in = shape->w1.cols, dim_out = shape->w2.rows, inter = shape->w1.rows;
+    if (dim_in > g->o.dim || dim_out > g->o.dim || inter > g->o.inter)
+        return st_error(ST_ERR_INVALID, "GPU tier: expert %d of layer %d (%lld x %lld) is larger than the buffers (%lld x %lld)",
+                        expert, g->layer, (long long)inter, (long long)dim_in, (long long)g->o.inter, (long long)g->o.dim);
+    uint64_t off[6];
+    st_gpu_expert_layout(shape, off);
+    const char *base = st_slot_cache_buffer(g->cache, g->slot_of[expert]);
+    st_gpu_ffn f = {.w1 = mat_at(&shape->w1, base, off[0], off[1]), .w3 = mat_at(&shape->w3, base, off[2], off[3]),
+                    .w2 = mat_at(&shape->w2, base, off[4], off[5]), .x = g->x, .coef = coef ? g->coef : NULL,
+                    .limit = limit, .official = official, .isa = g->o.isa, .o = g->out, .scratch = g->scratch};
+    const st_gpu_dev_ops *ops = g->dev->ops;
+    void *ctx = g->dev->ctx;
+    const int64_t cap = rows_of(&g->o);
+    int rc = 0;
+    /* the stream orders the pieces: each reuses x, coef, o and scratch after the one before */
+    for (int64_t r0 = 0; r0 < n && !rc; r0 += cap) {
+        const int64_t m = ST_MIN(cap, n - r0);
+        const size_t xb = (size_t)(m * dim_in) * sizeof(float), ob = (size_t)(m * dim_out) * sizeof(float);
+        f.n = m;
+        if ((rc = ops->copy_to_device(ctx, g->x, x + r0 * dim_in, xb, g->compute))) break;
+        if (coef && (rc = ops->copy_to_device(ctx, g->coef, coef + r0, (size_t)m * sizeof(float), g->compute))) break;
+        if ((rc = ops->expert_ffn(ctx, &f, g->compute))) break;
+        rc = ops->copy_to_host(ctx, o + r0 * dim_out, g->out, ob, g->compute);
+        g->st.act_bytes += xb + ob + (coef ? (size_t)m * sizeof(float) : 0);
+        g->st.ffn_launches++;
+    }
+    return rc;
+}
+
+int st_gpu_experts_admit(st_gpu_experts *g, int layer, int expert, const st_expert_w *w) {
+    if (!valid(g, layer, expert)) return st_error(ST_ERR_INVALID, "GPU tier: no expert %d in layer %d", expert, layer);
+    int rc = st_gpu_experts_admit_done(g); /* one copy in flight at a time */
+    if (rc) return rc;
+    int slot, r = st_slot_cache_acquire(g->cache, key_of(layer, expert), &slot);
+    if (r == ST_ERR_BUDGET) { /* every slot pinned by this layer's hits */
+        st_error_clear();
+        g->st.refused++;
+        return 0;
+    }
+    if (r < 0) return r;
+    if (r != ST_SLOT_LOAD) { /* already there (a caller admitting a hit): nothing to copy */
+        st_slot_cache_release(g->cache, slot);
+        return 0;
+    }
+    if (g->slot_key[slot] != UINT64_MAX) /* the policy's victim leaves the device */
+        g->resident[idx(g, st_cache_key_layer(g->slot_key[slot]), st_cache_key_index(g->slot_key[slot]))] = false;
+    g->slot_key[slot] = UINT64_MAX;
+    uint64_t off[6], bytes = st_gpu_expert_layout(w, off);
+    const st_weight *ws[3] = {&w->w1, &w->w3, &w->w2};
+    char *base = st_slot_cache_buffer(g->cache, slot);
+    const st_gpu_dev_ops *ops = g->dev->ops;
+    for (int i = 0; i < 3 && !rc; i++) {
+        const st_weight *x = ws[i];
+        uint64_t db = st_weight_data_bytes(x->fmt, x->rows, x->cols), sb = st_weight_scale_bytes(x->fmt, x->scale_fmt, x->rows, x->cols);
+        if (bytes > g->o.slot_bytes || (db && !x->data) || (sb && !x->scale))
+            rc = st_error(ST_ERR_INVALID, "GPU tier: layer %d expert %d: %s", layer, expert,
+                          bytes > g->o.slot_bytes ? "larger than a slot" : "its DRAM copy has no bytes");
+        if (!rc && db) rc = ops->copy_to_device(g->dev->ctx, base + off[2 * i], x->data, (size_t)db, g->copy);
+        if (!rc && sb) rc = ops->copy_to_device(g->dev->ctx, base + off[2 * i + 1], x->scale, (size_t)sb, g->copy);
+    }
+    if (!rc) rc = ops->event_record(g->dev->ctx, g->copy_done, g->copy);
+    if (rc) {
+        st_slot_cache_complete(g->cache, slot, rc, 0);
+        st_slot_cache_release(g->cache, slot);
+        return rc;
+    }
+    g->admit_slot = slot;
+    g->admit_bytes = bytes;
+    g->slot_key[slot] = key_of(layer, expert);
+    return 1;
+}
+
+int st_gpu_experts_admit_done(st_gpu_experts *g) {
+    const int slot = g->admit_slot;
+    if (slot < 0) return 0;
+    g->admit_slot = -1;
+    int rc = g->dev->ops->event_sync(g->dev->ctx, g->copy_done);
+    st_slot_cache_complete(g->cache, slot, rc, rc ? 0 : g->admit_bytes);
+    st_slot_cache_release(g->cache, slot);
+    const uint64_t key = g->slot_key[slot];
+    if (rc) {
+        g->slot_key[slot] = UINT64_MAX;
+        return rc;
+    }
+    g->resident[idx(g, st_cache_key_layer(key), st_cache_key_index(key))] = true;
+    g->st.admitted++;
+    g->st.bytes_copied += g->admit_bytes;
+    return 0;
+}
+
+int st_gpu_experts_end(st_gpu_experts *g) {
+    if (!g->open) return 0;
+    int rc = st_gpu_experts_admit_done(g);
+    int r2 = g->dev->ops->stream_sync(g->dev->ctx, g->compute);
+    if (!rc) rc = r2;
+    for (int i = 0; i < g->n_pinned; i++) {
+        int e = g->pinned[i];
+        st_slot_cache_release(g->cache, g->slot_of[e]);
+        g->slot_of[e] = -1;
+    }
+    g->n_pinned = 0;
+    g->open = false;
+    return rc;
+}
+
+void st_gpu_experts_get_stats(st_gpu_experts *g, st_gpu_tier_stats *out) {
+    *out = g->st;
+    st_slot_cache_stats cs;
+    st_slot_cache_get_stats(g->cache, &cs);
+    out->evictions = cs.evictions;
+    out->used = st_budget_used(g->budget);
+    out->peak = st_budget_peak(g->budget);
+}
+
+const st_gpu_dev *st_gpu_experts_device(const st_gpu_experts *g) { return g->dev; }
