@@ -85,6 +85,8 @@ const char cli_tier_help[] =
     "                       streams from the checkpoint with O_DIRECT (default: no limit when every weight\n"
     "                       fits in 90% of the memory available, else that 90%: see strata info)\n"
     "  --expert-cache SIZE  DRAM for the routed-expert cache itself (instead of --dram-budget)\n"
+    "  --gpu-mem SIZE       GPU tier: device memory for routed experts and their buffers, a hard limit\n"
+    "                       (default: none; STRATA_GPU=emulate: a host-memory stand-in, for tests)\n"
     "  --numa auto|off|N    expert cache and threads: auto (default) every NUMA node, each node's experts\n"
     "                       in its memory and computed by its threads; off: no binding; N: all on node N\n"
     "  --prefetch on|off    predict the next layer's experts from the router (default on)\n"
@@ -92,14 +94,14 @@ const char cli_tier_help[] =
     "  --io-depth N         reads in flight (default 32)\n";
 
 int cli_tier_option(const char *cmd, const char *o, const char *v, st_model_opts *opts) {
-    const bool ours = !strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--numa") ||
+    const bool ours = !strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--gpu-mem") || !strcmp(o, "--numa") ||
                       !strcmp(o, "--prefetch") || !strcmp(o, "--cache-policy") || !strcmp(o, "--io-depth");
     if (!ours) return 0;
     if (!v) { fprintf(stderr, "strata %s: %s needs a value\n", cmd, o); return -1; }
-    if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache")) {
+    if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--gpu-mem")) {
         uint64_t bytes;
         if (st_parse_size(v, 0, o, &bytes)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return -1; }
-        *(!strcmp(o, "--dram-budget") ? &opts->dram_budget : &opts->expert_cache) = bytes;
+        *(!strcmp(o, "--dram-budget") ? &opts->dram_budget : !strcmp(o, "--gpu-mem") ? &opts->gpu_mem : &opts->expert_cache) = bytes;
     } else if (!strcmp(o, "--numa")) {
         if (!cli_numa(cmd, v, &opts->numa)) return -1;
     } else if (!strcmp(o, "--prefetch")) {

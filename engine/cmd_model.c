@@ -9,6 +9,7 @@
 #include "base/base.h"
 #include "engine/cli.h"
 #include "engine/model.h"
+#include "engine/model_gpu.h"
 #include "engine/model_stream.h"
 #include "offload/policy.h"
 #include "engine/chat_template.h"
@@ -193,7 +194,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
             if (st_parse_size(v, 0, o, &bytes)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return 2; }
             if (!strcmp(o, "--dram-budget")) a->opts.dram_budget = bytes;
             else if (!strcmp(o, "--expert-cache")) a->opts.expert_cache = bytes;
-            else if (bytes) ST_INFO("--gpu-mem %s: no GPU backend in this run: DRAM and NVMe tiers only", v);
+            else a->opts.gpu_mem = bytes;
         } else if (!strcmp(o, "--numa")) {
             NEEDV();
             if (!cli_numa(cmd, v, &a->opts.numa)) return 2;
@@ -266,7 +267,11 @@ static const char *common_help =
     "  --kv-dram SIZE       with --kv-spill: spilled pages stay in DRAM up to SIZE, the oldest go on to\n"
     "                       the file in DIR (default: straight to the file)\n"
     "  --kv-page SIZE       with --kv-budget: KV page size, a multiple of 4 KiB (default 64K)\n"
-    "  --gpu-mem SIZE       GPU tier budget (ignored: no GPU backend in this build's CPU path)\n"
+    "  --gpu-mem SIZE       GPU tier: device memory for routed experts (slots of the largest) and their\n"
+    "                       buffers, a hard limit; hits run on the GPU, misses on the CPU and are then\n"
+    "                       copied in (default: no GPU tier; without a GPU: an info line, DRAM/NVMe only).\n"
+    "                       STRATA_GPU=emulate (tests, debugging): a host-memory stand-in device with\n"
+    "                       deferred work; STRATA_GPU=off: none\n"
     "  --numa auto|off|N    expert cache and threads: auto (default) every NUMA node, each node's experts\n"
     "                       in its memory and computed by its threads; off: no binding; N: all on node N\n"
     "  --prefetch on|off    predict the next layer's experts from the router (default on)\n"
@@ -566,6 +571,20 @@ int cmd_run(int argc, char **argv) {
                 cJSON_AddNumberToObject(dx, "wanted_evictions", (double)(ss.wanted_evictions - ss_prefill.wanted_evictions));
             }
         }
+        st_gpu_tier_stats gs;
+        if (!st_model_gpu_stats(m, &gs)) {
+            cJSON *gx = cJSON_AddObjectToObject(js, "gpu");
+            cJSON_AddStringToObject(gx, "device", gs.device);
+            cJSON_AddNumberToObject(gx, "slots", gs.n_slots);
+            cJSON_AddNumberToObject(gx, "budget_bytes", (double)gs.budget);
+            cJSON_AddNumberToObject(gx, "peak_bytes", (double)gs.peak);
+            cJSON_AddNumberToObject(gx, "uses", (double)gs.uses);
+            cJSON_AddNumberToObject(gx, "hits", (double)gs.hits);
+            cJSON_AddNumberToObject(gx, "misses", (double)gs.misses);
+            cJSON_AddNumberToObject(gx, "admitted", (double)gs.admitted);
+            cJSON_AddNumberToObject(gx, "evictions", (double)gs.evictions);
+            cJSON_AddNumberToObject(gx, "bytes_copied", (double)gs.bytes_copied);
+        }
         char *txt = cJSON_PrintUnformatted(js);
         if (txt) puts(txt);
         free(txt);
@@ -576,7 +595,7 @@ int cmd_run(int argc, char **argv) {
             st_detok_stream_flush(&ds, &txt, &len);
             fwrite(txt, 1, len, stdout);
         }
-        char b[32], tiers[400], r[32], kf[32], kd[32], kn[32];
+        char b[32], tiers[640], r[32], kf[32], kd[32], kn[32];
         st_model_offload_summary(m, t2 - t0, tiers, sizeof tiers);
         printf("\n[prefill %lld tokens: %.2f tok/s | decode %d tokens: %.2f tok/s | time %.2f s | peak RSS %s | "
                "KV fast %s, dram %s, nvme %s | weights read per token: %s | tiers: %s | finish: %s]\n",

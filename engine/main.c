@@ -25,7 +25,8 @@ static void usage(FILE *f) {
     fprintf(f, "strata %s: run DeepSeek-V4-class MoE models with tiered offload\n\n", st_version());
     fprintf(f, "usage: strata COMMAND [options]     (strata COMMAND --help for its options)\n\ncommands:\n");
     for (size_t i = 0; i < ST_ARRAY_LEN(commands); i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\nenvironment: STRATA_CPU=generic|avx2|avx512  STRATA_THREADS=N  STRATA_LOG=error|warn|info|debug\n");
+    fprintf(f, "\nenvironment: STRATA_CPU=generic|avx2|avx512  STRATA_THREADS=N  STRATA_LOG=error|warn|info|debug\n"
+               "             STRATA_GPU=emulate|cuda|off (the device of --gpu-mem; emulate: host memory, tests/debug)\n");
 }
 
 int main(int argc, char **argv) {

@@ -85,6 +85,8 @@ typedef struct st_model_opts {
     const char *trace_path;/* expert trace (offload/trace.h) of the run; NULL: none */
     uint64_t kv_budget;    /* KV tiering fast budget (st_seq_kv_tiering); 0: off */
     const char *kv_spill;  /* KV tiering spill directory; NULL: DRAM tier only */
+    uint64_t gpu_mem;      /* GPU tier budget (engine/model_gpu.h); 0: no GPU tier */
+    int gpu_slots;         /* exactly this many GPU expert slots (tests); 0: as many as gpu_mem holds */
 } st_model_opts;
 
 /* Load a checkpoint directory (official or transformers layout). */

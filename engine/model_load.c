@@ -16,6 +16,7 @@
 #include "engine/model.h"
 #include "engine/model_bind.h"
 #include "engine/model_load_internal.h"
+#include "engine/model_gpu.h"
 #include "engine/model_stream.h"
 #include "engine/tensor_names.h"
 #include "io/safetensors.h"
@@ -437,6 +438,7 @@ int st_model_load(const char *path, const st_model_opts *opts, st_model **out) {
     m->bytes_per_token = decode_bytes(m);
     if (opts && (rc = place_experts(m, ld, opts))) goto fail;
     if ((rc = st_loader_make_resident(m, ld, opts))) goto fail;
+    if ((rc = st_model_gpu_attach(m, opts))) goto fail;
     *out = m;
     return 0;
 fail:
@@ -448,6 +450,7 @@ fail:
 
 void st_model_free(st_model *m) {
     if (!m) return;
+    st_model_gpu_detach(m); /* before the DRAM tier its copies come from */
     loader *ld = m->loader;
     if (ld) {
         st_model_stream_free(ld->stream);

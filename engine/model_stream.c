@@ -15,8 +15,10 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "engine/model_gpu.h"
 #include "io/pack.h"
 #include "offload/expert_nodes.h"
+#include "offload/gpu_experts.h"
 #include "offload/trace.h"
 
 struct st_model_stream {
@@ -153,6 +155,11 @@ static int ms_routed(void *ctx, int layer, const float *xn, const int32_t *token
     ms->ids = ids;
     ms->cur_layer = layer;
     ms->n_need = distinct(ms, ids, T * ms->top_k);
+    /* the experts the GPU tier computes this layer need no DRAM copy */
+    int kept = 0;
+    for (int i = 0; i < ms->n_need; i++)
+        if (!st_gpu_experts_placed(ms->m->experts.gpu, layer, ms->need[i])) ms->need[kept++] = ms->need[i];
+    ms->n_need = kept;
     int rc = st_expert_nodes_begin(ms->es, layer, ms->need, ms->n_need, ms->hit);
     if (rc) return rc;
     /* layer + 1's gate on this layer's input: its likely experts load while these compute */
@@ -457,7 +464,19 @@ int st_model_offload_stats(const st_model *m, st_stream_stats *out) {
     return 0;
 }
 
+static void dram_summary(const st_model *m, double elapsed_s, char *buf, size_t len);
+
+/* The DRAM / NVMe tiers' line, then the GPU tier's (engine/model_gpu.c) when there is one. */
 void st_model_offload_summary(const st_model *m, double elapsed_s, char *buf, size_t len) {
+    dram_summary(m, elapsed_s, buf, len);
+    size_t n = strlen(buf);
+    if (m->experts.gpu && n + 3 < len) {
+        snprintf(buf + n, len - n, "; ");
+        st_model_gpu_summary(m, buf + n + 2, len - n - 2);
+    }
+}
+
+static void dram_summary(const st_model *m, double elapsed_s, char *buf, size_t len) {
     st_stream_stats s;
     if (st_model_offload_stats(m, &s)) { snprintf(buf, len, "all weights in DRAM"); return; }
     char a[32], b[32], c[32];

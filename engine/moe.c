@@ -1,7 +1,9 @@
 /* MoE (see moe.h), after the official Gate / Expert / MoE: scores in F32,
  * bias only for selection, weights normalised over the chosen experts (no eps)
  * and scaled; experts summed in F32 in ascending expert order, then the shared
- * expert, so the result never depends on which experts were resident first. */
+ * expert, so the result never depends on which experts were resident first,
+ * nor on which were computed on the GPU tier (each expert into its own rows,
+ * summed after the device's work is waited for). */
 #include "engine/moe.h"
 
 #include <math.h>
@@ -12,6 +14,7 @@
 #include "cpu/expf.h"
 #include "cpu/quant.h"
 #include "engine/attention.h"
+#include "offload/gpu_experts.h"
 
 static float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
@@ -107,6 +110,27 @@ static void bufs_free(moe_bufs *b) {
 
 #define ALLOC(p, n) ((p) = malloc((size_t)(n) * sizeof(*(p))), (p) != NULL)
 
+static st_weight weight_of(const st_gpu_mat *m) {
+    return (st_weight){.fmt = (st_wfmt)m->fmt, .rows = m->rows, .cols = m->cols, .data = m->data, .scale = m->scale,
+                       .scale_fmt = m->scale_f32 ? ST_SCALE_F32 : ST_SCALE_E8M0};
+}
+
+int st_moe_expert_host(const st_gpu_ffn *f) {
+    const st_expert_w e = {.w1 = weight_of(&f->w1), .w3 = weight_of(&f->w3), .w2 = weight_of(&f->w2)};
+    const int64_t n = f->n, inter = e.w1.rows, dim = e.w2.rows;
+    moe_bufs b = {0};
+    int rc = ST_ERR_NOMEM;
+    if (!ALLOC(b.g, n * inter) || !ALLOC(b.u, n * inter) || !ALLOC(b.o, n * dim)) {
+        rc = st_error(rc, "MoE: out of memory for %lld rows of an expert", (long long)n);
+    } else {
+        memset(f->o, 0, (size_t)(n * dim) * sizeof(float)); /* 0 + o, as the CPU path's rows of ye */
+        rc = expert_apply(NULL, &e, f->x, n, f->coef, f->limit,
+                          f->official ? ST_NUMERICS_OFFICIAL : ST_NUMERICS_REFERENCE, &b, f->o);
+    }
+    bufs_free(&b);
+    return rc;
+}
+
 void (*st_moe_node_hook)(int layer, int expert, int node, const st_expert_w *w);
 
 /* Several NUMA nodes: each node's team computes that node's experts into their own rows of ye. */
@@ -153,17 +177,55 @@ static void node_experts(void *ctx, int node, st_pool *team) {
     bufs_free(&b);
 }
 
-/* Offload (src->next): experts in the order the source has them resident, each
- * into its own rows of ye; summed into out in ascending id afterwards, the same
- * additions in the same order as the ascending loop of st_moe_forward. */
+/* The CPU's next expert: the source's next() in residency order, or (a source with get() only,
+ * with a GPU tier) ascending ids that have rows and are not on the device. */
+static int next_cpu_expert(const st_expert_source *src, int layer, const int64_t *first, int E, int *cursor,
+                           int *e, const st_expert_w **ew) {
+    if (src->next) return src->next(src->ctx, layer, e, ew);
+    while (*cursor < E) {
+        const int x = (*cursor)++;
+        if (first[x + 1] == first[x] || st_gpu_experts_placed(src->gpu, layer, x)) continue;
+        int rc = src->get(src->ctx, layer, x, ew);
+        if (rc) return rc;
+        *e = x;
+        return 1;
+    }
+    return 0;
+}
+
+/* The experts the GPU tier holds (st_gpu_experts_begin placed them), queued on the device: rows
+ * gathered into xd (TK, dim, host, valid until the tier's end), outputs into their rows of ye. */
+static int experts_on_gpu(const st_moe_w *w, int layer, const st_expert_source *src, const moe_bufs *b,
+                          const float *xn, const int64_t *first, const int64_t *rows, const float *coef, float *xd,
+                          float *ye, st_numerics num) {
+    const int64_t dim = w->gate.cols;
+    for (int e = 0; e < w->n_experts; e++) {
+        const int64_t o = first[e], n = first[e + 1] - o;
+        if (!n || !st_gpu_experts_placed(src->gpu, layer, e)) continue;
+        const st_expert_w *ew = &w->experts[e]; /* shapes and formats (its bytes are on the device) */
+        const float *xs = num == ST_NUMERICS_OFFICIAL && is_quantised(&ew->w1) ? b->xq : xn;
+        for (int64_t i = 0; i < n; i++) memcpy(xd + (o + i) * dim, xs + rows[o + i] * dim, (size_t)dim * sizeof(float));
+        int rc = st_gpu_experts_run(src->gpu, e, ew, xd + o * dim, n, coef + o, w->swiglu_limit,
+                                    num == ST_NUMERICS_OFFICIAL, ye + o * dim);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Offload (src->next, or a GPU tier): each expert into its own rows of ye, the GPU tier's
+ * on the device while the CPU computes the others in the order the source has them resident;
+ * summed into out in ascending id afterwards, the same additions in the same order as the
+ * ascending loop of st_moe_forward. */
 static int experts_as_resident(st_pool *pool, const st_moe_w *w, int layer, const st_expert_source *src, moe_bufs *b,
                                const float *xn, int64_t T, st_numerics num, float *out) {
     const int E = w->n_experts, K = w->top_k;
     const int64_t dim = w->gate.cols, TK = T * K;
+    st_gpu_experts *gpu = src->gpu;
     int64_t *first = calloc((size_t)E + 1, sizeof *first), *rows = malloc((size_t)TK * sizeof *rows);
     float *coef = malloc((size_t)TK * sizeof *coef), *ye = malloc((size_t)(TK * dim) * sizeof *ye);
-    int r = ST_ERR_NOMEM, e;
-    if (!first || !rows || !coef || !ye) { r = st_error(r, "MoE: out of memory for a chunk of %lld tokens", (long long)T); goto done; }
+    float *xd = gpu ? malloc((size_t)(TK * dim) * sizeof *xd) : NULL;
+    int r = ST_ERR_NOMEM, e, cursor = 0;
+    if (!first || !rows || !coef || !ye || (gpu && !xd)) { r = st_error(r, "MoE: out of memory for a chunk of %lld tokens", (long long)T); goto done; }
     for (int64_t i = 0; i < TK; i++) first[b->ids[i] + 1]++;
     for (int x = 0; x < E; x++) first[x + 1] += first[x];
     int64_t *cur = malloc((size_t)E * sizeof *cur);
@@ -176,6 +238,7 @@ static int experts_as_resident(st_pool *pool, const st_moe_w *w, int layer, cons
             coef[at] = b->wts[t * K + k];
         }
     free(cur);
+    if (gpu && (r = experts_on_gpu(w, layer, src, b, xn, first, rows, coef, xd, ye, num))) goto done;
     const st_expert_w *ew;
     if (src->n_nodes > 1 && src->n_nodes <= 64 && src->next_on) { /* node i's threads on node i's experts */
         node_job *j = calloc(1, sizeof *j);
@@ -189,23 +252,49 @@ static int experts_as_resident(st_pool *pool, const st_moe_w *w, int layer, cons
         free(j);
         if (r) goto done;
     }
-    while ((r = src->next(src->ctx, layer, &e, &ew)) == 1) {
+    while ((r = next_cpu_expert(src, layer, first, E, &cursor, &e, &ew)) == 1) {
         const int64_t o = first[e], n = first[e + 1] - o;
         const float *xs = num == ST_NUMERICS_OFFICIAL && is_quantised(&ew->w1) ? b->xq : xn;
+        /* a miss of the GPU tier: its copy to the device runs while the CPU computes it from the
+         * same DRAM bytes, and has landed before the source may reuse them (next() or put()) */
+        if (gpu && (r = st_gpu_experts_admit(gpu, layer, e, ew)) < 0) goto done;
         for (int64_t i = 0; i < n; i++) memcpy(b->xg + i * dim, xs + rows[o + i] * dim, (size_t)dim * sizeof(float));
         memset(ye + o * dim, 0, (size_t)(n * dim) * sizeof(float));
         r = expert_apply(pool, ew, b->xg, n, coef + o, w->swiglu_limit, num, b, ye + o * dim);
+        int r2 = gpu ? st_gpu_experts_admit_done(gpu) : 0;
         if (src->put) src->put(src->ctx, layer, e);
-        if (r) goto done;
+        if (r || (r = r2)) goto done;
     }
+    if (!r && gpu) r = st_gpu_experts_end(gpu); /* the device's rows of ye are written from here on */
     for (int64_t i = 0; !r && i < TK; i++) {
         float *y = out + rows[i] * dim;
         const float *yi = ye + i * dim;
         for (int64_t k = 0; k < dim; k++) y[k] += yi[k];
     }
 done:
-    free(first); free(rows); free(coef); free(ye);
+    if (gpu) { /* nothing queued may outlive ye and xd */
+        int r2 = st_gpu_experts_end(gpu);
+        if (!r) r = r2;
+    }
+    free(first); free(rows); free(coef); free(ye); free(xd);
     return r;
+}
+
+/* The GPU tier's demand uses of this layer: its chosen experts that the device holds are
+ * pinned there (st_gpu_experts_begin), before the source is told the layer's experts. */
+static int gpu_begin(const st_moe_w *w, int layer, st_gpu_experts *gpu, const int32_t *ids, int64_t TK) {
+    const int E = w->n_experts;
+    int *list = malloc((size_t)E * sizeof *list);
+    bool *mark = calloc((size_t)E, sizeof *mark);
+    int rc = 0, n = 0;
+    if (!list || !mark) rc = st_error(ST_ERR_NOMEM, "MoE: out of memory");
+    for (int64_t i = 0; !rc && i < TK; i++) mark[ids[i]] = true;
+    for (int e = 0; !rc && e < E; e++)
+        if (mark[e]) list[n++] = e;
+    if (!rc) rc = st_gpu_experts_begin(gpu, layer, list, n, NULL);
+    free(list);
+    free(mark);
+    return rc;
 }
 
 /* The shared expert of all T tokens into b->yg (T, dim). */
@@ -221,6 +310,7 @@ int st_moe_forward(st_pool *pool, const st_moe_w *w, int layer, const st_expert_
     const int E = w->n_experts, K = w->top_k;
     const int64_t dim = w->gate.cols;
     const bool official = num == ST_NUMERICS_OFFICIAL;
+    st_gpu_experts *gpu = src ? src->gpu : NULL;
     int64_t inter = w->has_shared ? w->shared.w1.rows : 0;
     for (int e = 0; e < E; e++) inter = ST_MAX(inter, w->experts[e].w1.rows);
     moe_bufs b = {0};
@@ -232,16 +322,19 @@ int st_moe_forward(st_pool *pool, const st_moe_w *w, int layer, const st_expert_
         goto done;
     }
     if ((rc = st_moe_route(pool, w, xn, tokens, T, b.ids, b.wts))) goto done;
+    if (gpu && (rc = gpu_begin(w, layer, gpu, b.ids, T * K))) goto done;
     if (src && src->routed && (rc = src->routed(src->ctx, layer, xn, tokens, T, b.ids))) goto done;
     /* official: every quantised expert reads act_quant(xn): quantise once */
     if (official) st_act_quant(xn, T, dim, b.xq);
     memset(out, 0, (size_t)(T * dim) * sizeof(float));
     /* streaming: the shared expert first, while the routed experts' reads are in flight; it is
      * still added last, so the sums are the same as below */
-    const bool shared_first = src && src->next && w->has_shared;
+    /* each expert into its own rows, summed after: the source's residency order, the GPU tier */
+    const bool by_rows = src && (src->next || gpu);
+    const bool shared_first = by_rows && w->has_shared;
     if (shared_first && (rc = shared_expert(pool, w, &b, xn, T, num))) goto done;
-    if (src && src->next && (rc = experts_as_resident(pool, w, layer, src, &b, xn, T, num, out))) goto done;
-    for (int e = 0; e < E && !(src && src->next); e++) {
+    if (by_rows && (rc = experts_as_resident(pool, w, layer, src, &b, xn, T, num, out))) goto done;
+    for (int e = 0; e < E && !by_rows; e++) {
         int64_t n = 0;
         for (int64_t t = 0; t < T; t++)
             for (int k = 0; k < K; k++)
@@ -270,6 +363,10 @@ int st_moe_forward(st_pool *pool, const st_moe_w *w, int layer, const st_expert_
         for (int64_t i = 0; i < T * dim; i++) out[i] += b.yg[i];
     }
 done:
+    if (gpu) { /* a failure before the experts ran: the layer's pins go */
+        int r2 = st_gpu_experts_end(gpu);
+        if (!rc) rc = r2;
+    }
     bufs_free(&b);
     return rc;
 }

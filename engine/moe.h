@@ -32,11 +32,20 @@ typedef struct st_expert_source {
      * none left), all nodes at once; next() then closes the layer. Sums stay in ascending id. */
     int n_nodes;
     int (*next_on)(void *ctx, int layer, int node, int *expert, const st_expert_w **out);
+    /* gpu (optional): the DRAM -> GPU tier (offload/gpu_experts.h). The chosen experts it holds
+     * are computed there while the CPU computes the others (get()/next() never hand those out);
+     * CPU-computed experts are admitted to it from their DRAM copy. Sums stay in ascending id. */
+    struct st_gpu_experts *gpu;
 } st_expert_source;
 
 /* Tests: called by the thread that computed routed expert `expert` of `layer` on NUMA node
  * `node` (per-node path only), with the descriptor it computed from. NULL: not called. */
 extern void (*st_moe_node_hook)(int layer, int expert, int node, const st_expert_w *w);
+
+/* The CPU's computation of one routed expert for the emulated GPU device (offload/gpu_device.h
+ * st_gpu_host_ffn): f's pointers are host memory; o (n, dim) is written, not accumulated. */
+struct st_gpu_ffn;
+int st_moe_expert_host(const struct st_gpu_ffn *f);
 
 /* Routing of T tokens: ids (T, top_k) and weights (T, top_k). */
 int st_moe_route(st_pool *pool, const st_moe_w *w, const float *xn, const int32_t *tokens, int64_t T,

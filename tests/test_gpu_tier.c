@@ -1,0 +1,400 @@
+/* The GPU tier at run time (offload/gpu_experts.c, offload/gpu_device*.c,
+ * engine/moe.c, engine/model_gpu.c), tested through the emulated device
+ * (STRATA_GPU=emulate: host memory, queued work deferred until the host waits):
+ * logits bit-identical (memcmp) to the run without a GPU tier, official and
+ * reference numerics, with every expert fitting on the device, with a few
+ * slots (evictions every step), combined with DRAM streaming (3 slots), batched
+ * decode and prefill of several sequences, 1-3 threads; the device bytes never
+ * exceed --gpu-mem; a budget below one slot + buffers is refused naming
+ * --gpu-mem and the least size; counters add up (hits + misses = the uses a
+ * get-counting source sees without the tier; every use of a repeated prompt
+ * hits); a perturbed device FFN changes the logits (the device path is used);
+ * `strata run --gpu-mem` prints the GPU tier and the same ids. On a machine
+ * with a CUDA device the logits test runs on it too (skip elsewhere). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "engine/model.h"
+#include "engine/model_gpu.h"
+#include "engine/synth.h"
+#include "offload/gpu_device.h"
+#include "util.h"
+
+static char tmp[128], tiny[200];
+static const char *bin;
+
+static int setup(void **state) {
+    (void)state;
+    bin = tu_strata_bin();
+    setenv("STRATA_GPU", "emulate", 1);
+    if (tu_tmpdir(tmp, sizeof tmp, "/var/tmp/strata-gputier-XXXXXX")) return -1;
+    snprintf(tiny, sizeof tiny, "%s/tiny", tmp);
+    return tu_synth(st_synth_find("tiny"), tiny, 21, NULL) ? -1 : 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    return tu_rmtree(tmp);
+}
+
+enum { N_PROMPT = 20, N_DECODE = 6 };
+
+static void ids_for(const st_model *m, int32_t *ids, int n, int salt) {
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17 + salt * 37) % m->vocab);
+}
+
+/* Prefill of n tokens (all positions) then `decode` tokens one at a time: every logit in one array. */
+static float *run(st_model *m, const int32_t *ids, int n, int decode) {
+    st_seq *s;
+    assert_int_equal(st_seq_new(m, &s), 0);
+    float *lg = malloc((size_t)(n + decode) * (size_t)m->vocab * sizeof(float));
+    if (st_seq_forward(s, ids, n, lg, true)) fail_msg("forward: %s", st_last_error());
+    for (int i = 0; i < decode; i++) {
+        int32_t t = ids[(i * 7 + 3) % n];
+        if (st_seq_forward(s, &t, 1, lg + (size_t)(n + i) * (size_t)m->vocab, false)) fail_msg("decode: %s", st_last_error());
+    }
+    st_seq_free(s);
+    return lg;
+}
+
+static void assert_same(const float *a, const float *b, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof(float)))
+            fail_msg("%s: logit %zu differs: %.9g vs %.9g", what, i, (double)a[i], (double)b[i]);
+}
+
+static bool same(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
+
+static void gpu_stats(const st_model *m, st_gpu_tier_stats *gs) {
+    if (st_model_gpu_stats(m, gs)) fail_msg("no GPU tier attached");
+}
+
+static void emu_stats(const st_model *m, st_gpu_emu_stats *es) {
+    assert_int_equal(st_gpu_emu_get_stats(st_gpu_experts_device(m->experts.gpu), es), 0);
+}
+
+/* The device bytes of one slot and of the buffers, from a tier with room for everything. */
+static void tier_sizes(const char *path, uint64_t *slot, uint64_t *buffers) {
+    st_model *m = tu_load(path, &(st_model_opts){.gpu_mem = 256 << 20}, 1);
+    st_gpu_tier_stats gs;
+    gpu_stats(m, &gs);
+    *slot = gs.slot_bytes;
+    *buffers = gs.buffer_bytes;
+    st_model_free(m);
+}
+
+/* Every GPU configuration against the model without a GPU tier, bit for bit. */
+static void identical(const char *path, st_numerics num, int threads) {
+    uint64_t slot, buffers;
+    tier_sizes(path, &slot, &buffers);
+    st_model *m = tu_load(path, &(st_model_opts){.numerics = num}, threads);
+    assert_null(m->experts.gpu);
+    int32_t ids[N_PROMPT];
+    ids_for(m, ids, N_PROMPT, 0);
+    float *want = run(m, ids, N_PROMPT, N_DECODE);
+    const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
+    st_model_free(m);
+    const struct {
+        const char *name;
+        st_model_opts o;
+    } v[] = {
+        {"every expert fits", {.gpu_mem = 256 << 20}},
+        {"12 slots (exact budget)", {.gpu_mem = buffers + 12 * slot}},
+        {"2 slots: a miss evicts every time", {.gpu_mem = buffers + 2 * slot}},
+        {"8 slots, LFU", {.gpu_mem = 64 << 20, .gpu_slots = 8, .cache_policy = 1}},
+        {"streaming from NVMe, 3 DRAM slots, 12 GPU slots", {.gpu_mem = buffers + 12 * slot, .expert_slots = 3}},
+        {"streaming, 2 DRAM slots, every expert on the GPU", {.gpu_mem = 256 << 20, .expert_slots = 2, .no_prefetch = true}},
+    };
+    for (size_t i = 0; i < ST_ARRAY_LEN(v); i++) {
+        st_model_opts o = v[i].o;
+        o.numerics = num;
+        m = tu_load(path, &o, threads);
+        float *got = run(m, ids, N_PROMPT, N_DECODE);
+        char what[300];
+        snprintf(what, sizeof what, "%s, %s numerics, %d threads, %s", path, num ? "reference" : "official", threads, v[i].name);
+        assert_same(want, got, count, what);
+        st_gpu_tier_stats gs;
+        st_gpu_emu_stats es;
+        gpu_stats(m, &gs);
+        emu_stats(m, &es);
+        if (gs.n_slots >= 8) assert_true(gs.hits > 0); /* 2 slots of 5 layers: the next use of a key comes too late */
+        assert_int_equal(gs.hits + gs.misses, gs.uses);
+        assert_true(gs.admitted > 0);
+        assert_true(gs.admitted + gs.refused <= gs.misses);
+        assert_true(gs.peak <= o.gpu_mem);
+        assert_true(es.peak <= o.gpu_mem);                 /* what the device itself saw allocated */
+        assert_int_equal(es.peak, gs.peak);
+        assert_int_equal(es.ffn_host + es.ffn_kernel, gs.ffn_launches);
+        assert_true(es.deferred_runs > 0);                  /* work waited for, not run at enqueue */
+        if (o.gpu_slots) assert_int_equal(gs.n_slots, o.gpu_slots);
+        if (gs.n_slots < 40) assert_true(gs.evictions > 0);
+        print_message("%s: %d slots, %llu uses, %llu hits, %llu admitted, %llu evictions, %llu B copied, peak %llu of %llu B; "
+                      "FFN by kernel emulation %llu, by the CPU %llu\n", what, gs.n_slots, (unsigned long long)gs.uses,
+                      (unsigned long long)gs.hits, (unsigned long long)gs.admitted, (unsigned long long)gs.evictions,
+                      (unsigned long long)gs.bytes_copied, (unsigned long long)gs.peak, (unsigned long long)o.gpu_mem,
+                      (unsigned long long)es.ffn_kernel, (unsigned long long)es.ffn_host);
+        free(got);
+        st_model_free(m);
+    }
+    free(want);
+}
+
+static void tiny_official(void **state) {
+    (void)state;
+    identical(tiny, ST_NUMERICS_OFFICIAL, 2);
+}
+
+static void tiny_reference(void **state) {
+    (void)state;
+    identical(tiny, ST_NUMERICS_REFERENCE, 2);
+}
+
+static void tiny_threads(void **state) {
+    (void)state;
+    identical(tiny, ST_NUMERICS_OFFICIAL, 1);
+    identical(tiny, ST_NUMERICS_OFFICIAL, 3);
+}
+
+/* Batched decode and prefill of several sequences (several tokens per expert). */
+static void batches(void **state) {
+    (void)state;
+    enum { B = 4, LEN = 7, STEPS = 4 };
+    uint64_t slot, buffers;
+    tier_sizes(tiny, &slot, &buffers);
+    const st_model_opts variants[] = {{0}, {.gpu_mem = 256 << 20}, {.gpu_mem = buffers + 28 * slot},
+                                      {.gpu_mem = buffers + 28 * slot, .expert_slots = 3}};
+    float *want = NULL;
+    for (size_t v = 0; v < ST_ARRAY_LEN(variants); v++) {
+        st_model *m = tu_load(tiny, &variants[v], 2);
+        st_seq *seqs[B];
+        int32_t toks[B * LEN];
+        int64_t lens[B];
+        for (int b = 0; b < B; b++) {
+            assert_int_equal(st_seq_new(m, &seqs[b]), 0);
+            lens[b] = LEN - b;
+        }
+        ids_for(m, toks, B * LEN, 3);
+        const size_t V = (size_t)m->vocab, count = (size_t)(STEPS + 1) * B * V;
+        float *got = malloc(count * sizeof(float));
+        if (st_seq_prefill_batch(seqs, toks, lens, B, got)) fail_msg("prefill batch: %s", st_last_error());
+        for (int s = 0; s < STEPS; s++) {
+            int32_t t[B];
+            for (int b = 0; b < B; b++) t[b] = toks[(s * 5 + b * 3) % (B * LEN)];
+            if (st_seq_forward_batch(seqs, t, B, got + (size_t)(s + 1) * B * V)) fail_msg("batch: %s", st_last_error());
+        }
+        if (!want) want = got;
+        else {
+            char what[100];
+            snprintf(what, sizeof what, "batch of %d, variant %zu", B, v);
+            assert_same(want, got, count, what);
+            st_gpu_tier_stats gs;
+            gpu_stats(m, &gs);
+            /* fewer slots than keys: a step of 4 sequences uses most of the 40 keys, LRU may keep none */
+            assert_true(gs.hits > 0);
+            assert_true(gs.admitted > 0);
+            assert_int_equal(gs.hits + gs.misses, gs.uses);
+            assert_true(gs.peak <= variants[v].gpu_mem);
+            print_message("%s: %d slots, %llu uses, %llu hits, %llu evictions\n", what, gs.n_slots,
+                          (unsigned long long)gs.uses, (unsigned long long)gs.hits, (unsigned long long)gs.evictions);
+            free(got);
+        }
+        for (int b = 0; b < B; b++) st_seq_free(seqs[b]);
+        st_model_free(m);
+    }
+    free(want);
+}
+
+/* Counts the uses a get-only source sees (one get per expert with rows, per layer call). */
+typedef struct counting { st_model *m; uint64_t gets; } counting;
+static int count_get(void *ctx, int layer, int expert, const st_expert_w **out) {
+    counting *c = ctx;
+    c->gets++;
+    *out = &c->m->layers[layer].moe.experts[expert];
+    return 0;
+}
+static void count_put(void *ctx, int layer, int expert) { (void)ctx, (void)layer, (void)expert; }
+
+/* hits + misses = the uses without the tier; the CPU computes exactly the misses; a repeated
+ * prompt with room for every expert hits every time. */
+static void counters(void **state) {
+    (void)state;
+    st_model *m = tu_load(tiny, NULL, 2);
+    counting plain = {.m = m};
+    m->experts = (st_expert_source){.get = count_get, .put = count_put, .ctx = &plain};
+    int32_t ids[N_PROMPT];
+    ids_for(m, ids, N_PROMPT, 1);
+    free(run(m, ids, N_PROMPT, N_DECODE));
+    m->experts = (st_expert_source){0};
+    st_model_free(m);
+
+    m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20}, 2);
+    counting cpu = {.m = m};
+    st_gpu_experts *g = m->experts.gpu;
+    m->experts = (st_expert_source){.get = count_get, .put = count_put, .ctx = &cpu, .gpu = g};
+    free(run(m, ids, N_PROMPT, N_DECODE));
+    st_gpu_tier_stats a, b;
+    gpu_stats(m, &a);
+    assert_int_equal(a.uses, plain.gets);
+    assert_int_equal(a.hits + a.misses, a.uses);
+    assert_int_equal(cpu.gets, a.misses);
+    assert_int_equal(a.admitted, a.misses); /* room for all: every miss is copied in */
+    assert_int_equal(a.refused, 0);
+    free(run(m, ids, N_PROMPT, N_DECODE)); /* the same prompt again: everything is on the device */
+    gpu_stats(m, &b);
+    assert_int_equal(b.uses - a.uses, plain.gets);
+    assert_int_equal(b.hits - a.hits, plain.gets);
+    assert_int_equal(cpu.gets, a.misses);
+    print_message("%llu uses, first run %llu hits, repeated %llu of %llu\n", (unsigned long long)a.uses,
+                  (unsigned long long)a.hits, (unsigned long long)(b.hits - a.hits), (unsigned long long)(b.uses - a.uses));
+    m->experts = (st_expert_source){.get = NULL, .gpu = g}; /* st_model_free detaches the tier */
+    st_model_free(m);
+}
+
+/* The device's FFN output, perturbed by one bit, must show in the logits: proof that the
+ * compared runs computed experts on the device. */
+static void perturbed_device_changes_logits(void **state) {
+    (void)state;
+    st_model *m = tu_load(tiny, NULL, 2);
+    int32_t ids[N_PROMPT];
+    ids_for(m, ids, N_PROMPT, 0);
+    float *want = run(m, ids, N_PROMPT, N_DECODE);
+    const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
+    st_model_free(m);
+    for (int host_only = 0; host_only < 2; host_only++) {
+        st_gpu_emu_host_only = host_only;
+        m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20}, 2);
+        float *ok = run(m, ids, N_PROMPT, N_DECODE);
+        assert_true(same(want, ok, count));
+        st_model_free(m);
+        st_gpu_emu_perturb = true;
+        m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20}, 2);
+        float *bad = run(m, ids, N_PROMPT, N_DECODE);
+        st_gpu_emu_perturb = false;
+        st_gpu_tier_stats gs;
+        gpu_stats(m, &gs);
+        assert_true(gs.hits > 0);
+        assert_false(same(want, bad, count));
+        free(ok);
+        free(bad);
+        st_model_free(m);
+    }
+    st_gpu_emu_host_only = false;
+    free(want);
+}
+
+/* A budget below one slot + buffers is refused, naming --gpu-mem and the least size; the least
+ * size itself works. */
+static void budget_too_small(void **state) {
+    (void)state;
+    uint64_t slot, buffers;
+    tier_sizes(tiny, &slot, &buffers);
+    st_model_opts o = {.gpu_mem = buffers + slot - 1, .threads = 1, .quiet = true};
+    st_model *m = NULL;
+    assert_int_equal(st_model_load(tiny, &o, &m), ST_ERR_BUDGET);
+    assert_null(m);
+    char least[32];
+    st_fmt_size(buffers + slot, least, sizeof least);
+    const char *msg = st_last_error();
+    if (!strstr(msg, "--gpu-mem") || !strstr(msg, least)) fail_msg("message without --gpu-mem or %s: %s", least, msg);
+    o.gpu_mem = buffers + slot;
+    m = tu_load(tiny, &o, 1);
+    st_gpu_tier_stats gs;
+    gpu_stats(m, &gs);
+    assert_int_equal(gs.n_slots, 1);
+    assert_true(gs.peak <= o.gpu_mem);
+    int32_t ids[8];
+    ids_for(m, ids, 8, 2);
+    free(run(m, ids, 8, 2));
+    st_model_free(m);
+    o.gpu_slots = 3; /* more slots than the budget holds */
+    o.gpu_mem = buffers + 2 * slot;
+    assert_int_equal(st_model_load(tiny, &o, &m), ST_ERR_BUDGET);
+}
+
+static char *run_cli(const char *env, const char *extra) {
+    char cmd[1024], *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s %s run --model %s --ids 5,9,14,200,7,3,88,41 -n 8 --threads 2 %s 2>&1", env, bin,
+             tiny, extra);
+    int rc = tu_run(cmd, &out);
+    if (rc) fail_msg("%s: exit %d: %s", cmd, rc, out);
+    return out;
+}
+
+/* `strata run --gpu-mem` under STRATA_GPU=emulate: the tiers part names the GPU tier, the
+ * generated ids are the same as without it; a budget too small is a clear error. */
+static void cli_run(void **state) {
+    (void)state;
+    char *plain = run_cli("STRATA_GPU=off", ""), *gpu = run_cli("STRATA_GPU=emulate", "--gpu-mem 1M");
+    if (!strstr(gpu, "GPU (emulated)")) fail_msg("no GPU tier in: %s", gpu);
+    char *a = strchr(plain, '\n'), *b = strstr(gpu, "\n[prefill");
+    assert_non_null(a);
+    assert_non_null(b);
+    /* the ids line is the line before the summary */
+    char *ids_plain = plain, *ids_gpu = b;
+    while (ids_gpu > gpu && ids_gpu[-1] != '\n') ids_gpu--;
+    if (ids_gpu > gpu) { /* b points at "\n[prefill": step back over the ids line */
+        ids_gpu--;
+        while (ids_gpu > gpu && ids_gpu[-1] != '\n') ids_gpu--;
+    }
+    size_t n = strcspn(ids_plain, "\n");
+    if (strncmp(ids_plain, ids_gpu, n)) fail_msg("ids differ:\n%s\n---\n%s", plain, gpu);
+    char *off = run_cli("STRATA_GPU=off", "--gpu-mem 1M");
+    if (strstr(off, "GPU (")) fail_msg("STRATA_GPU=off still has a GPU tier: %s", off);
+    char cmd[1024], *out = NULL;
+    snprintf(cmd, sizeof cmd, "STRATA_GPU=emulate %s run --model %s --ids 5,9 -n 2 --gpu-mem 4K 2>&1", bin, tiny);
+    assert_int_not_equal(tu_run(cmd, &out), 0);
+    if (!strstr(out, "--gpu-mem") || !strstr(out, "at least")) fail_msg("unclear refusal: %s", out);
+    free(out);
+    free(plain);
+    free(gpu);
+    free(off);
+}
+
+/* The real device where there is one: the same logits with the CUDA kernels. */
+static void cuda_device(void **state) {
+    (void)state;
+    const char *why;
+    if (st_gpu_device_count(&why) <= 0) {
+        print_message("no CUDA device (%s)\n", why);
+        skip();
+    }
+    setenv("STRATA_GPU", "cuda", 1);
+    st_model *m = tu_load(tiny, NULL, 2);
+    int32_t ids[N_PROMPT];
+    ids_for(m, ids, N_PROMPT, 0);
+    float *want = run(m, ids, N_PROMPT, N_DECODE);
+    const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
+    st_model_free(m);
+    m = tu_load(tiny, &(st_model_opts){.gpu_mem = 64 << 20, .gpu_slots = 3}, 2);
+    float *got = run(m, ids, N_PROMPT, N_DECODE);
+    st_gpu_tier_stats gs;
+    gpu_stats(m, &gs);
+    assert_string_equal(gs.device, "cuda");
+    assert_true(gs.hits > 0);
+    setenv("STRATA_GPU", "emulate", 1);
+    assert_same(want, got, count, "CUDA device, 3 slots");
+    free(want);
+    free(got);
+    st_model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(tiny_official),
+        cmocka_unit_test(tiny_reference),
+        cmocka_unit_test(tiny_threads),
+        cmocka_unit_test(batches),
+        cmocka_unit_test(counters),
+        cmocka_unit_test(perturbed_device_changes_logits),
+        cmocka_unit_test(budget_too_small),
+        cmocka_unit_test(cli_run),
+        cmocka_unit_test(cuda_device),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
