@@ -115,6 +115,15 @@ static int distinct_into(st_model_stream *ms, const int32_t *ids, int64_t n, int
 /* ... into ms->need: the current layer's experts (or a step's certain ones). */
 static int distinct(st_model_stream *ms, const int32_t *ids, int64_t n) { return distinct_into(ms, ids, n, ms->need); }
 
+/* Predictions skip the experts the GPU tier holds now: the device computes them, no DRAM copy
+ * is needed (should one be evicted before its use, it is a demand load). Returns the count kept. */
+static int drop_gpu_held(st_model_stream *ms, int layer, int *experts, int n) {
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (!st_gpu_experts_holds(ms->m->experts.gpu, layer, experts[i])) experts[k++] = experts[i];
+    return k;
+}
+
 static int32_t *pred_of(st_model_stream *ms, int layer) { return ms->pred + (size_t)layer * (size_t)ms->T_cap * (size_t)ms->top_k; }
 
 static int ms_step(void *ctx, const int32_t *tokens, int64_t T) {
@@ -138,7 +147,7 @@ static int ms_step(void *ctx, const int32_t *tokens, int64_t T) {
                 int64_t e = tokens[t] >= 0 && tokens[t] < ms->m->vocab ? mw->tid2eid[(int64_t)tokens[t] * K + k] : -1;
                 p[t * K + k] = e >= 0 && e < ms->n_experts ? (int32_t)e : -1;
             }
-        int n = distinct(ms, p, T * K);
+        int n = drop_gpu_held(ms, l, ms->need, distinct(ms, p, T * K));
         if ((rc = st_expert_nodes_request(ms->es, l, ms->need, n))) return rc;
     }
     return 0;
@@ -182,6 +191,7 @@ static int ms_routed(void *ctx, int layer, const float *xn, const int32_t *token
                     float w = ms->pred_w[t * K + k];
                     for (int j = 0; j < K; j++) rank += ms->pred_w[t * K + j] > w || (ms->pred_w[t * K + j] == w && j < k);
                     if (rank >= keep) continue;
+                    if (st_gpu_experts_holds(ms->m->experts.gpu, layer + 1, e)) continue; /* computed there */
                     if (!ms->mark[e] && n < (int)ST_ARRAY_LEN(saved)) { ms->mark[e] = true; saved[n++] = e; }
                 }
             if ((rc = st_expert_nodes_predict(ms->es, layer + 1, saved, n))) return rc;
@@ -208,6 +218,7 @@ static int ms_refine(void *ctx, int layer, const float *xn, const int32_t *token
     /* all of each token's experts: on flash-2l this prediction had 98, 95, 93, 70, 65 and 51% of
      * its ranks right (the one from the previous layer's input 65, 60, 42, 21, 33, 28%) */
     int n = distinct_into(ms, p, T * K, ms->predicted);
+    n = drop_gpu_held(ms, layer, ms->predicted, n);
     return st_expert_nodes_predict(ms->es, layer, ms->predicted, n);
 }
 

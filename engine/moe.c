@@ -216,6 +216,8 @@ static int experts_on_gpu(const st_moe_w *w, int layer, const st_expert_source *
  * on the device while the CPU computes the others in the order the source has them resident;
  * summed into out in ascending id afterwards, the same additions in the same order as the
  * ascending loop of st_moe_forward. */
+static int shared_expert(st_pool *pool, const st_moe_w *w, moe_bufs *b, const float *xn, int64_t T, st_numerics num);
+
 static int experts_as_resident(st_pool *pool, const st_moe_w *w, int layer, const st_expert_source *src, moe_bufs *b,
                                const float *xn, int64_t T, st_numerics num, float *out) {
     const int E = w->n_experts, K = w->top_k;
@@ -239,6 +241,9 @@ static int experts_as_resident(st_pool *pool, const st_moe_w *w, int layer, cons
         }
     free(cur);
     if (gpu && (r = experts_on_gpu(w, layer, src, b, xn, first, rows, coef, xd, ye, num))) goto done;
+    /* the shared expert (into b->yg, added last by the caller) while the device works and the
+     * source's reads are in flight */
+    if (w->has_shared && (r = shared_expert(pool, w, b, xn, T, num))) goto done;
     const st_expert_w *ew;
     if (src->n_nodes > 1 && src->n_nodes <= 64 && src->next_on) { /* node i's threads on node i's experts */
         node_job *j = calloc(1, sizeof *j);
@@ -327,12 +332,11 @@ int st_moe_forward(st_pool *pool, const st_moe_w *w, int layer, const st_expert_
     /* official: every quantised expert reads act_quant(xn): quantise once */
     if (official) st_act_quant(xn, T, dim, b.xq);
     memset(out, 0, (size_t)(T * dim) * sizeof(float));
-    /* streaming: the shared expert first, while the routed experts' reads are in flight; it is
+    /* each expert into its own rows, summed after (the source's residency order, the GPU tier);
+     * there the shared expert runs first, while reads are in flight and the device works; it is
      * still added last, so the sums are the same as below */
-    /* each expert into its own rows, summed after: the source's residency order, the GPU tier */
     const bool by_rows = src && (src->next || gpu);
     const bool shared_first = by_rows && w->has_shared;
-    if (shared_first && (rc = shared_expert(pool, w, &b, xn, T, num))) goto done;
     if (by_rows && (rc = experts_as_resident(pool, w, layer, src, &b, xn, T, num, out))) goto done;
     for (int e = 0; e < E && !by_rows; e++) {
         int64_t n = 0;

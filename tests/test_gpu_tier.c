@@ -22,11 +22,12 @@
 #include "base/base.h"
 #include "engine/model.h"
 #include "engine/model_gpu.h"
+#include "engine/model_stream.h"
 #include "engine/synth.h"
 #include "offload/gpu_device.h"
 #include "util.h"
 
-static char tmp[128], tiny[200];
+static char tmp[128], tiny[200], wide[200];
 static const char *bin;
 
 static int setup(void **state) {
@@ -35,7 +36,14 @@ static int setup(void **state) {
     setenv("STRATA_GPU", "emulate", 1);
     if (tu_tmpdir(tmp, sizeof tmp, "/var/tmp/strata-gputier-XXXXXX")) return -1;
     snprintf(tiny, sizeof tiny, "%s/tiny", tmp);
-    return tu_synth(st_synth_find("tiny"), tiny, 21, NULL) ? -1 : 0;
+    snprintf(wide, sizeof wide, "%s/wide", tmp);
+    /* tiny with more, larger experts and more of them per token */
+    st_synth_preset p = *st_synth_find("tiny");
+    p.name = "tiny-wide";
+    p.n_experts = 16;
+    p.top_k = 3;
+    p.moe_inter = 96;
+    return tu_synth(st_synth_find("tiny"), tiny, 21, NULL) || tu_synth(&p, wide, 22, NULL) ? -1 : 0;
 }
 
 static int teardown(void **state) {
@@ -99,16 +107,17 @@ static void identical(const char *path, st_numerics num, int threads) {
     ids_for(m, ids, N_PROMPT, 0);
     float *want = run(m, ids, N_PROMPT, N_DECODE);
     const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
+    const int keys = m->n_layers * m->layers[0].moe.n_experts, part = keys * 3 / 10, fifth = keys / 5;
     st_model_free(m);
     const struct {
         const char *name;
         st_model_opts o;
     } v[] = {
         {"every expert fits", {.gpu_mem = 256 << 20}},
-        {"12 slots (exact budget)", {.gpu_mem = buffers + 12 * slot}},
+        {"30% of the experts (exact budget)", {.gpu_mem = buffers + (uint64_t)part * slot}},
         {"2 slots: a miss evicts every time", {.gpu_mem = buffers + 2 * slot}},
-        {"8 slots, LFU", {.gpu_mem = 64 << 20, .gpu_slots = 8, .cache_policy = 1}},
-        {"streaming from NVMe, 3 DRAM slots, 12 GPU slots", {.gpu_mem = buffers + 12 * slot, .expert_slots = 3}},
+        {"20% of the experts, LFU", {.gpu_mem = 64 << 20, .gpu_slots = fifth, .cache_policy = 1}},
+        {"streaming from NVMe, 3 DRAM slots, 30% on the GPU", {.gpu_mem = buffers + (uint64_t)part * slot, .expert_slots = 3}},
         {"streaming, 2 DRAM slots, every expert on the GPU", {.gpu_mem = 256 << 20, .expert_slots = 2, .no_prefetch = true}},
     };
     for (size_t i = 0; i < ST_ARRAY_LEN(v); i++) {
@@ -123,7 +132,7 @@ static void identical(const char *path, st_numerics num, int threads) {
         st_gpu_emu_stats es;
         gpu_stats(m, &gs);
         emu_stats(m, &es);
-        if (gs.n_slots >= 8) assert_true(gs.hits > 0); /* 2 slots of 5 layers: the next use of a key comes too late */
+        if (gs.n_slots > 2) assert_true(gs.hits > 0); /* 2 slots of 5 layers: the next use of a key comes too late */
         assert_int_equal(gs.hits + gs.misses, gs.uses);
         assert_true(gs.admitted > 0);
         assert_true(gs.admitted + gs.refused <= gs.misses);
@@ -133,7 +142,12 @@ static void identical(const char *path, st_numerics num, int threads) {
         assert_int_equal(es.ffn_host + es.ffn_kernel, gs.ffn_launches);
         assert_true(es.deferred_runs > 0);                  /* work waited for, not run at enqueue */
         if (o.gpu_slots) assert_int_equal(gs.n_slots, o.gpu_slots);
-        if (gs.n_slots < 40) assert_true(gs.evictions > 0);
+        if (gs.n_slots < keys) assert_true(gs.evictions > 0);
+        st_stream_stats ss;
+        if (o.expert_slots) { /* the DRAM tier is asked only for what the device does not compute */
+            assert_int_equal(st_model_offload_stats(m, &ss), 0);
+            assert_int_equal(ss.pf.needs, gs.misses);
+        }
         print_message("%s: %d slots, %llu uses, %llu hits, %llu admitted, %llu evictions, %llu B copied, peak %llu of %llu B; "
                       "FFN by kernel emulation %llu, by the CPU %llu\n", what, gs.n_slots, (unsigned long long)gs.uses,
                       (unsigned long long)gs.hits, (unsigned long long)gs.admitted, (unsigned long long)gs.evictions,
@@ -153,6 +167,12 @@ static void tiny_official(void **state) {
 static void tiny_reference(void **state) {
     (void)state;
     identical(tiny, ST_NUMERICS_REFERENCE, 2);
+}
+
+static void wide_both_numerics(void **state) {
+    (void)state;
+    identical(wide, ST_NUMERICS_OFFICIAL, 2);
+    identical(wide, ST_NUMERICS_REFERENCE, 2);
 }
 
 static void tiny_threads(void **state) {
@@ -344,6 +364,9 @@ static void cli_run(void **state) {
     }
     size_t n = strcspn(ids_plain, "\n");
     if (strncmp(ids_plain, ids_gpu, n)) fail_msg("ids differ:\n%s\n---\n%s", plain, gpu);
+    char *js = run_cli("STRATA_GPU=emulate", "--gpu-mem 1M --json");
+    if (!strstr(js, "\"gpu\":{\"device\":\"emulated\"") || !strstr(js, "\"hits\":")) fail_msg("no gpu object in: %s", js);
+    free(js);
     char *off = run_cli("STRATA_GPU=off", "--gpu-mem 1M");
     if (strstr(off, "GPU (")) fail_msg("STRATA_GPU=off still has a GPU tier: %s", off);
     char cmd[1024], *out = NULL;
@@ -389,6 +412,7 @@ int main(void) {
         cmocka_unit_test(tiny_official),
         cmocka_unit_test(tiny_reference),
         cmocka_unit_test(tiny_threads),
+        cmocka_unit_test(wide_both_numerics),
         cmocka_unit_test(batches),
         cmocka_unit_test(counters),
         cmocka_unit_test(perturbed_device_changes_logits),
