@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "base/base.h"
-#include "cpu/expf.h"
 #include "cpu/quant.h"
 #include "engine/attention.h"
 #include "offload/gpu_experts.h"
@@ -84,18 +83,7 @@ static int expert_apply(st_pool *pool, const st_expert_w *e, const float *x, int
     int rc;
     if ((rc = st_matmul(pool, &e->w1, x, n, g, ST_ACT_F32)) || (rc = st_matmul(pool, &e->w3, x, n, u, ST_ACT_F32)))
         return rc;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t k = 0; k < inter; k++) {
-            float a = g[i * inter + k], c = u[i * inter + k];
-            if (limit > 0) {
-                if (a > limit) a = limit;
-                if (c > limit) c = limit;
-                if (c < -limit) c = -limit;
-            }
-            float h = a / (1.0f + st_expf(-a)) * c;
-            if (coef) h *= coef[i];
-            g[i * inter + k] = h;
-        }
+    st_swiglu(g, u, n, inter, 0, inter, coef, limit);
     st_round_bf16(g, n * inter);
     if (is_quantised(&e->w2)) st_act_quant(g, n, inter, g);
     if ((rc = st_matmul(pool, &e->w2, g, n, o, ST_ACT_F32))) return rc;
