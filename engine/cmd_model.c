@@ -188,29 +188,10 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
             if (!strcmp(o, "--top-p")) a->samp.top_p = f;
             else a->samp.temperature = f;
         }
-        else if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--gpu-mem")) {
-            NEEDV();
-            uint64_t bytes;
-            if (st_parse_size(v, 0, o, &bytes)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return 2; }
-            if (!strcmp(o, "--dram-budget")) a->opts.dram_budget = bytes;
-            else if (!strcmp(o, "--expert-cache")) a->opts.expert_cache = bytes;
-            else a->opts.gpu_mem = bytes;
-        } else if (!strcmp(o, "--numa")) {
-            NEEDV();
-            if (!cli_numa(cmd, v, &a->opts.numa)) return 2;
-        } else if (!strcmp(o, "--prefetch")) {
-            NEEDV();
-            if (strcmp(v, "on") && strcmp(v, "off")) { fprintf(stderr, "strata %s: --prefetch on|off, not '%s'\n", cmd, v); return 2; }
-            a->opts.no_prefetch = !strcmp(v, "off");
-        } else if (!strcmp(o, "--cache-policy")) {
-            NEEDV();
-            st_policy_kind k;
-            if (st_policy_parse(v, &k) || k == ST_POLICY_BELADY || k == ST_POLICY_HOTSET) {
-                fprintf(stderr, "strata %s: --cache-policy must be lru, lfu or lfru, not '%s'\n", cmd, v);
-                return 2;
-            }
-            a->opts.cache_policy = (int)k;
-        } else if (!strcmp(o, "--io-depth")) { NEEDV(); if (!cli_int(cmd, o, v, 1, 4096, &x)) return 2; a->opts.io_depth = (int)x; }
+        else if ((x = cli_tier_option(cmd, o, v, &a->opts)) != 0) {
+            if (x < 0) return 2;
+            i++;
+        }
         else if (!strcmp(o, "--trace")) { NEEDV(); a->opts.trace_path = v; }
         else if (!strcmp(o, "--kv-budget")) {
             NEEDV();
@@ -256,27 +237,15 @@ static const char *common_help =
     "                       or reference (F32 everywhere)\n"
     "  --threads N          worker threads (default: one per core)\n"
     "  --chunk N            prefill chunk in tokens (default 2048)\n"
-    "  --dram-budget SIZE   DRAM the weights may hold (e.g. 40G, a percentage is refused): what stays after\n"
-    "                       the attention/shared/embedding weights caches routed experts, the rest\n"
-    "                       streams from the checkpoint with O_DIRECT (default: no limit when every weight\n"
-    "                       fits in 90% of the memory available, else that 90%: see strata info)\n"
-    "  --expert-cache SIZE  DRAM for the routed-expert cache itself (instead of --dram-budget)\n"
     "  --kv-budget SIZE     KV tiering: fast memory for CSA compressed entries (paged; the rest spills\n"
     "                       to DRAM, or to --kv-spill); logits are identical (default: all resident)\n"
     "  --kv-spill DIR       with --kv-budget: spill KV pages to a file in DIR (NVMe) instead of DRAM\n"
     "  --kv-dram SIZE       with --kv-spill: spilled pages stay in DRAM up to SIZE, the oldest go on to\n"
     "                       the file in DIR (default: straight to the file)\n"
     "  --kv-page SIZE       with --kv-budget: KV page size, a multiple of 4 KiB (default 64K)\n"
-    "  --gpu-mem SIZE       GPU tier: device memory for routed experts (slots of the largest) and their\n"
-    "                       buffers, a hard limit; hits run on the GPU, misses on the CPU and are then\n"
-    "                       copied in (default: no GPU tier; without a GPU: an info line, DRAM/NVMe only).\n"
-    "                       STRATA_GPU=emulate (tests, debugging): a host-memory stand-in device with\n"
-    "                       deferred work; STRATA_GPU=off: none\n"
-    "  --numa auto|off|N    expert cache and threads: auto (default) every NUMA node, each node's experts\n"
-    "                       in its memory and computed by its threads; off: no binding; N: all on node N\n"
-    "  --prefetch on|off    predict the next layer's experts from the router (default on)\n"
-    "  --cache-policy P     lru (default), lfu or lfru\n"
-    "  --io-depth N         reads in flight (default 32)\n"
+    ;
+/* after the tier options (cli_tier_help) */
+static const char *common_help_tail =
     "  --trace FILE         record per token and layer the experts chosen/predicted/hit (JSONL,\n"
     "                       replay with strata bench policies --trace FILE)\n"
     "  --json               machine-readable output\n"
@@ -284,8 +253,8 @@ static const char *common_help =
 
 int cmd_logits(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
-        printf("usage: strata logits --model DIR (--ids 1,2,3 | --ids-file FILE) [options]\n\nPrints the logits at every position.\n\n%s",
-               common_help);
+        printf("usage: strata logits --model DIR (--ids 1,2,3 | --ids-file FILE) [options]\n\nPrints the logits at every position.\n\n%s%s%s",
+               common_help, cli_tier_help, common_help_tail);
         return 0;
     }
     model_args a;
@@ -428,7 +397,7 @@ int cmd_run(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
         printf("usage: strata run --model DIR (--prompt TEXT | --ids 1,2,3 | --ids-file FILE) [-n N] [options]\n\n"
                "Generates up to N tokens after the prompt, streaming the text (or the ids), then\n"
-               "prints prefill and decode speed and the bytes of weights each decoded token reads.\n\n%s"
+               "prints prefill and decode speed and the bytes of weights each decoded token reads.\n\n%s%s%s"
                "  --prompt TEXT        prompt text ('-' reads stdin); rendered with the chat template\n"
                "                       as one user message unless --raw\n"
                "  --think off|on|max   thinking mode of the chat template (default off)\n"
@@ -439,7 +408,7 @@ int cmd_run(int argc, char **argv) {
                "  --temp T             temperature (default 0: greedy)\n"
                "  --top-k K, --top-p P sampling filters\n"
                "  --seed S             sampling seed (default 0)\n",
-               common_help);
+               common_help, cli_tier_help, common_help_tail);
         return 0;
     }
     model_args a;
