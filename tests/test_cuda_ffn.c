@@ -11,7 +11,8 @@
  * without one), for every ISA this CPU runs, FP4 and FP8 (ue8m0 and F32
  * scales) experts, both numerics, n = 1, 3, 9, clamp off/on, coef NULL/set,
  * shapes whose sizes are multiples of 32 but not 64 (and FP8 ones that are not
- * even multiples of 8). Without CUDA: every call reports ST_ERR_UNSUPPORTED.
+ * even multiples of 8), and NaN codes / scales in w2 (NaN at the same outputs,
+ * the others bit-identical). Without CUDA: every call reports ST_ERR_UNSUPPORTED.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -164,18 +165,36 @@ static void gpu_run(const st_expert_w *e, st_gpu_ffn f, float *o) {
 
 static void report_mismatch(const char *where, const float *want, const float *got, int64_t count) {
     for (int64_t i = 0; i < count; i++)
-        if (memcmp(&want[i], &got[i], 4)) {
+        if (!(isnan(want[i]) && isnan(got[i])) && memcmp(&want[i], &got[i], 4)) {
             printf("%s: first difference at %lld: CPU %a, GPU %a\n", where, (long long)i, (double)want[i], (double)got[i]);
             break;
         }
 }
 
+/* NaN: outputs NaN at the same places; the others bit-identical (NaN payloads may differ). */
+static bool same_nan_aware(const float *want, const float *got, int64_t count) {
+    for (int64_t i = 0; i < count; i++)
+        if (isnan(want[i]) ? !isnan(got[i]) : memcmp(&want[i], &got[i], 4)) return false;
+    return true;
+}
+
+/* Output row of w2 that poison_w2 makes NaN. */
+#define POISON_ROW 5
+
+/* A NaN into row POISON_ROW of w2: an e4m3 NaN code (FP8) or a NaN ue8m0 scale (FP4). */
+static void poison_w2(st_weight *w2) {
+    if (w2->fmt == ST_WF_FP8) ((uint8_t *)w2->data)[POISON_ROW * w2->cols + w2->cols - 1] = 0xff;
+    else ((uint8_t *)w2->scale)[POISON_ROW * (w2->cols / 32) + w2->cols / 32 - 1] = 255;
+}
+
 /* Runs every (numerics, n, clamp/coef) combination of one shape on the active
- * ISA; gpu: on the device, else the emulation. Returns the number of cases. */
-static int run_shape(const shape *sh, bool gpu) {
+ * ISA; gpu: on the device, else the emulation; poison: with poison_w2. Returns
+ * the number of cases. */
+static int run_shape(const shape *sh, bool gpu, bool poison) {
     int cases = 0;
     st_expert_w e = {make_weight(sh->k, sh->inter, sh->dim), make_weight(sh->k, sh->inter, sh->dim),
                      make_weight(sh->k, sh->dim, sh->inter)};
+    if (poison) poison_w2(&e.w2);
     const int64_t ns[] = {1, 3, 9}, nmax = 9, dim = sh->dim, inter = sh->inter;
     float *x = malloc((size_t)(nmax * dim) * sizeof(float)), *coef = malloc((size_t)nmax * sizeof(float));
     float *want = malloc((size_t)(nmax * dim) * sizeof(float)), *got = malloc((size_t)(nmax * dim) * sizeof(float));
@@ -202,8 +221,8 @@ static int run_shape(const shape *sh, bool gpu) {
                 snprintf(where, sizeof where, "%s %s: %s dim %lld inter %lld, %s, n %lld, %s", gpu ? "GPU" : "emulation",
                          st_isa_name(st_cpu_isa()), kind_name[sh->k], (long long)dim, (long long)inter,
                          official ? "official" : "reference", (long long)n, variant ? "limit 1 + coef" : "plain");
-                for (int64_t i = 0; i < n * dim; i++) assert_false(isnan(want[i]));
-                if (memcmp(want, got, (size_t)(n * dim) * sizeof(float))) {
+                for (int64_t i = 0; i < n * dim; i++) assert_true(!!isnan(want[i]) == (poison && i % dim == POISON_ROW));
+                if (poison ? !same_nan_aware(want, got, n * dim) : memcmp(want, got, (size_t)(n * dim) * sizeof(float))) {
                     report_mismatch(where, want, got, n * dim);
                     fail_msg("%s: not bit-identical", where);
                 }
@@ -225,7 +244,9 @@ static void every_isa(bool gpu) {
     int cases = 0, isas = 0;
     for (int isa = ST_ISA_GENERIC; isa <= (int)st_cpu_isa_best(); isa++) {
         assert_int_equal(st_cpu_set_isa((st_isa)isa), 0);
-        for (size_t s = 0; s < sizeof SHAPES / sizeof SHAPES[0]; s++) cases += run_shape(&SHAPES[s], gpu);
+        for (size_t s = 0; s < sizeof SHAPES / sizeof SHAPES[0]; s++) cases += run_shape(&SHAPES[s], gpu, false);
+        cases += run_shape(&SHAPES[0], gpu, true);  /* FP4: a NaN scale */
+        cases += run_shape(&SHAPES[3], gpu, true);  /* FP8: a NaN code */
         isas++;
     }
     st_cpu_set_isa(st_cpu_isa_best());
