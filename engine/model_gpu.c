@@ -32,7 +32,7 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
     }
     const int E = m->layers[0].moe.n_experts;
     st_gpu_experts_opts go = {.budget = o->gpu_mem, .n_slots = o->gpu_slots, .n_layers = m->n_layers, .n_experts = E,
-                              .dim = m->dim, .rows = ST_MIN(m->chunk, 256), .policy = (st_policy_kind)o->cache_policy,
+                              .dim = m->dim, .rows = o->gpu_rows > 0 ? o->gpu_rows : ST_MIN(m->chunk, 256), .policy = (st_policy_kind)o->cache_policy,
                               .isa = (int)st_cpu_isa()};
     bool gpu_formats = true;
     for (int l = 0; l < m->n_layers; l++)

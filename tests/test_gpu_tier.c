@@ -9,7 +9,10 @@
  * --gpu-mem and the least size; counters add up (hits + misses = the uses a
  * get-counting source sees without the tier; every use of a repeated prompt
  * hits); a perturbed device FFN changes the logits (the device path is used);
- * `strata run --gpu-mem` prints the GPU tier and the same ids. On a machine
+ * `strata run --gpu-mem` prints the GPU tier and the same ids (and --json its
+ * object); experts larger than a launch run in pieces; the emulated device
+ * defers its work and keeps order; the tier's rules (one open layer, only
+ * placed experts run, a miss refused when every slot is pinned). On a machine
  * with a CUDA device the logits test runs on it too (skip elsewhere). */
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +26,7 @@
 #include "engine/model.h"
 #include "engine/model_gpu.h"
 #include "engine/model_stream.h"
+#include "engine/moe.h"
 #include "engine/synth.h"
 #include "offload/gpu_device.h"
 #include "util.h"
@@ -119,6 +123,7 @@ static void identical(const char *path, st_numerics num, int threads) {
         {"20% of the experts, LFU", {.gpu_mem = 64 << 20, .gpu_slots = fifth, .cache_policy = 1}},
         {"streaming from NVMe, 3 DRAM slots, 30% on the GPU", {.gpu_mem = buffers + (uint64_t)part * slot, .expert_slots = 3}},
         {"streaming, 2 DRAM slots, every expert on the GPU", {.gpu_mem = 256 << 20, .expert_slots = 2, .no_prefetch = true}},
+        {"prefill chunks of 10, 2 rows per device FFN launch (experts in pieces)", {.gpu_mem = 256 << 20, .chunk = 10, .gpu_rows = 2}},
     };
     for (size_t i = 0; i < ST_ARRAY_LEN(v); i++) {
         st_model_opts o = v[i].o;
@@ -140,6 +145,7 @@ static void identical(const char *path, st_numerics num, int threads) {
         assert_true(es.peak <= o.gpu_mem);                 /* what the device itself saw allocated */
         assert_int_equal(es.peak, gs.peak);
         assert_int_equal(es.ffn_host + es.ffn_kernel, gs.ffn_launches);
+        if (o.gpu_rows) assert_true(gs.ffn_launches > gs.hits); /* some expert had more rows than a launch */
         assert_true(es.deferred_runs > 0);                  /* work waited for, not run at enqueue */
         if (o.gpu_slots) assert_int_equal(gs.n_slots, o.gpu_slots);
         if (gs.n_slots < keys) assert_true(gs.evictions > 0);
@@ -379,6 +385,112 @@ static void cli_run(void **state) {
     free(off);
 }
 
+/* The emulated device runs nothing at enqueue: copies land at the wait (event_done says "not
+ * yet" first), in order, through a queue that grows; device memory starts as 0xff; an FFN
+ * with no way to run fails at the wait; every byte is returned. */
+static void emulated_device_defers(void **state) {
+    (void)state;
+    st_gpu_dev *dev;
+    assert_int_equal(st_gpu_dev_emulated_new(NULL, &dev), 0);
+    const st_gpu_dev_ops *ops = dev->ops;
+    void *ctx = dev->ctx, *s, *ev;
+    uint32_t *d;
+    assert_int_equal(ops->alloc(ctx, 64, (void **)&d), 0);
+    assert_int_equal(d[0], 0xffffffffu);
+    assert_int_equal(ops->stream_new(ctx, &s), 0);
+    assert_int_equal(ops->event_new(ctx, &ev), 0);
+    uint32_t vals[100], back = 7;
+    for (uint32_t i = 0; i < 100; i++) { /* 100 copies to one place: more than the first ring holds */
+        vals[i] = i;
+        assert_int_equal(ops->copy_to_device(ctx, d, &vals[i], 4, s), 0);
+    }
+    assert_int_equal(ops->copy_to_host(ctx, &back, d, 4, s), 0);
+    assert_int_equal(ops->event_record(ctx, ev, s), 0);
+    assert_int_equal(d[0], 0xffffffffu); /* nothing ran yet */
+    assert_int_equal(back, 7);
+    assert_int_equal(ops->event_done(ctx, ev), 0);
+    assert_int_equal(ops->event_done(ctx, ev), 1);
+    assert_int_equal(d[0], 99); /* in order */
+    assert_int_equal(back, 99);
+    st_gpu_emu_stats es;
+    assert_int_equal(st_gpu_emu_get_stats(dev, &es), 0);
+    assert_int_equal(es.ops_queued, 101);
+    assert_int_equal(es.ops_run, 101);
+    assert_int_equal(es.peak, 64);
+    st_gpu_emu_host_only = true; /* and no host FFN: the FFN cannot run */
+    st_gpu_ffn f = {.x = (float *)d, .o = (float *)d, .n = 1};
+    assert_int_equal(ops->expert_ffn(ctx, &f, s), 0);
+    assert_int_equal(ops->stream_sync(ctx, s), ST_ERR_UNSUPPORTED);
+    st_gpu_emu_host_only = false;
+    assert_int_equal(ops->stream_sync(ctx, s), 0); /* reported once */
+    ops->event_free(ctx, ev);
+    ops->stream_free(ctx, s);
+    ops->free(ctx, d);
+    assert_int_equal(st_gpu_emu_get_stats(dev, &es), 0);
+    assert_int_equal(es.allocated, 0);
+    st_gpu_dev_free(dev);
+}
+
+/* The tier's rules without a model: a layer opens once, only placed experts run on the
+ * device, a miss is refused when every slot is pinned by the layer's hits, and a budget
+ * below one slot + buffers is refused. */
+static void tier_rules(void **state) {
+    (void)state;
+    st_gpu_dev *dev;
+    assert_int_equal(st_gpu_dev_emulated_new(st_moe_expert_host, &dev), 0);
+    const int64_t dim = 64, inter = 64;
+    st_expert_w e = {.w1 = {.fmt = ST_WF_FP4, .rows = inter, .cols = dim}, .w3 = {.fmt = ST_WF_FP4, .rows = inter, .cols = dim},
+                     .w2 = {.fmt = ST_WF_FP4, .rows = dim, .cols = inter}};
+    uint64_t off[6], bytes = st_gpu_expert_layout(&e, off);
+    uint8_t *host = calloc(1, bytes); /* zero weights: e2m1 0, scales 2^-127 */
+    st_weight *ws[3] = {&e.w1, &e.w3, &e.w2};
+    for (int i = 0; i < 3; i++) {
+        ws[i]->data = host + off[2 * i];
+        ws[i]->scale = host + off[2 * i + 1];
+    }
+    st_gpu_experts_opts o = {.budget = 1 << 20, .n_slots = 1, .n_layers = 2, .n_experts = 4, .slot_bytes = bytes,
+                             .dim = dim, .inter = inter, .rows = 4};
+    st_gpu_experts *g;
+    assert_int_equal(st_gpu_experts_new(dev, &o, &g), 0);
+    int one = 0, two[2] = {0, 1};
+    bool on[2];
+    assert_int_equal(st_gpu_experts_begin(g, 0, &one, 1, on), 0);
+    assert_false(on[0]);
+    assert_int_equal(st_gpu_experts_begin(g, 1, &one, 1, on), ST_ERR_INVALID); /* layer 0 is open */
+    float x[4 * 64] = {0}, c[4] = {1, 1, 1, 1}, y[4 * 64];
+    assert_int_equal(st_gpu_experts_run(g, 0, &e, x, 4, c, 0, true, y), ST_ERR_INVALID); /* not placed */
+    assert_int_equal(st_gpu_experts_admit(g, 0, 0, &e), 1);
+    assert_false(st_gpu_experts_holds(g, 0, 0)); /* not before its copy has landed */
+    assert_int_equal(st_gpu_experts_admit_done(g), 0);
+    assert_true(st_gpu_experts_holds(g, 0, 0));
+    assert_int_equal(st_gpu_experts_end(g), 0);
+    assert_int_equal(st_gpu_experts_begin(g, 0, two, 2, on), 0);
+    assert_true(on[0]);
+    assert_false(on[1]);
+    assert_int_equal(st_gpu_experts_run(g, 0, &e, x, 4, c, 0, true, y), 0);
+    assert_int_equal(st_gpu_experts_admit(g, 0, 1, &e), 0); /* the only slot is pinned by expert 0 */
+    assert_int_equal(st_gpu_experts_end(g), 0);
+    for (int i = 0; i < 4 * 64; i++) assert_true(y[i] == 0.0f); /* zero weights: written, and zero */
+    st_gpu_tier_stats gs;
+    st_gpu_experts_get_stats(g, &gs);
+    assert_int_equal(gs.uses, 3);
+    assert_int_equal(gs.hits, 1);
+    assert_int_equal(gs.misses, 2);
+    assert_int_equal(gs.admitted, 1);
+    assert_int_equal(gs.refused, 1);
+    assert_int_equal(gs.bytes_copied, bytes);
+    st_gpu_experts_free(g);
+    o.n_slots = 0;
+    o.budget = st_gpu_experts_buffer_bytes(dev, &o) + 4095; /* less than one slot (4 KiB stride) */
+    assert_int_equal(st_gpu_experts_new(dev, &o, &g), ST_ERR_BUDGET);
+    assert_non_null(strstr(st_last_error(), "--gpu-mem"));
+    st_gpu_emu_stats es;
+    assert_int_equal(st_gpu_emu_get_stats(dev, &es), 0);
+    assert_int_equal(es.allocated, 0);
+    st_gpu_dev_free(dev);
+    free(host);
+}
+
 /* The real device where there is one: the same logits with the CUDA kernels. */
 static void cuda_device(void **state) {
     (void)state;
@@ -418,6 +530,8 @@ int main(void) {
         cmocka_unit_test(perturbed_device_changes_logits),
         cmocka_unit_test(budget_too_small),
         cmocka_unit_test(cli_run),
+        cmocka_unit_test(emulated_device_defers),
+        cmocka_unit_test(tier_rules),
         cmocka_unit_test(cuda_device),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
