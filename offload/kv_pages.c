@@ -51,12 +51,15 @@ void st_kv_pages_free(st_kv_pages *kv) {
         const st_kv_pages_stats *t = &kv->st;
         fprintf(stderr, "kv pages: %llu gets, %.1f entries each (%.1f%% named by the stream's previous get), %.1f pages "
                         "each (%.1f%% named by the previous get), %.1f%% missing "
-                        "from fast memory (%.1f%% missing and named before); fetched %llu dram + %llu nvme (%.1f MiB read), prefetched %llu, dropped %llu, stall %.1f ms, spill writes %.1f ms\n",
+                        "from fast memory (%.1f%% missing and named before); %llu gathers (%.1f pages each, %llu fetched in %llu batches); "
+                        "fetched %llu dram + %llu nvme (%.1f MiB read), prefetched %llu, dropped %llu, stall %.1f ms, spill writes %.1f ms\n",
                 (unsigned long long)t->gets, (double)t->get_entries / (double)t->gets,
                 100.0 * (double)t->get_entry_repeat / (double)ST_MAX(t->get_entries, 1), (double)t->get_pages / (double)t->gets,
                 100.0 * (double)t->get_repeat / (double)ST_MAX(t->get_pages, 1),
                 100.0 * (double)t->get_missing / (double)ST_MAX(t->get_pages, 1),
-                100.0 * (double)t->get_missing_repeat / (double)ST_MAX(t->get_pages, 1), (unsigned long long)t->fetched_dram,
+                100.0 * (double)t->get_missing_repeat / (double)ST_MAX(t->get_pages, 1), (unsigned long long)t->gathers,
+                (double)t->gather_pages / (double)ST_MAX(t->gathers, 1), (unsigned long long)t->gather_fetched,
+                (unsigned long long)t->gather_batches, (unsigned long long)t->fetched_dram,
                 (unsigned long long)t->fetched_nvme, (double)t->bytes_read / 1048576.0, (unsigned long long)t->prefetched,
                 (unsigned long long)t->dropped, (double)t->stall_ns / 1e6, (double)t->write_ns / 1e6);
     }

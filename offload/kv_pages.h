@@ -115,7 +115,8 @@ typedef struct st_kv_pages_stats {
     uint64_t get_entry_repeat; /* ... of them, named by the previous get on the same stream too */
     uint64_t gathers;          /* st_kv_pages_gather calls */
     uint64_t gather_pages;     /* distinct pages those calls named */
-    uint64_t gather_batches;   /* groups of missing pages they fetched (pinned together) */
+    uint64_t gather_fetched;   /* of those pages, fetched by the gather (not in fast memory) */
+    uint64_t gather_batches;   /* groups of such pages fetched together (pinned at once) */
     uint64_t io_errors;
 } st_kv_pages_stats;
 

@@ -66,6 +66,7 @@ static int gather_batch(st_kv_pages *kv, int si, const int32_t *idx, const uint6
                 p->fast = NULL;
                 break;
             }
+            kv->st.gather_fetched++;
         }
         kv_pin(kv, s, h);
         pages++;

@@ -642,6 +642,7 @@ static void gather_copies_any_set_at_the_least_budget(void **state) {
         assert_int_equal(b.gather_pages - a.gather_pages, 12);
         const uint64_t missing = 12 - (b.hits - a.hits);
         assert_true(missing >= 6);
+        assert_int_equal(b.gather_fetched - a.gather_fetched, missing);
         assert_true(b.fetched_nvme > a.fetched_nvme);
         /* (with room, making it spills the fast tier into DRAM, whose pages go on to NVMe first) */
         if (least && cfg[c].dram_pages) assert_true(b.fetched_dram > a.fetched_dram);
