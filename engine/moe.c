@@ -156,6 +156,8 @@ static void node_experts(void *ctx, int node, st_pool *team) {
             for (int64_t i = 0; i < n; i++) memcpy(b.xg + i * dim, xs + j->rows[o + i] * dim, (size_t)dim * sizeof(float));
             memset(j->ye + o * dim, 0, (size_t)(n * dim) * sizeof(float));
             r = expert_apply(team, ew, b.xg, n, j->coef + o, j->w->swiglu_limit, j->num, &b, j->ye + o * dim);
+            /* a GPU tier's miss: copied in from this node's DRAM copy before it is released */
+            if (!r && j->src->gpu && (r = st_gpu_experts_admit_sync(j->src->gpu, j->layer, e, ew)) > 0) r = 0;
             if (st_moe_node_hook) st_moe_node_hook(j->layer, e, node, ew);
             if (j->src->put) j->src->put(j->src->ctx, j->layer, e);
             if (r) break;

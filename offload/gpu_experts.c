@@ -5,6 +5,7 @@
  * creation. */
 #include "offload/gpu_experts.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +38,7 @@ struct st_gpu_experts {
     int admit_slot;                 /* slot whose copy is in flight, -1: none */
     uint64_t admit_bytes;
     st_gpu_tier_stats st;
+    pthread_mutex_t mu;             /* admit_sync from several threads */
 };
 
 static uint64_t align_up(uint64_t v) { return ST_ALIGN_UP(v, (uint64_t)PIECE_ALIGN); }
@@ -97,6 +99,7 @@ void st_gpu_experts_free(st_gpu_experts *g) {
     free(g->slot_key);
     free(g->slot_of);
     free(g->pinned);
+    pthread_mutex_destroy(&g->mu);
     free(g);
 }
 
@@ -118,6 +121,7 @@ int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *o, st_g
     if (!g) return st_error(ST_ERR_NOMEM, "GPU tier: out of memory");
     g->dev = dev;
     g->o = *o;
+    pthread_mutex_init(&g->mu, NULL);
     g->stride = stride;
     g->admit_slot = -1;
     const size_t keys = (size_t)o->n_layers * (size_t)o->n_experts;
@@ -304,6 +308,17 @@ int st_gpu_experts_admit_done(st_gpu_experts *g) {
     g->st.admitted++;
     g->st.bytes_copied += g->admit_bytes;
     return 0;
+}
+
+int st_gpu_experts_admit_sync(st_gpu_experts *g, int layer, int expert, const st_expert_w *w) {
+    pthread_mutex_lock(&g->mu);
+    int r = st_gpu_experts_admit(g, layer, expert, w);
+    if (r >= 0) {
+        int r2 = st_gpu_experts_admit_done(g);
+        if (r2) r = r2;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return r;
 }
 
 int st_gpu_experts_end(st_gpu_experts *g) {

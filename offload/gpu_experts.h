@@ -9,7 +9,7 @@
  * ST_ERR_BUDGET naming --gpu-mem and the least size when one slot and the
  * buffers do not fit.
  *
- * Per layer (one owner thread, the engine's):
+ * Per layer (one owner thread, the engine's; admit_sync from others):
  *   begin(layer, experts)   the chosen experts the device holds are pinned and
  *                           will be computed there (hits); the others are misses
  *   run(expert, x, ...)     queues a hit's FFN: rows copied in, FFN, o copied
@@ -90,6 +90,10 @@ int st_gpu_experts_run(st_gpu_experts *g, int expert, const st_expert_w *shape, 
 int st_gpu_experts_admit(st_gpu_experts *g, int layer, int expert, const st_expert_w *w);
 /* Waits for the copy admit() started (nothing to do: 0); the slot is then resident. */
 int st_gpu_experts_admit_done(st_gpu_experts *g);
+/* admit + admit_done under the tier's lock, from any thread while the owner thread does
+ * nothing else with the tier (e.g. NUMA node teams computing their experts): 1 admitted,
+ * 0 refused, or an error. */
+int st_gpu_experts_admit_sync(st_gpu_experts *g, int layer, int expert, const st_expert_w *w);
 /* Waits for the layer's queued work; o of every run() is then written. Unpins. */
 int st_gpu_experts_end(st_gpu_experts *g);
 

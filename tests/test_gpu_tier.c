@@ -124,11 +124,18 @@ static void identical(const char *path, st_numerics num, int threads) {
         {"streaming from NVMe, 3 DRAM slots, 30% on the GPU", {.gpu_mem = buffers + (uint64_t)part * slot, .expert_slots = 3}},
         {"streaming, 2 DRAM slots, every expert on the GPU", {.gpu_mem = 256 << 20, .expert_slots = 2, .no_prefetch = true}},
         {"prefill chunks of 10, 2 rows per device FFN launch (experts in pieces)", {.gpu_mem = 256 << 20, .chunk = 10, .gpu_rows = 2}},
+        {"two NUMA nodes, 3 DRAM slots each, 30% on the GPU", {.gpu_mem = buffers + (uint64_t)part * slot, .expert_slots = 3}},
+        {"two NUMA nodes, every expert in DRAM on its node, 30% on the GPU", {.gpu_mem = buffers + (uint64_t)part * slot}},
     };
     for (size_t i = 0; i < ST_ARRAY_LEN(v); i++) {
         st_model_opts o = v[i].o;
         o.numerics = num;
+        const bool numa = strstr(v[i].name, "NUMA") != NULL;
+        if (numa && threads < 2) continue; /* a team per node */
+        if (numa) setenv("STRATA_TOPOLOGY", "pack:2 [numa(memory=8GB)] core:1 pu:1", 1);
         m = tu_load(path, &o, threads);
+        unsetenv("STRATA_TOPOLOGY");
+        if (numa) assert_int_equal(m->experts.n_nodes, 2);
         float *got = run(m, ids, N_PROMPT, N_DECODE);
         char what[300];
         snprintf(what, sizeof what, "%s, %s numerics, %d threads, %s", path, num ? "reference" : "official", threads, v[i].name);
