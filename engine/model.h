@@ -87,7 +87,8 @@ typedef struct st_model_opts {
     const char *kv_spill;  /* KV tiering spill directory; NULL: DRAM tier only */
     uint64_t gpu_mem;      /* GPU tier budget (engine/model_gpu.h); 0: no GPU tier */
     int gpu_slots;         /* exactly this many GPU expert slots (tests); 0: as many as gpu_mem holds */
-    int gpu_rows;          /* token rows per device FFN launch (tests); 0: min(chunk, 256) */
+    int gpu_rows;          /* token rows per device FFN launch (tests); 0: min(chunk, 256), fewer when
+                              gpu_mem is small */
 } st_model_opts;
 
 /* Load a checkpoint directory (official or transformers layout). */

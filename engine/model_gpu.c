@@ -32,7 +32,7 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
     }
     const int E = m->layers[0].moe.n_experts;
     st_gpu_experts_opts go = {.budget = o->gpu_mem, .n_slots = o->gpu_slots, .n_layers = m->n_layers, .n_experts = E,
-                              .dim = m->dim, .rows = o->gpu_rows > 0 ? o->gpu_rows : ST_MIN(m->chunk, 256), .policy = (st_policy_kind)o->cache_policy,
+                              .dim = m->dim, .rows = o->gpu_rows, .max_rows = ST_MIN(m->chunk, 256), .policy = (st_policy_kind)o->cache_policy,
                               .isa = (int)st_cpu_isa()};
     bool gpu_formats = true;
     for (int l = 0; l < m->n_layers; l++)
@@ -60,8 +60,9 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
     if (!m->experts.get) m->experts = (st_expert_source){.get = resident_get, .put = resident_put, .ctx = m, .gpu = g};
     st_gpu_tier_stats s;
     st_gpu_experts_get_stats(g, &s);
-    ST_INFO("GPU tier (%s): %d expert slots of %s, %s in all of --gpu-mem %s", s.device, s.n_slots,
-            st_fmt_size(s.slot_bytes, a, sizeof a), st_fmt_size(s.used, b, sizeof b), st_fmt_size(s.budget, c, sizeof c));
+    ST_INFO("GPU tier (%s): %d expert slots of %s, launches of %lld token rows, %s in all of --gpu-mem %s", s.device,
+            s.n_slots, st_fmt_size(s.slot_bytes, a, sizeof a), (long long)s.rows, st_fmt_size(s.used, b, sizeof b),
+            st_fmt_size(s.budget, c, sizeof c));
     return 0;
 }
 

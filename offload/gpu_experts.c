@@ -103,19 +103,25 @@ void st_gpu_experts_free(st_gpu_experts *g) {
     free(g);
 }
 
-int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *o, st_gpu_experts **out) {
+int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *opts, st_gpu_experts **out) {
     *out = NULL;
+    st_gpu_experts_opts oo = *opts;
+    const st_gpu_experts_opts *o = &oo;
     if (!dev || !o->budget || o->n_layers <= 0 || o->n_experts <= 0 || !o->slot_bytes || o->dim <= 0 || o->inter <= 0)
         return st_error(ST_ERR_INVALID, "GPU tier: expected a device, a budget, layers, experts and shapes");
-    const uint64_t stride = st_slot_cache_stride(o->slot_bytes), buffers = st_gpu_experts_buffer_bytes(dev, o);
+    const uint64_t stride = st_slot_cache_stride(o->slot_bytes);
+    const int want = o->n_slots > 0 ? o->n_slots : 1;
+    if (oo.rows <= 0) /* a small budget gets smaller launches before it is refused */
+        for (oo.rows = oo.max_rows > 0 ? oo.max_rows : DEFAULT_ROWS;
+             oo.rows > 1 && o->budget < stride * (uint64_t)want + st_gpu_experts_buffer_bytes(dev, o); oo.rows /= 2) {}
+    const uint64_t buffers = st_gpu_experts_buffer_bytes(dev, o);
     char a[32], b[32], c[32], d[32];
-    if (o->budget < stride + buffers || (o->n_slots > 0 && o->budget - buffers < stride * (uint64_t)o->n_slots)) {
-        const int want = o->n_slots > 0 ? o->n_slots : 1;
+    if (o->budget < stride * (uint64_t)want + buffers) {
         return st_error(ST_ERR_BUDGET, "--gpu-mem %s is too small for the GPU expert tier: it needs at least %s "
-                        "(%d expert slot%s of %s and %s of FFN buffers for %lld token rows)",
+                        "(%d expert slot%s of %s and %s of FFN buffers for %lld token row%s)",
                         st_fmt_size(o->budget, a, sizeof a), st_fmt_size(stride * (uint64_t)want + buffers, b, sizeof b),
                         want, want > 1 ? "s" : "", st_fmt_size(stride, c, sizeof c), st_fmt_size(buffers, d, sizeof d),
-                        (long long)rows_of(o));
+                        (long long)rows_of(o), rows_of(o) > 1 ? "s" : "");
     }
     st_gpu_experts *g = calloc(1, sizeof *g);
     if (!g) return st_error(ST_ERR_NOMEM, "GPU tier: out of memory");
@@ -157,6 +163,7 @@ int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *o, st_g
     g->st.n_slots = n;
     g->st.slot_bytes = stride;
     g->st.buffer_bytes = g->x_bytes + g->out_bytes + g->coef_bytes + g->scratch_bytes;
+    g->st.rows = rows_of(o);
     g->st.budget = o->budget;
     *out = g;
     return 0;

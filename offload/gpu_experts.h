@@ -43,7 +43,9 @@ typedef struct st_gpu_experts_opts {
     int n_layers, n_experts;
     uint64_t slot_bytes; /* st_gpu_expert_layout of the largest routed expert */
     int64_t dim, inter;  /* largest expert's model dim and hidden size */
-    int64_t rows;        /* token rows per FFN launch (a larger expert runs in pieces); 0: 256 */
+    int64_t rows;        /* token rows per FFN launch (a larger expert runs in pieces); 0: the most,
+                            up to max_rows, halving, whose buffers leave room for the slots */
+    int64_t max_rows;    /* with rows 0: 0 means 256 */
     st_policy_kind policy;
     int isa;             /* st_isa whose reductions the FFN reproduces */
 } st_gpu_experts_opts;
@@ -53,6 +55,7 @@ typedef struct st_gpu_tier_stats {
     int n_slots;
     uint64_t slot_bytes;     /* one slot's stride */
     uint64_t buffer_bytes;   /* x, coef, o and scratch */
+    int64_t rows;            /* token rows per FFN launch */
     uint64_t budget, used, peak; /* device bytes: limit, held now, most ever held */
     uint64_t uses, hits, misses; /* expert uses per layer call; hits computed on the device */
     uint64_t admitted, refused;  /* misses copied in / left out (every slot pinned) */

@@ -321,33 +321,52 @@ static void perturbed_device_changes_logits(void **state) {
     free(want);
 }
 
-/* A budget below one slot + buffers is refused, naming --gpu-mem and the least size; the least
- * size itself works. */
+/* A budget below one slot + the buffers of a one-row launch is refused, naming --gpu-mem and
+ * that least size; the least size itself works (one slot, one row per launch, same logits); a
+ * budget between gets fewer rows per launch than 256. */
 static void budget_too_small(void **state) {
     (void)state;
     uint64_t slot, buffers;
     tier_sizes(tiny, &slot, &buffers);
-    st_model_opts o = {.gpu_mem = buffers + slot - 1, .threads = 1, .quiet = true};
-    st_model *m = NULL;
+    st_model *m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20}, 1);
+    const st_gpu_experts_opts one_row = {.dim = m->dim, .inter = m->layers[0].moe.experts[0].w1.rows, .rows = 1};
+    const uint64_t least = slot + st_gpu_experts_buffer_bytes(st_gpu_experts_device(m->experts.gpu), &one_row);
+    st_model_free(m);
+    m = tu_load(tiny, NULL, 1);
+    int32_t ids[12];
+    ids_for(m, ids, 12, 2);
+    float *want = run(m, ids, 12, 3);
+    const size_t count = (size_t)15 * (size_t)m->vocab;
+    st_model_free(m);
+    st_model_opts o = {.gpu_mem = least - 1, .threads = 1, .quiet = true};
+    m = NULL;
     assert_int_equal(st_model_load(tiny, &o, &m), ST_ERR_BUDGET);
     assert_null(m);
-    char least[32];
-    st_fmt_size(buffers + slot, least, sizeof least);
+    char fmt[32];
+    st_fmt_size(least, fmt, sizeof fmt);
     const char *msg = st_last_error();
-    if (!strstr(msg, "--gpu-mem") || !strstr(msg, least)) fail_msg("message without --gpu-mem or %s: %s", least, msg);
-    o.gpu_mem = buffers + slot;
+    if (!strstr(msg, "--gpu-mem") || !strstr(msg, fmt)) fail_msg("message without --gpu-mem or %s: %s", fmt, msg);
+    o.gpu_mem = least;
     m = tu_load(tiny, &o, 1);
     st_gpu_tier_stats gs;
     gpu_stats(m, &gs);
     assert_int_equal(gs.n_slots, 1);
+    assert_int_equal(gs.rows, 1);
     assert_true(gs.peak <= o.gpu_mem);
-    int32_t ids[8];
-    ids_for(m, ids, 8, 2);
-    free(run(m, ids, 8, 2));
+    float *got = run(m, ids, 12, 3);
+    assert_same(want, got, count, "least --gpu-mem: 1 slot, 1 row per launch");
+    free(got);
+    st_model_free(m);
+    o.gpu_mem = slot + buffers / 3; /* room for fewer rows than 256 */
+    m = tu_load(tiny, &o, 1);
+    gpu_stats(m, &gs);
+    assert_true(gs.rows > 1 && gs.rows < 256);
+    assert_true(gs.peak <= o.gpu_mem);
     st_model_free(m);
     o.gpu_slots = 3; /* more slots than the budget holds */
-    o.gpu_mem = buffers + 2 * slot;
+    o.gpu_mem = least + slot;
     assert_int_equal(st_model_load(tiny, &o, &m), ST_ERR_BUDGET);
+    free(want);
 }
 
 static char *run_cli(const char *env, const char *extra) {
