@@ -27,7 +27,7 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
     int rc = st_gpu_dev_open(st_moe_expert_host, &dev, &why);
     if (rc) return rc;
     if (!dev) {
-        ST_INFO("--gpu-mem %s: no GPU (%s): DRAM and NVMe tiers only", st_fmt_size(o->gpu_mem, a, sizeof a), why);
+        ST_WARN("--gpu-mem %s: no GPU (%s): DRAM and NVMe tiers only", st_fmt_size(o->gpu_mem, a, sizeof a), why);
         return 0;
     }
     const int E = m->layers[0].moe.n_experts;
@@ -46,7 +46,7 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
             for (int i = 0; i < 3; i++) gpu_formats &= ws[i]->fmt == ST_WF_FP4 || ws[i]->fmt == ST_WF_FP8;
         }
     if (!gpu_formats && strcmp(dev->ops->name, "emulated")) { /* the CUDA FFN takes FP4/FP8 experts only */
-        ST_INFO("--gpu-mem %s: the routed experts are not all FP4/FP8: DRAM and NVMe tiers only",
+        ST_WARN("--gpu-mem %s: the routed experts are not all FP4/FP8: DRAM and NVMe tiers only",
                 st_fmt_size(o->gpu_mem, a, sizeof a));
         st_gpu_dev_free(dev);
         return 0;
