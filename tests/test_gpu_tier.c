@@ -400,7 +400,8 @@ static void cli_run(void **state) {
     if (!strstr(js, "\"gpu\":{\"device\":\"emulated\"") || !strstr(js, "\"hits\":")) fail_msg("no gpu object in: %s", js);
     free(js);
     char *off = run_cli("STRATA_GPU=off", "--gpu-mem 1M");
-    if (strstr(off, "GPU (")) fail_msg("STRATA_GPU=off still has a GPU tier: %s", off);
+    if (strstr(off, "GPU (emulated)") || strstr(off, "GPU (cuda)")) fail_msg("STRATA_GPU=off still has a GPU tier: %s", off);
+    if (!strstr(off, "warning: --gpu-mem 1.00 MiB: no GPU (STRATA_GPU=off)")) fail_msg("no warning that --gpu-mem is unused: %s", off);
     char cmd[1024], *out = NULL;
     snprintf(cmd, sizeof cmd, "STRATA_GPU=emulate %s run --model %s --ids 5,9 -n 2 --gpu-mem 4K 2>&1", bin, tiny);
     assert_int_not_equal(tu_run(cmd, &out), 0);
