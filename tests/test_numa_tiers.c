@@ -243,24 +243,11 @@ static void team_observer(void *ctx, int team, int thread) {
 
 static st_model *load(const st_model_opts *extra, int threads) { return tu_load(tiny, extra, threads); }
 
+/* Prefill of n (<= 64) fixed ids, then `decode` tokens: every logit (tu_prefill_decode). */
 static float *run(st_model *m, int n, int decode) {
     int32_t ids[64];
     for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17) % m->vocab);
-    st_seq *s;
-    assert_int_equal(st_seq_new(m, &s), 0);
-    float *lg = malloc((size_t)(n + decode) * (size_t)m->vocab * sizeof(float));
-    if (st_seq_forward(s, ids, n, lg, true)) fail_msg("forward: %s", st_last_error());
-    for (int i = 0; i < decode; i++) {
-        int32_t t = ids[(i * 7 + 3) % n];
-        if (st_seq_forward(s, &t, 1, lg + (size_t)(n + i) * (size_t)m->vocab, false)) fail_msg("decode: %s", st_last_error());
-    }
-    st_seq_free(s);
-    return lg;
-}
-
-static void assert_same(const float *a, const float *b, size_t n, const char *what) {
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof(float))) fail_msg("%s: logit %zu differs: %.9g vs %.9g", what, i, (double)a[i], (double)b[i]);
+    return tu_prefill_decode(m, ids, n, decode);
 }
 
 /* One synthetic two-node run of the tiny model: placement checks, then its logits. */
@@ -350,14 +337,14 @@ static void two_nodes_bit_identical_streaming(void **state) {
         st_model_free(m);
         char what[128];
         snprintf(what, sizeof what, "variant %d, one node vs resident", i);
-        assert_same(resident, one, count, what);
+        tu_assert_same_bits(resident, one, count, what);
         float *two = two_node_run(TWO_NODES, 2, &v[i], n, decode);
         snprintf(what, sizeof what, "variant %d, two synthetic nodes (1 thread each) vs one node", i);
-        assert_same(one, two, count, what);
+        tu_assert_same_bits(one, two, count, what);
         free(two);
         two = two_node_run(TWO_NODES_2C, 4, &v[i], n, decode);
         snprintf(what, sizeof what, "variant %d, two synthetic nodes (2 threads each) vs one node", i);
-        assert_same(one, two, count, what);
+        tu_assert_same_bits(one, two, count, what);
         free(two);
         free(one);
     }
@@ -466,13 +453,13 @@ static void two_nodes_resident_experts_on_their_nodes(void **state) {
     assert_int_equal(after.reads, at_load.reads);                 /* nothing read after the load */
     assert_int_equal(after.pf.misses, at_load.pf.misses);
     st_model_free(m);
-    assert_same(resident, two, count, "two nodes, experts copied from the page cache vs one-node resident");
+    tu_assert_same_bits(resident, two, count, "two nodes, experts copied from the page cache vs one-node resident");
     free(two);
     /* cold: what the cache lost is read with O_DIRECT */
     checkpoint_files(FILES_COLD);
     const bool dropped = checkpoint_files(FILES_RESIDENT) < checkpoint_bytes();
     two = two_node_run(TWO_NODES, 2, &(st_model_opts){0}, n, decode);
-    assert_same(resident, two, count, "two nodes, experts preloaded cold vs one-node resident");
+    tu_assert_same_bits(resident, two, count, "two nodes, experts preloaded cold vs one-node resident");
     free(two);
     checkpoint_files(FILES_COLD);
     setenv("STRATA_TOPOLOGY", TWO_NODES, 1);

@@ -59,36 +59,18 @@ static st_model *load(const char *path, const st_model_opts *extra) { return tu_
 
 /* Prefill of n tokens (all positions) then `decode` single tokens; every logit
  * of every step into one array. */
-static float *run(st_model *m, const int32_t *ids, int n, int decode) {
-    st_seq *s;
-    assert_int_equal(st_seq_new(m, &s), 0);
-    float *lg = malloc((size_t)(n + decode) * (size_t)m->vocab * sizeof(float));
-    int rc = st_seq_forward(s, ids, n, lg, true);
-    if (rc) fail_msg("forward: %s", st_last_error());
-    for (int i = 0; i < decode; i++) {
-        int32_t t = ids[(i * 7 + 3) % n];
-        if ((rc = st_seq_forward(s, &t, 1, lg + (size_t)(n + i) * (size_t)m->vocab, false))) fail_msg("decode: %s", st_last_error());
-    }
-    st_seq_free(s);
-    return lg;
-}
 
 static void ids_for(const st_model *m, int32_t *ids, int n) {
     for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17) % m->vocab);
 }
 
-static void assert_same(const float *a, const float *b, size_t n, const char *what) {
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof(float)))
-            fail_msg("%s: logit %zu differs: %.9g vs %.9g", what, i, (double)a[i], (double)b[i]);
-}
 
 /* Every streaming configuration against the resident model, bit for bit. */
 static void identical(const char *path, const st_model_opts *variants, int n_variants, int n, int decode) {
     st_model *m = load(path, NULL);
     int32_t ids[64];
     ids_for(m, ids, n);
-    float *want = run(m, ids, n, decode);
+    float *want = tu_prefill_decode(m, ids, n, decode);
     size_t count = (size_t)(n + decode) * (size_t)m->vocab;
     st_stream_stats ss;
     assert_int_equal(st_model_offload_stats(m, &ss), ST_ERR_NOT_FOUND);
@@ -97,11 +79,11 @@ static void identical(const char *path, const st_model_opts *variants, int n_var
         m = load(path, &variants[v]);
         assert_int_equal(st_model_offload_stats(m, &ss), 0);
         if (variants[v].expert_slots) assert_int_equal(ss.n_slots, variants[v].expert_slots);
-        float *got = run(m, ids, n, decode);
+        float *got = tu_prefill_decode(m, ids, n, decode);
         char what[300];
         snprintf(what, sizeof what, "%s, variant %d (%d slots, prefetch %s)", path, v, ss.n_slots,
                  variants[v].no_prefetch ? "off" : "on");
-        assert_same(want, got, count, what);
+        tu_assert_same_bits(want, got, count, what);
         st_model_offload_stats(m, &ss);
         assert_true(ss.pf.needs > 0);
         assert_true(ss.bytes_read > 0);
@@ -132,7 +114,7 @@ static void small_io_pieces(void **state) {
     st_model *m = load(tiny, &v[0]);
     int32_t ids[12];
     ids_for(m, ids, 12);
-    free(run(m, ids, 12, 6));
+    free(tu_prefill_decode(m, ids, 12, 6));
     st_stream_stats ss;
     assert_int_equal(st_model_offload_stats(m, &ss), 0);
     print_message("pieces of 4 KiB, 8 KiB in the kernel (16 KiB urgent): %llu loads promoted, peak %llu bytes in flight, %llu demand loads\n",
@@ -194,7 +176,7 @@ static void prefetch_statistics(void **state) {
     st_model *m = load(tiny, &o);
     int32_t ids[16];
     ids_for(m, ids, 16);
-    float *lg = run(m, ids, 4, 12);
+    float *lg = tu_prefill_decode(m, ids, 4, 12);
     free(lg);
     st_stream_stats ss;
     assert_int_equal(st_model_offload_stats(m, &ss), 0);
@@ -268,8 +250,8 @@ static void refined_prediction_exact_without_attention(void **state) {
     int32_t ids[8];
     ids_for(m, ids, 8);
     const int prompt = 4, decode = 10;
-    float *want = run(res, ids, prompt, decode), *got = run(m, ids, prompt, decode);
-    assert_same(want, got, (size_t)(prompt + decode) * (size_t)m->vocab, "zero attention output, streamed");
+    float *want = tu_prefill_decode(res, ids, prompt, decode), *got = tu_prefill_decode(m, ids, prompt, decode);
+    tu_assert_same_bits(want, got, (size_t)(prompt + decode) * (size_t)m->vocab, "zero attention output, streamed");
     free(want);
     free(got);
     const int top_k = m->layers[1].moe.top_k;
@@ -301,7 +283,7 @@ static void prefetch_off_counts_no_predictions(void **state) {
     st_model *m = load(tiny, &o);
     int32_t ids[8];
     ids_for(m, ids, 8);
-    free(run(m, ids, 8, 4));
+    free(tu_prefill_decode(m, ids, 8, 4));
     st_stream_stats ss;
     assert_int_equal(st_model_offload_stats(m, &ss), 0);
     assert_int_equal(ss.pf.predictions, 0);

@@ -63,6 +63,26 @@ st_model *tu_load(const char *path, const st_model_opts *extra, int threads) {
     return m;
 }
 
+float *tu_prefill_decode(st_model *m, const int32_t *ids, int n, int decode) {
+    st_seq *s;
+    if (st_seq_new(m, &s)) fail_msg("sequence: %s", st_last_error());
+    float *lg = malloc((size_t)(n + decode) * (size_t)m->vocab * sizeof(float));
+    if (!lg) fail_msg("out of memory");
+    if (st_seq_forward(s, ids, n, lg, true)) fail_msg("forward: %s", st_last_error());
+    for (int i = 0; i < decode; i++) {
+        int32_t t = ids[(i * 7 + 3) % n];
+        if (st_seq_forward(s, &t, 1, lg + (size_t)(n + i) * (size_t)m->vocab, false)) fail_msg("decode: %s", st_last_error());
+    }
+    st_seq_free(s);
+    return lg;
+}
+
+void tu_assert_same_bits(const float *a, const float *b, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof(float)))
+            fail_msg("%s: logit %zu differs: %.9g vs %.9g", what, i, (double)a[i], (double)b[i]);
+}
+
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 void tu_rng_set(uint64_t state) { rng_state = state; }
 void tu_rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }

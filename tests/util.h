@@ -30,6 +30,12 @@ int tu_synth(const st_synth_preset *p, const char *dir, uint64_t seed, const cha
 /* st_model_load of path with *extra (or defaults), `threads` threads, quiet; fails the test on error. */
 st_model *tu_load(const char *path, const st_model_opts *extra, int threads);
 
+/* Prefill of ids[0..n) with the logits of every position, then `decode` single
+ * tokens ids[(i * 7 + 3) % n]: (n + decode, vocab) logits (free them). Fails the
+ * test on error. */
+float *tu_prefill_decode(st_model *m, const int32_t *ids, int n, int decode);
+/* Fails the test at the first of n floats whose bits differ, naming `what`. */
+void tu_assert_same_bits(const float *a, const float *b, size_t n, const char *what);
 
 /* The suites' random numbers: one xorshift64 stream per test binary, so a suite
  * draws the same values as when each had its own copy. tu_rng_set: the raw
