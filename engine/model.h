@@ -89,6 +89,9 @@ typedef struct st_model_opts {
     int gpu_slots;         /* exactly this many GPU expert slots (tests); 0: as many as gpu_mem holds */
     int gpu_rows;          /* token rows per device FFN launch (tests); 0: min(chunk, 256), fewer when
                               gpu_mem is small */
+    int64_t gpu_min_rows;  /* a GPU tier miss with at least this many token rows is computed on the device
+                              (copied in first); 0: STRATA_GPU_MIN_ROWS, else the cost model
+                              (engine/model_gpu.c); INT64_MAX: never */
 } st_model_opts;
 
 /* Load a checkpoint directory (official or transformers layout). */

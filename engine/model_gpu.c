@@ -2,14 +2,29 @@
  * routed expert, charges everything to --gpu-mem, and serves the resident
  * experts through st_expert_source.get when nothing streams (the forward pass
  * only hands a source to the MoE when get is set). Must never change what the
- * forward pass computes: the tier only decides where an expert runs. */
+ * forward pass computes: the tier only decides where an expert runs.
+ *
+ * Where a miss runs (gpu_experts.h): on the device when it has at least min_rows
+ * token rows, else on the CPU (and copied in afterwards). min_rows: st_model_opts
+ * .gpu_min_rows, else STRATA_GPU_MIN_ROWS=N (tests, A/B), else the cost model
+ * st_gpu_min_rows_model with stated defaults: PCIe 25 GB/s host->device (a
+ * PCIe 4 x16 link's practical rate; faster links only make the device win
+ * earlier), DRAM 40 GB/s, and the CPU's expert FFN at 32 GFLOP/s per thread of
+ * the pool (an FMA-vectorised dequantising matmul well above what the FP4/FP8
+ * kernels reach: both rates err on the CPU's side, so a miss goes to the device
+ * only when it clearly pays). For a V4-Pro FP4 expert (7168 x 3072, ~34 MB) on 64
+ * threads that is ~22 rows: decode stays on the CPU, prefill chunks go to the
+ * device; on 2 threads it is the floor, 2. */
 #include "engine/model_gpu.h"
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/base.h"
+#include "cpu/pool.h"
 
 static int resident_get(void *ctx, int layer, int expert, const st_expert_w **out) {
     st_model *m = ctx;
@@ -18,6 +33,31 @@ static int resident_get(void *ctx, int layer, int expert, const st_expert_w **ou
 }
 
 static void resident_put(void *ctx, int layer, int expert) { (void)ctx, (void)layer, (void)expert; }
+
+#define PCIE_BYTES_PER_S 25e9
+#define DRAM_BYTES_PER_S 40e9
+#define CPU_FLOPS_PER_THREAD 32e9
+
+/* The rows from which a miss runs on the device (see the top). */
+static int min_rows(const st_model *m, const st_model_opts *o, uint64_t bytes, int64_t dim, int64_t inter, int64_t *out) {
+    if (o->gpu_min_rows > 0) {
+        *out = o->gpu_min_rows;
+        return 0;
+    }
+    const char *env = getenv("STRATA_GPU_MIN_ROWS");
+    if (env && *env) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(env, &end, 10);
+        if (errno || *end || v <= 0)
+            return st_error(ST_ERR_INVALID, "STRATA_GPU_MIN_ROWS: expected a positive number of token rows, found '%s'", env);
+        *out = v;
+        return 0;
+    }
+    const double flops = CPU_FLOPS_PER_THREAD * (double)ST_MAX(st_pool_size(m->pool), 1);
+    *out = st_gpu_min_rows_model(bytes, dim, inter, flops, DRAM_BYTES_PER_S, PCIE_BYTES_PER_S);
+    return 0;
+}
 
 int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
     if (!o || !o->gpu_mem) return 0;
@@ -51,6 +91,12 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
         st_gpu_dev_free(dev);
         return 0;
     }
+    /* every expert resident in DRAM (no source streams them): a miss's DRAM copy never goes */
+    go.dram_stays = !m->experts.get;
+    if ((rc = min_rows(m, o, go.slot_bytes, go.dim, go.inter, &go.min_rows))) {
+        st_gpu_dev_free(dev);
+        return rc;
+    }
     st_gpu_experts *g;
     if ((rc = st_gpu_experts_new(dev, &go, &g))) {
         st_gpu_dev_free(dev);
@@ -60,9 +106,11 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
     if (!m->experts.get) m->experts = (st_expert_source){.get = resident_get, .put = resident_put, .ctx = m, .gpu = g};
     st_gpu_tier_stats s;
     st_gpu_experts_get_stats(g, &s);
-    ST_INFO("GPU tier (%s): %d expert slots of %s, launches of %lld token rows, %s in all of --gpu-mem %s", s.device,
-            s.n_slots, st_fmt_size(s.slot_bytes, a, sizeof a), (long long)s.rows, st_fmt_size(s.used, b, sizeof b),
-            st_fmt_size(s.budget, c, sizeof c));
+    char mr[32] = "never";
+    if (s.min_rows < INT64_MAX) snprintf(mr, sizeof mr, "%lld", (long long)s.min_rows);
+    ST_INFO("GPU tier (%s): %d expert slots of %s, launches of %lld token rows, %s in all of --gpu-mem %s; "
+            "a miss of >= %s rows is computed there", s.device, s.n_slots, st_fmt_size(s.slot_bytes, a, sizeof a),
+            (long long)s.rows, st_fmt_size(s.used, b, sizeof b), st_fmt_size(s.budget, c, sizeof c), mr);
     return 0;
 }
 
@@ -87,8 +135,8 @@ void st_model_gpu_summary(const st_model *m, char *buf, size_t len) {
     if (len) buf[0] = 0;
     if (st_model_gpu_stats(m, &s)) return;
     char a[32], b[32], c[32];
-    snprintf(buf, len, "GPU (%s) %d slots (%s of --gpu-mem %s), hit %.1f%% of %llu, copied %s", s.device, s.n_slots,
-             st_fmt_size(s.peak, a, sizeof a), st_fmt_size(s.budget, b, sizeof b),
+    snprintf(buf, len, "GPU (%s) %d slots (%s of --gpu-mem %s), hit %.1f%% of %llu, %llu misses computed there, copied %s",
+             s.device, s.n_slots, st_fmt_size(s.peak, a, sizeof a), st_fmt_size(s.budget, b, sizeof b),
              s.uses ? 100.0 * (double)s.hits / (double)s.uses : 0.0, (unsigned long long)s.uses,
-             st_fmt_size(s.bytes_copied, c, sizeof c));
+             (unsigned long long)s.device_misses, st_fmt_size(s.bytes_copied, c, sizeof c));
 }

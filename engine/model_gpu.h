@@ -18,7 +18,8 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o);
 void st_model_gpu_detach(st_model *m);
 /* 0 with *out, or ST_ERR_NOT_FOUND without a GPU tier. */
 int st_model_gpu_stats(const st_model *m, st_gpu_tier_stats *out);
-/* "GPU (emulated) 12 slots (3.1 MiB of --gpu-mem 4 MiB), hit 61.0% of 400, copied 2.0 MiB";
+/* "GPU (emulated) 12 slots (3.1 MiB of --gpu-mem 4 MiB), hit 61.0% of 400, 35 misses computed there,
+ * copied 2.0 MiB";
  * empty without a GPU tier. */
 void st_model_gpu_summary(const st_model *m, char *buf, size_t len);
 

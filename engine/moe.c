@@ -130,7 +130,7 @@ typedef struct node_job {
     st_numerics num;
     const int64_t *first, *rows;
     const float *coef;
-    float *ye;
+    float *ye, *xd; /* xd: (TK, dim) the device's gathered rows (a GPU tier), valid until its end() */
     int64_t T;
     int rc[64];
     char msg[64][256]; /* a team's error message (st_last_error is per thread) */
@@ -153,6 +153,21 @@ static void node_experts(void *ctx, int node, st_pool *team) {
         while ((r = j->src->next_on(j->src->ctx, j->layer, node, &e, &ew)) == 1) {
             const int64_t o = j->first[e], n = j->first[e + 1] - o;
             const float *xs = j->num == ST_NUMERICS_OFFICIAL && is_quantised(&ew->w1) ? j->xq : j->xn;
+            /* a GPU tier's miss with many rows: copied in from this node's DRAM copy and computed
+             * on the device (the copy landed before the copy is released); refused: the CPU's */
+            if (j->src->gpu && st_gpu_experts_wants_device(j->src->gpu, n)) {
+                float *xd = j->xd + o * dim;
+                for (int64_t i = 0; i < n; i++) memcpy(xd + i * dim, xs + j->rows[o + i] * dim, (size_t)dim * sizeof(float));
+                r = st_gpu_experts_miss_sync(j->src->gpu, j->layer, e, ew, xd, n, j->coef + o, j->w->swiglu_limit,
+                                             j->num == ST_NUMERICS_OFFICIAL, j->ye + o * dim);
+                if (r != 0) {
+                    if (st_moe_node_hook) st_moe_node_hook(j->layer, e, node, ew);
+                    if (j->src->put) j->src->put(j->src->ctx, j->layer, e);
+                    if (r < 0) break;
+                    r = 0;
+                    continue;
+                }
+            }
             for (int64_t i = 0; i < n; i++) memcpy(b.xg + i * dim, xs + j->rows[o + i] * dim, (size_t)dim * sizeof(float));
             memset(j->ye + o * dim, 0, (size_t)(n * dim) * sizeof(float));
             r = expert_apply(team, ew, b.xg, n, j->coef + o, j->w->swiglu_limit, j->num, &b, j->ye + o * dim);
@@ -239,7 +254,7 @@ static int experts_as_resident(st_pool *pool, const st_moe_w *w, int layer, cons
         node_job *j = calloc(1, sizeof *j);
         if (!j) { r = st_error(ST_ERR_NOMEM, "MoE: out of memory"); goto done; }
         *j = (node_job){.w = w, .layer = layer, .src = src, .xn = xn, .xq = b->xq, .num = num, .first = first,
-                        .rows = rows, .coef = coef, .ye = ye, .T = T};
+                        .rows = rows, .coef = coef, .ye = ye, .xd = xd, .T = T};
         st_pool_run_teams(pool, node_experts, j);
         r = 0;
         for (int n = 0; n < src->n_nodes && !r; n++)
@@ -250,6 +265,20 @@ static int experts_as_resident(st_pool *pool, const st_moe_w *w, int layer, cons
     while ((r = next_cpu_expert(src, layer, first, E, &cursor, &e, &ew)) == 1) {
         const int64_t o = first[e], n = first[e + 1] - o;
         const float *xs = num == ST_NUMERICS_OFFICIAL && is_quantised(&ew->w1) ? b->xq : xn;
+        /* a miss of the GPU tier with many rows (the cost model, gpu_experts.h): copied in and
+         * computed on the device, both queued on its FFN stream, while the CPU goes on with the
+         * other misses; the source may reuse the DRAM copy (put, next) once the copy has landed */
+        if (gpu && st_gpu_experts_wants_device(gpu, n)) {
+            for (int64_t i = 0; i < n; i++) memcpy(xd + (o + i) * dim, xs + rows[o + i] * dim, (size_t)dim * sizeof(float));
+            r = st_gpu_experts_miss(gpu, layer, e, ew, xd + o * dim, n, coef + o, w->swiglu_limit,
+                                    num == ST_NUMERICS_OFFICIAL, ye + o * dim);
+            if (r != 0) {
+                int r2 = r > 0 ? st_gpu_experts_miss_landed(gpu) : 0;
+                if (src->put) src->put(src->ctx, layer, e);
+                if (r < 0 || (r = r2)) goto done;
+                continue;
+            }
+        }
         /* a miss of the GPU tier: its copy to the device runs while the CPU computes it from the
          * same DRAM bytes, and has landed before the source may reuse them (next() or put()) */
         if (gpu && (r = st_gpu_experts_admit(gpu, layer, e, ew)) < 0) goto done;

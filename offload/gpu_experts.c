@@ -5,6 +5,7 @@
  * creation. */
 #include "offload/gpu_experts.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ struct st_gpu_experts {
     uint64_t x_bytes, coef_bytes, out_bytes, scratch_bytes;
     void *compute, *copy;           /* streams */
     void *copy_done;                /* event: the admitted expert's bytes have landed */
+    void *miss_copied;              /* event on the FFN stream: miss()'s copies have landed */
     st_slot_cache *cache;
     bool *resident;                 /* (n_layers, n_experts): held by a RESIDENT slot */
     uint64_t *slot_key;             /* (n_slots): key loaded into the slot, UINT64_MAX: none */
@@ -37,6 +39,8 @@ struct st_gpu_experts {
     int *pinned, n_pinned;          /* (n_experts) */
     int admit_slot;                 /* slot whose copy is in flight, -1: none */
     uint64_t admit_bytes;
+    int *loading, n_loading;        /* (n_experts): slots miss() is filling, completed at miss_landed/end */
+    uint64_t *loading_bytes;        /* (n_experts) */
     st_gpu_tier_stats st;
     pthread_mutex_t mu;             /* admit_sync from several threads */
 };
@@ -88,6 +92,7 @@ void st_gpu_experts_free(st_gpu_experts *g) {
     ops->stream_free(g->dev->ctx, g->compute);
     ops->stream_free(g->dev->ctx, g->copy);
     ops->event_free(g->dev->ctx, g->copy_done);
+    ops->event_free(g->dev->ctx, g->miss_copied);
     st_slot_cache_free(g->cache);
     dev_free(g, g->slot_mem, g->slot_mem_bytes);
     dev_free(g, g->x, g->x_bytes);
@@ -99,6 +104,8 @@ void st_gpu_experts_free(st_gpu_experts *g) {
     free(g->slot_key);
     free(g->slot_of);
     free(g->pinned);
+    free(g->loading);
+    free(g->loading_bytes);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -135,7 +142,9 @@ int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *opts, s
     g->resident = calloc(keys, sizeof *g->resident);
     g->slot_of = malloc((size_t)o->n_experts * sizeof *g->slot_of);
     g->pinned = malloc((size_t)o->n_experts * sizeof *g->pinned);
-    if (!g->resident || !g->slot_of || !g->pinned) { rc = st_error(rc, "GPU tier: out of memory"); goto fail; }
+    g->loading = malloc((size_t)o->n_experts * sizeof *g->loading);
+    g->loading_bytes = malloc((size_t)o->n_experts * sizeof *g->loading_bytes);
+    if (!g->resident || !g->slot_of || !g->pinned || !g->loading || !g->loading_bytes) { rc = st_error(rc, "GPU tier: out of memory"); goto fail; }
     for (int e = 0; e < o->n_experts; e++) g->slot_of[e] = -1;
     if ((rc = st_budget_new("--gpu-mem", o->budget, &g->budget))) goto fail;
     const uint64_t rows = (uint64_t)rows_of(o), dim = (uint64_t)o->dim;
@@ -157,7 +166,7 @@ int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *opts, s
     if ((rc = st_slot_cache_new(&so, &g->cache))) goto fail;
     const st_gpu_dev_ops *ops = dev->ops;
     if ((rc = ops->stream_new(dev->ctx, &g->compute)) || (rc = ops->stream_new(dev->ctx, &g->copy)) ||
-        (rc = ops->event_new(dev->ctx, &g->copy_done)))
+        (rc = ops->event_new(dev->ctx, &g->copy_done)) || (rc = ops->event_new(dev->ctx, &g->miss_copied)))
         goto fail;
     g->st.device = ops->name;
     g->st.n_slots = n;
@@ -165,6 +174,7 @@ int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *opts, s
     g->st.buffer_bytes = g->x_bytes + g->out_bytes + g->coef_bytes + g->scratch_bytes;
     g->st.rows = rows_of(o);
     g->st.budget = o->budget;
+    g->st.min_rows = o->min_rows > 0 ? o->min_rows : INT64_MAX;
     *out = g;
     return 0;
 fail:
@@ -256,38 +266,58 @@ int st_gpu_experts_run(st_gpu_experts *g, int expert, const st_expert_w *shape, 
     return rc;
 }
 
-int st_gpu_experts_admit(st_gpu_experts *g, int layer, int expert, const st_expert_w *w) {
-    if (!valid(g, layer, expert)) return st_error(ST_ERR_INVALID, "GPU tier: no expert %d in layer %d", expert, layer);
-    int rc = st_gpu_experts_admit_done(g); /* one copy in flight at a time */
-    if (rc) return rc;
-    int slot, r = st_slot_cache_acquire(g->cache, key_of(layer, expert), &slot);
+/* A slot for (layer, expert) by the policy, its victim leaving the device: 1 (*slot acquired,
+ * to be loaded), 0 none (every slot pinned: refused; or the expert is there already). */
+static int take_slot(st_gpu_experts *g, int layer, int expert, int *slot, bool *refused) {
+    int r = st_slot_cache_acquire(g->cache, key_of(layer, expert), slot);
+    *refused = r == ST_ERR_BUDGET;
     if (r == ST_ERR_BUDGET) { /* every slot pinned by this layer's hits */
         st_error_clear();
-        g->st.refused++;
         return 0;
     }
     if (r < 0) return r;
     if (r != ST_SLOT_LOAD) { /* already there (a caller admitting a hit): nothing to copy */
-        st_slot_cache_release(g->cache, slot);
+        st_slot_cache_release(g->cache, *slot);
         return 0;
     }
-    if (g->slot_key[slot] != UINT64_MAX) /* the policy's victim leaves the device */
-        g->resident[idx(g, st_cache_key_layer(g->slot_key[slot]), st_cache_key_index(g->slot_key[slot]))] = false;
-    g->slot_key[slot] = UINT64_MAX;
-    uint64_t off[6], bytes = st_gpu_expert_layout(w, off);
+    if (g->slot_key[*slot] != UINT64_MAX) /* the policy's victim leaves the device */
+        g->resident[idx(g, st_cache_key_layer(g->slot_key[*slot]), st_cache_key_index(g->slot_key[*slot]))] = false;
+    g->slot_key[*slot] = UINT64_MAX;
+    return 1;
+}
+
+/* Queues the copy of w's bytes into slot on stream; *bytes: the expert's bytes. */
+static int copy_in(st_gpu_experts *g, int slot, int layer, int expert, const st_expert_w *w, void *stream, uint64_t *bytes) {
+    uint64_t off[6];
+    *bytes = st_gpu_expert_layout(w, off);
     const st_weight *ws[3] = {&w->w1, &w->w3, &w->w2};
     char *base = st_slot_cache_buffer(g->cache, slot);
     const st_gpu_dev_ops *ops = g->dev->ops;
+    int rc = 0;
     for (int i = 0; i < 3 && !rc; i++) {
         const st_weight *x = ws[i];
         uint64_t db = st_weight_data_bytes(x->fmt, x->rows, x->cols), sb = st_weight_scale_bytes(x->fmt, x->scale_fmt, x->rows, x->cols);
-        if (bytes > g->o.slot_bytes || (db && !x->data) || (sb && !x->scale))
+        if (*bytes > g->o.slot_bytes || (db && !x->data) || (sb && !x->scale))
             rc = st_error(ST_ERR_INVALID, "GPU tier: layer %d expert %d: %s", layer, expert,
-                          bytes > g->o.slot_bytes ? "larger than a slot" : "its DRAM copy has no bytes");
-        if (!rc && db) rc = ops->copy_to_device(g->dev->ctx, base + off[2 * i], x->data, (size_t)db, g->copy);
-        if (!rc && sb) rc = ops->copy_to_device(g->dev->ctx, base + off[2 * i + 1], x->scale, (size_t)sb, g->copy);
+                          *bytes > g->o.slot_bytes ? "larger than a slot" : "its DRAM copy has no bytes");
+        if (!rc && db) rc = ops->copy_to_device(g->dev->ctx, base + off[2 * i], x->data, (size_t)db, stream);
+        if (!rc && sb) rc = ops->copy_to_device(g->dev->ctx, base + off[2 * i + 1], x->scale, (size_t)sb, stream);
     }
-    if (!rc) rc = ops->event_record(g->dev->ctx, g->copy_done, g->copy);
+    return rc;
+}
+
+int st_gpu_experts_admit(st_gpu_experts *g, int layer, int expert, const st_expert_w *w) {
+    if (!valid(g, layer, expert)) return st_error(ST_ERR_INVALID, "GPU tier: no expert %d in layer %d", expert, layer);
+    int rc = st_gpu_experts_admit_done(g); /* one copy in flight at a time */
+    if (rc) return rc;
+    int slot;
+    bool refused;
+    int r = take_slot(g, layer, expert, &slot, &refused);
+    if (refused) g->st.refused++;
+    if (r <= 0) return r;
+    uint64_t bytes;
+    rc = copy_in(g, slot, layer, expert, w, g->copy, &bytes);
+    if (!rc) rc = g->dev->ops->event_record(g->dev->ctx, g->copy_done, g->copy);
     if (rc) {
         st_slot_cache_complete(g->cache, slot, rc, 0);
         st_slot_cache_release(g->cache, slot);
@@ -297,6 +327,85 @@ int st_gpu_experts_admit(st_gpu_experts *g, int layer, int expert, const st_expe
     g->admit_bytes = bytes;
     g->slot_key[slot] = key_of(layer, expert);
     return 1;
+}
+
+int64_t st_gpu_min_rows_model(uint64_t expert_bytes, int64_t dim, int64_t inter, double cpu_flops, double dram_bw,
+                              double pcie_bw) {
+    const double copy = (double)expert_bytes / pcie_bw, read = (double)expert_bytes / dram_bw;
+    const double per_row = 6.0 * (double)dim * (double)inter / cpu_flops;
+    if (read > copy) return 2; /* DRAM slower than PCIe: the CPU loses at any row count */
+    const double r = floor(copy / per_row) + 1; /* the least r with r * per_row > copy */
+    return r >= 1e15 ? INT64_MAX : ST_MAX((int64_t)r, 2);
+}
+
+bool st_gpu_experts_wants_device(const st_gpu_experts *g, int64_t n) {
+    return g && n > 0 && n >= g->st.min_rows;
+}
+
+/* miss()'s slots: loaded (rc 0: resident from now on) or failed. They stay pinned until end(). */
+static void complete_loading(st_gpu_experts *g, int rc) {
+    for (int i = 0; i < g->n_loading; i++) {
+        const int slot = g->loading[i];
+        const uint64_t key = g->slot_key[slot];
+        st_slot_cache_complete(g->cache, slot, rc, rc ? 0 : g->loading_bytes[i]);
+        if (rc) {
+            g->slot_key[slot] = UINT64_MAX;
+            continue;
+        }
+        g->resident[idx(g, st_cache_key_layer(key), st_cache_key_index(key))] = true;
+        g->st.admitted++;
+        g->st.device_misses++;
+        g->st.bytes_copied += g->loading_bytes[i];
+    }
+    g->n_loading = 0;
+}
+
+int st_gpu_experts_miss(st_gpu_experts *g, int layer, int expert, const st_expert_w *w, const float *x, int64_t n,
+                        const float *coef, float limit, bool official, float *o) {
+    if (!g->open || g->layer != layer || !valid(g, layer, expert))
+        return st_error(ST_ERR_INVALID, "GPU tier: expert %d of layer %d is not a miss of the open layer", expert, layer);
+    if (g->slot_of[expert] >= 0)
+        return st_error(ST_ERR_INVALID, "GPU tier: expert %d of layer %d is on the device already", expert, layer);
+    if (w->w1.cols > g->o.dim || w->w2.rows > g->o.dim || w->w1.rows > g->o.inter) return 0; /* not for these buffers */
+    int slot;
+    bool refused;
+    int r = take_slot(g, layer, expert, &slot, &refused);
+    if (r <= 0) return r; /* refused: counted by the admit() of the CPU's computation */
+    uint64_t bytes;
+    /* the copy and the FFN on one stream: the FFN starts when the bytes have landed, no host wait */
+    int rc = copy_in(g, slot, layer, expert, w, g->compute, &bytes);
+    if (!rc) rc = g->dev->ops->event_record(g->dev->ctx, g->miss_copied, g->compute);
+    if (rc) {
+        st_slot_cache_complete(g->cache, slot, rc, 0);
+        st_slot_cache_release(g->cache, slot);
+        return rc;
+    }
+    g->slot_key[slot] = key_of(layer, expert);
+    g->loading[g->n_loading] = slot;
+    g->loading_bytes[g->n_loading++] = bytes;
+    g->slot_of[expert] = slot; /* placed and pinned until end(), as a hit */
+    g->pinned[g->n_pinned++] = expert;
+    rc = st_gpu_experts_run(g, expert, w, x, n, coef, limit, official, o);
+    return rc ? rc : 1;
+}
+
+int st_gpu_experts_miss_landed(st_gpu_experts *g) {
+    if (!g->n_loading || g->o.dram_stays) return 0;
+    int rc = g->dev->ops->event_sync(g->dev->ctx, g->miss_copied);
+    complete_loading(g, rc);
+    return rc;
+}
+
+int st_gpu_experts_miss_sync(st_gpu_experts *g, int layer, int expert, const st_expert_w *w, const float *x, int64_t n,
+                             const float *coef, float limit, bool official, float *o) {
+    pthread_mutex_lock(&g->mu);
+    int r = st_gpu_experts_miss(g, layer, expert, w, x, n, coef, limit, official, o);
+    if (r >= 0) {
+        int r2 = st_gpu_experts_miss_landed(g);
+        if (r2) r = r2;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return r;
 }
 
 int st_gpu_experts_admit_done(st_gpu_experts *g) {
@@ -333,6 +442,7 @@ int st_gpu_experts_end(st_gpu_experts *g) {
     int rc = st_gpu_experts_admit_done(g);
     int r2 = g->dev->ops->stream_sync(g->dev->ctx, g->compute);
     if (!rc) rc = r2;
+    complete_loading(g, r2); /* miss()'s copies have landed with the stream */
     for (int i = 0; i < g->n_pinned; i++) {
         int e = g->pinned[i];
         st_slot_cache_release(g->cache, g->slot_of[e]);

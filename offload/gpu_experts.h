@@ -19,9 +19,27 @@
  *                           and its bytes start copying to the device;
  *   admit_done()            waits for that copy (the DRAM copy may go after it),
  *                           the slot becomes resident;
+ *   miss(layer, expert, w, x, n, ...)  a miss with many rows (n >= min_rows,
+ *                           st_gpu_experts_wants_device): a slot by the policy,
+ *                           its bytes copied in from w and its FFN queued, both on
+ *                           the FFN stream (no host wait between); o into the
+ *                           caller's rows like run(); 0 when no slot could be had
+ *                           (the caller computes it on the CPU);
+ *   miss_landed()           waits for the copies miss() queued: w may go after it
+ *                           (a source whose DRAM copies stay, dram_stays, need not);
  *   end()                   waits for the queued FFNs and copies, unpins.
  * So outputs never depend on when the device finishes: the caller reads o only
  * after end(), and sums the experts in its own fixed order.
+ *
+ * Where a miss runs (the cost model, engine/model_gpu.c st_model_gpu_min_rows):
+ * the CPU takes max(bytes / DRAM bandwidth, rows * 6 * dim * inter / CPU flop
+ * rate), the device about bytes / PCIe bandwidth (its FFN is orders of magnitude
+ * faster than the CPU's and overlaps the copy of the next); so a miss of `rows`
+ * token rows is computed on the device when rows >= min_rows, the least rows for
+ * which the CPU is the slower. Decode (one row per expert) stays on the CPU,
+ * prefill chunks and large batches go to the device. Placement never changes
+ * the logits (the FFN is bit-identical, sums in ascending id).
+ *
  * Must never: exceed the budget, let a copy's source go before the copy lands,
  * evict an expert whose FFN is queued.
  */
@@ -48,6 +66,10 @@ typedef struct st_gpu_experts_opts {
     int64_t max_rows;    /* with rows 0: 0 means 256 */
     st_policy_kind policy;
     int isa;             /* st_isa whose reductions the FFN reproduces */
+    int64_t min_rows;    /* a miss with at least this many token rows is computed on the device
+                            (miss()); 0: never (INT64_MAX likewise) */
+    bool dram_stays;     /* the misses' DRAM copies never go (every expert resident in DRAM):
+                            miss_landed() need not wait */
 } st_gpu_experts_opts;
 
 typedef struct st_gpu_tier_stats {
@@ -59,6 +81,8 @@ typedef struct st_gpu_tier_stats {
     uint64_t budget, used, peak; /* device bytes: limit, held now, most ever held */
     uint64_t uses, hits, misses; /* expert uses per layer call; hits computed on the device */
     uint64_t admitted, refused;  /* misses copied in / left out (every slot pinned) */
+    uint64_t device_misses;      /* of the admitted: computed on the device too (miss()) */
+    int64_t min_rows;            /* the rule: a miss of at least this many rows runs there */
     uint64_t evictions;
     uint64_t bytes_copied;   /* expert bytes copied to the device */
     uint64_t act_bytes;      /* activation bytes moved (x and coef in, o out) */
@@ -97,6 +121,26 @@ int st_gpu_experts_admit_done(st_gpu_experts *g);
  * nothing else with the tier (e.g. NUMA node teams computing their experts): 1 admitted,
  * 0 refused, or an error. */
 int st_gpu_experts_admit_sync(st_gpu_experts *g, int layer, int expert, const st_expert_w *w);
+/* The cost model (see the top): the least rows r with max(bytes / dram_bw, r * 6 * dim * inter /
+ * cpu_flops) > bytes / pcie_bw, at least 2 (one row: the CPU path copies the expert in anyway
+ * after computing it, off the critical path; sending it first would only trade one row of CPU
+ * work for a copy on the FFN's critical path). Rates in bytes and flops per second, > 0. */
+int64_t st_gpu_min_rows_model(uint64_t expert_bytes, int64_t dim, int64_t inter, double cpu_flops, double dram_bw,
+                              double pcie_bw);
+/* The rule: a miss of n token rows should be computed on the device (n >= min_rows). */
+bool st_gpu_experts_wants_device(const st_gpu_experts *g, int64_t n);
+/* A miss computed on the device: a slot by the policy (evicting an unpinned expert), w's bytes
+ * (its DRAM copy, valid until miss_landed() or end()) copied in and then o (n, dim) = the expert
+ * on x (n, dim), hidden times coef, queued on the FFN stream; x, coef and o as for run(). 1 queued
+ * (the expert is then placed and resident from end() on), 0 when no slot could be freed (refused:
+ * the caller computes it). */
+int st_gpu_experts_miss(st_gpu_experts *g, int layer, int expert, const st_expert_w *w, const float *x, int64_t n,
+                        const float *coef, float limit, bool official, float *o);
+/* Waits until every copy miss() queued has landed (returns at once with dram_stays). */
+int st_gpu_experts_miss_landed(st_gpu_experts *g);
+/* miss + miss_landed under the tier's lock, from any thread (as admit_sync). */
+int st_gpu_experts_miss_sync(st_gpu_experts *g, int layer, int expert, const st_expert_w *w, const float *x, int64_t n,
+                             const float *coef, float limit, bool official, float *o);
 /* Waits for the layer's queued work; o of every run() is then written. Unpins. */
 int st_gpu_experts_end(st_gpu_experts *g);
 

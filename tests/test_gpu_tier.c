@@ -126,6 +126,18 @@ static void identical(const char *path, st_numerics num, int threads) {
         {"prefill chunks of 10, 2 rows per device FFN launch (experts in pieces)", {.gpu_mem = 256 << 20, .chunk = 10, .gpu_rows = 2}},
         {"two NUMA nodes, 3 DRAM slots each, 30% on the GPU", {.gpu_mem = buffers + (uint64_t)part * slot, .expert_slots = 3}},
         {"two NUMA nodes, every expert in DRAM on its node, 30% on the GPU", {.gpu_mem = buffers + (uint64_t)part * slot}},
+        /* where a miss runs: from 1 row (every miss on the device), 2, never */
+        {"misses of >= 1 row on the device, 30% on the GPU", {.gpu_mem = buffers + (uint64_t)part * slot, .gpu_min_rows = 1}},
+        {"misses of >= 2 rows on the device, 3 slots", {.gpu_mem = buffers + 3 * slot, .gpu_min_rows = 2}},
+        {"misses never on the device, every expert fits", {.gpu_mem = 256 << 20, .gpu_min_rows = INT64_MAX}},
+        {"misses of >= 1 row on the device, streaming, 2 DRAM slots, 3 GPU slots",
+         {.gpu_mem = buffers + 3 * slot, .expert_slots = 2, .gpu_min_rows = 1}},
+        {"misses of >= 2 rows on the device, prefill chunks of 10, 3 rows per launch, streaming, 3 DRAM slots",
+         {.gpu_mem = 256 << 20, .chunk = 10, .gpu_rows = 3, .expert_slots = 3, .gpu_min_rows = 2}},
+        {"two NUMA nodes, misses of >= 1 row on the device, 3 DRAM slots each, 30% on the GPU",
+         {.gpu_mem = buffers + (uint64_t)part * slot, .expert_slots = 3, .gpu_min_rows = 1}},
+        {"two NUMA nodes, misses of >= 2 rows on the device, every expert in DRAM on its node",
+         {.gpu_mem = buffers + (uint64_t)part * slot, .gpu_min_rows = 2}},
     };
     for (size_t i = 0; i < ST_ARRAY_LEN(v); i++) {
         st_model_opts o = v[i].o;
@@ -144,7 +156,7 @@ static void identical(const char *path, st_numerics num, int threads) {
         st_gpu_emu_stats es;
         gpu_stats(m, &gs);
         emu_stats(m, &es);
-        if (gs.n_slots > 2) assert_true(gs.hits > 0); /* 2 slots of 5 layers: the next use of a key comes too late */
+        if (gs.n_slots > 3) assert_true(gs.hits > 0); /* 2-3 slots of 5 layers: the next use of a key comes too late */
         assert_int_equal(gs.hits + gs.misses, gs.uses);
         assert_true(gs.admitted > 0);
         assert_true(gs.admitted + gs.refused <= gs.misses);
@@ -156,14 +168,29 @@ static void identical(const char *path, st_numerics num, int threads) {
         assert_true(es.deferred_runs > 0);                  /* work waited for, not run at enqueue */
         if (o.gpu_slots) assert_int_equal(gs.n_slots, o.gpu_slots);
         if (gs.n_slots < keys) assert_true(gs.evictions > 0);
+        /* the rule: with 1, a miss runs on the CPU only when no slot could be had; never: none;
+         * 2: the prefill (20 tokens, several rows per expert) sends some, not every one */
+        assert_true(gs.device_misses <= gs.admitted);
+        if (o.gpu_min_rows == 1) {
+            assert_int_equal(gs.min_rows, 1);
+            assert_int_equal(gs.device_misses + gs.refused, gs.misses);
+            assert_int_equal(gs.device_misses, gs.admitted);
+        } else if (o.gpu_min_rows == INT64_MAX) {
+            assert_int_equal(gs.device_misses, 0);
+        } else if (o.gpu_min_rows == 2) {
+            assert_true(gs.device_misses > 0);
+            assert_true(gs.device_misses < gs.misses);
+        }
         st_stream_stats ss;
         if (o.expert_slots) { /* the DRAM tier is asked only for what the device does not compute */
             assert_int_equal(st_model_offload_stats(m, &ss), 0);
             assert_int_equal(ss.pf.needs, gs.misses);
         }
-        print_message("%s: %d slots, %llu uses, %llu hits, %llu admitted, %llu evictions, %llu B copied, peak %llu of %llu B; "
+        print_message("%s: %d slots, %llu uses, %llu hits, %llu admitted, %llu misses computed there (from %lld rows), "
+                      "%llu evictions, %llu B copied, peak %llu of %llu B; "
                       "FFN by kernel emulation %llu, by the CPU %llu\n", what, gs.n_slots, (unsigned long long)gs.uses,
-                      (unsigned long long)gs.hits, (unsigned long long)gs.admitted, (unsigned long long)gs.evictions,
+                      (unsigned long long)gs.hits, (unsigned long long)gs.admitted, (unsigned long long)gs.device_misses,
+                      (long long)gs.min_rows, (unsigned long long)gs.evictions,
                       (unsigned long long)gs.bytes_copied, (unsigned long long)gs.peak, (unsigned long long)o.gpu_mem,
                       (unsigned long long)es.ffn_kernel, (unsigned long long)es.ffn_host);
         free(got);
