@@ -12,7 +12,13 @@
  * `strata run --gpu-mem` prints the GPU tier and the same ids (and --json its
  * object); experts larger than a launch run in pieces; the emulated device
  * defers its work and keeps order; the tier's rules (one open layer, only
- * placed experts run, a miss refused when every slot is pinned). On a machine
+ * placed experts run, a miss refused when every slot is pinned). Misses with
+ * many rows computed on the device (copied in first): thresholds 1 / 2 / never
+ * (st_model_opts.gpu_min_rows, STRATA_GPU_MIN_ROWS) in every configuration above,
+ * same logits; the counters say they happened when expected (prefill with 2:
+ * some, decode with 2: none, 1: every miss that got a slot, never: none), a
+ * perturbed device FFN changes a fresh tier's first chunk only when its misses
+ * run there, the cost model's numbers. On a machine
  * with a CUDA device the logits test runs on it too (skip elsewhere). */
 #include <stdarg.h>
 #include <stddef.h>
@@ -228,7 +234,10 @@ static void batches(void **state) {
     uint64_t slot, buffers;
     tier_sizes(tiny, &slot, &buffers);
     const st_model_opts variants[] = {{0}, {.gpu_mem = 256 << 20}, {.gpu_mem = buffers + 28 * slot},
-                                      {.gpu_mem = buffers + 28 * slot, .expert_slots = 3}};
+                                      {.gpu_mem = buffers + 28 * slot, .expert_slots = 3},
+                                      {.gpu_mem = buffers + 28 * slot, .gpu_min_rows = 1},
+                                      {.gpu_mem = buffers + 20 * slot, .expert_slots = 3, .gpu_min_rows = 2},
+                                      {.gpu_mem = buffers + 28 * slot, .gpu_min_rows = INT64_MAX}};
     float *want = NULL;
     for (size_t v = 0; v < ST_ARRAY_LEN(variants); v++) {
         st_model *m = tu_load(tiny, &variants[v], 2);
@@ -256,12 +265,17 @@ static void batches(void **state) {
             st_gpu_tier_stats gs;
             gpu_stats(m, &gs);
             /* fewer slots than keys: a step of 4 sequences uses most of the 40 keys, LRU may keep none */
-            assert_true(gs.hits > 0);
+            if (gs.n_slots >= 28) assert_true(gs.hits > 0); /* 20 slots: the LRU cycle of a step keeps none */
             assert_true(gs.admitted > 0);
             assert_int_equal(gs.hits + gs.misses, gs.uses);
             assert_true(gs.peak <= variants[v].gpu_mem);
-            print_message("%s: %d slots, %llu uses, %llu hits, %llu evictions\n", what, gs.n_slots,
-                          (unsigned long long)gs.uses, (unsigned long long)gs.hits, (unsigned long long)gs.evictions);
+            /* prefill of up to 7 tokens of 4 sequences and decode of 4: several rows per expert */
+            if (variants[v].gpu_min_rows == INT64_MAX) assert_int_equal(gs.device_misses, 0);
+            else assert_true(gs.device_misses > 0);
+            if (variants[v].gpu_min_rows == 1) assert_int_equal(gs.device_misses + gs.refused, gs.misses);
+            print_message("%s: %d slots, %llu uses, %llu hits, %llu misses computed there, %llu evictions\n", what,
+                          gs.n_slots, (unsigned long long)gs.uses, (unsigned long long)gs.hits,
+                          (unsigned long long)gs.device_misses, (unsigned long long)gs.evictions);
             free(got);
         }
         for (int b = 0; b < B; b++) st_seq_free(seqs[b]);
@@ -348,6 +362,70 @@ static void perturbed_device_changes_logits(void **state) {
     free(want);
 }
 
+/* Where a miss runs: a prefill of 16 tokens with threshold 2 sends misses to the device, the
+ * decode after it (one row per expert) none; with threshold 1 the decode's misses go too; the
+ * logits are the same each time. The emulated FFN perturbed changes the first chunk's logits
+ * when its misses run on the device (a fresh tier has no hits in it), and not when they never do. */
+static void misses_on_the_device(void **state) {
+    (void)state;
+    enum { P = 16, D = 6 };
+    st_model *m = tu_load(tiny, NULL, 2);
+    int32_t ids[P];
+    ids_for(m, ids, P, 4);
+    float *want = run(m, ids, P, D);
+    const size_t V = (size_t)m->vocab, count = (size_t)(P + D) * V;
+    st_model_free(m);
+    const int64_t thresholds[] = {2, 1};
+    for (int i = 0; i < 2; i++) {
+        m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_slots = 12, .gpu_min_rows = thresholds[i]}, 2);
+        float *got = run(m, ids, P, 0);
+        st_gpu_tier_stats pre, all;
+        gpu_stats(m, &pre);
+        free(got);
+        st_model_free(m);
+        m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_slots = 12, .gpu_min_rows = thresholds[i]}, 2);
+        got = run(m, ids, P, D);
+        gpu_stats(m, &all);
+        assert_same(want, got, count, thresholds[i] == 2 ? "threshold 2" : "threshold 1");
+        assert_true(pre.device_misses > 0);
+        assert_true(pre.device_misses <= pre.misses);
+        if (thresholds[i] == 2) {
+            assert_true(pre.device_misses < pre.misses);          /* some experts got a single row */
+            assert_int_equal(all.device_misses, pre.device_misses); /* decode: one row each */
+            assert_true(all.misses > pre.misses);                   /* ... and its misses ran on the CPU */
+        } else {
+            assert_int_equal(pre.device_misses, pre.misses);
+            assert_int_equal(all.device_misses, all.misses);        /* 12 slots, 8 experts a layer: none refused */
+        }
+        print_message("threshold %lld: prefill %llu misses, %llu on the device; with decode %llu, %llu\n",
+                      (long long)thresholds[i], (unsigned long long)pre.misses, (unsigned long long)pre.device_misses,
+                      (unsigned long long)all.misses, (unsigned long long)all.device_misses);
+        free(got);
+        st_model_free(m);
+    }
+    /* the first chunk only: every use is a miss of a fresh tier */
+    st_gpu_emu_perturb = true;
+    m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_min_rows = 1}, 2);
+    float *bad = run(m, ids, P, 0);
+    st_gpu_tier_stats gs;
+    gpu_stats(m, &gs);
+    assert_int_equal(gs.hits, 0);
+    assert_int_equal(gs.device_misses, gs.misses);
+    st_model_free(m);
+    m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_min_rows = INT64_MAX}, 2);
+    float *cpu = run(m, ids, P, 0);
+    gpu_stats(m, &gs);
+    st_gpu_emu_perturb = false;
+    assert_int_equal(gs.hits, 0);
+    assert_int_equal(gs.device_misses, 0);
+    st_model_free(m);
+    assert_false(same(want, bad, (size_t)P * V));
+    assert_same(want, cpu, (size_t)P * V, "perturbed device, misses never there");
+    free(bad);
+    free(cpu);
+    free(want);
+}
+
 /* A budget below one slot + the buffers of a one-row launch is refused, naming --gpu-mem and
  * that least size; the least size itself works (one slot, one row per launch, same logits); a
  * budget between gets fewer rows per launch than 256. */
@@ -426,6 +504,17 @@ static void cli_run(void **state) {
     char *js = run_cli("STRATA_GPU=emulate", "--gpu-mem 1M --json");
     if (!strstr(js, "\"gpu\":{\"device\":\"emulated\"") || !strstr(js, "\"hits\":")) fail_msg("no gpu object in: %s", js);
     free(js);
+    /* STRATA_GPU_MIN_ROWS: 1 sends every miss to the device, a huge one none; a bad value is an error */
+    char *every = run_cli("STRATA_GPU=emulate STRATA_GPU_MIN_ROWS=1", "--gpu-mem 1M --json");
+    char *never = run_cli("STRATA_GPU=emulate STRATA_GPU_MIN_ROWS=1000000000", "--gpu-mem 1M --json");
+    if (!strstr(every, "\"device_misses\":") || strstr(every, "\"device_misses\":0,") || !strstr(every, "\"min_rows\":1,"))
+        fail_msg("STRATA_GPU_MIN_ROWS=1: no misses on the device in: %s", every);
+    if (!strstr(never, "\"device_misses\":0,")) fail_msg("STRATA_GPU_MIN_ROWS=1000000000: misses on the device in: %s", never);
+    char *text = run_cli("STRATA_GPU=emulate STRATA_GPU_MIN_ROWS=1", "--gpu-mem 1M");
+    if (!strstr(text, "misses computed there")) fail_msg("no device misses in the summary: %s", text);
+    free(every);
+    free(never);
+    free(text);
     char *off = run_cli("STRATA_GPU=off", "--gpu-mem 1M");
     if (strstr(off, "GPU (emulated)") || strstr(off, "GPU (cuda)")) fail_msg("STRATA_GPU=off still has a GPU tier: %s", off);
     if (!strstr(off, "warning: --gpu-mem 1.00 MiB: no GPU (STRATA_GPU=off)")) fail_msg("no warning that --gpu-mem is unused: %s", off);
@@ -433,6 +522,10 @@ static void cli_run(void **state) {
     snprintf(cmd, sizeof cmd, "STRATA_GPU=emulate %s run --model %s --ids 5,9 -n 2 --gpu-mem 4K 2>&1", bin, tiny);
     assert_int_not_equal(tu_run(cmd, &out), 0);
     if (!strstr(out, "--gpu-mem") || !strstr(out, "at least")) fail_msg("unclear refusal: %s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "STRATA_GPU=emulate STRATA_GPU_MIN_ROWS=lots %s run --model %s --ids 5,9 -n 2 --gpu-mem 1M 2>&1", bin, tiny);
+    assert_int_not_equal(tu_run(cmd, &out), 0);
+    if (!strstr(out, "STRATA_GPU_MIN_ROWS") || !strstr(out, "'lots'")) fail_msg("unclear refusal: %s", out);
     free(out);
     free(plain);
     free(gpu);
@@ -533,6 +626,32 @@ static void tier_rules(void **state) {
     assert_int_equal(gs.admitted, 1);
     assert_int_equal(gs.refused, 1);
     assert_int_equal(gs.bytes_copied, bytes);
+    assert_int_equal(gs.device_misses, 0);
+    /* a miss computed on the device: refused while the only slot is pinned, an error for a placed
+     * expert, else it evicts, copies in and runs; resident once its copy has landed */
+    assert_int_equal(st_gpu_experts_begin(g, 0, two, 2, on), 0);
+    assert_true(on[0]);
+    assert_int_equal(st_gpu_experts_miss(g, 0, 0, &e, x, 4, c, 0, true, y), ST_ERR_INVALID); /* a hit */
+    assert_int_equal(st_gpu_experts_miss(g, 0, 1, &e, x, 4, c, 0, true, y), 0);             /* no slot */
+    assert_int_equal(st_gpu_experts_end(g), 0);
+    int three = 3;
+    assert_int_equal(st_gpu_experts_begin(g, 1, &three, 1, on), 0);
+    assert_false(on[0]);
+    for (int i = 0; i < 4 * 64; i++) y[i] = 1.0f;
+    assert_int_equal(st_gpu_experts_miss(g, 1, 3, &e, x, 4, c, 0, true, y), 1);
+    assert_true(st_gpu_experts_placed(g, 1, 3));
+    assert_false(st_gpu_experts_holds(g, 0, 0)); /* the victim */
+    assert_false(st_gpu_experts_holds(g, 1, 3)); /* not before its copy has landed */
+    assert_int_equal(st_gpu_experts_miss_landed(g), 0);
+    assert_true(st_gpu_experts_holds(g, 1, 3));
+    assert_int_equal(st_gpu_experts_end(g), 0);
+    for (int i = 0; i < 4 * 64; i++) assert_true(y[i] == 0.0f); /* the device's FFN wrote them */
+    st_gpu_experts_get_stats(g, &gs);
+    assert_int_equal(gs.device_misses, 1);
+    assert_int_equal(gs.admitted, 2);
+    assert_int_equal(gs.bytes_copied, 2 * bytes);
+    assert_int_equal(gs.ffn_launches, 2);
+    assert_false(st_gpu_experts_wants_device(g, 4)); /* min_rows 0: never */
     st_gpu_experts_free(g);
     o.n_slots = 0;
     o.budget = st_gpu_experts_buffer_bytes(dev, &o) + 4095; /* less than one slot (4 KiB stride) */
@@ -543,6 +662,21 @@ static void tier_rules(void **state) {
     assert_int_equal(es.allocated, 0);
     st_gpu_dev_free(dev);
     free(host);
+}
+
+/* The cost model: a V4-Pro FP4 expert (7168 x 3072, ~34.6 MB) over PCIe at 25 GB/s takes 1.38 ms;
+ * 64 threads at 32 GFLOP/s each do a row in 64.5 us: 22 rows is the least the CPU is slower at.
+ * 2 threads: the floor, 2; DRAM slower than PCIe: 2; a CPU that never loses: never. */
+static void cost_model(void **state) {
+    (void)state;
+    const uint64_t b = 34603008;
+    assert_int_equal(st_gpu_min_rows_model(b, 7168, 3072, 64 * 32e9, 40e9, 25e9), 22);
+    assert_int_equal(st_gpu_min_rows_model(b, 7168, 3072, 2 * 32e9, 40e9, 25e9), 2);
+    assert_int_equal(st_gpu_min_rows_model(b, 7168, 3072, 64 * 32e9, 10e9, 25e9), 2);
+    assert_int_equal(st_gpu_min_rows_model(b, 7168, 3072, 1e30, 40e9, 25e9), INT64_MAX);
+    /* the least: one row fewer is not slower on the CPU */
+    const double copy = (double)b / 25e9, row = 6.0 * 7168 * 3072 / (64 * 32e9);
+    assert_true(22 * row > copy && 21 * row <= copy);
 }
 
 /* The real device where there is one: the same logits with the CUDA kernels. */
@@ -582,10 +716,12 @@ int main(void) {
         cmocka_unit_test(batches),
         cmocka_unit_test(counters),
         cmocka_unit_test(perturbed_device_changes_logits),
+        cmocka_unit_test(misses_on_the_device),
         cmocka_unit_test(budget_too_small),
         cmocka_unit_test(cli_run),
         cmocka_unit_test(emulated_device_defers),
         cmocka_unit_test(tier_rules),
+        cmocka_unit_test(cost_model),
         cmocka_unit_test(cuda_device),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
