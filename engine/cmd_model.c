@@ -552,6 +552,8 @@ int cmd_run(int argc, char **argv) {
             cJSON_AddNumberToObject(gx, "misses", (double)gs.misses);
             cJSON_AddNumberToObject(gx, "admitted", (double)gs.admitted);
             cJSON_AddNumberToObject(gx, "device_misses", (double)gs.device_misses);
+            cJSON_AddNumberToObject(gx, "prefetched", (double)gs.prefetched);
+            cJSON_AddNumberToObject(gx, "prefetch_hits", (double)gs.prefetch_hits);
             cJSON_AddNumberToObject(gx, "min_rows", gs.min_rows < INT64_MAX ? (double)gs.min_rows : -1);
             cJSON_AddNumberToObject(gx, "evictions", (double)gs.evictions);
             cJSON_AddNumberToObject(gx, "bytes_copied", (double)gs.bytes_copied);

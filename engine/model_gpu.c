@@ -14,7 +14,11 @@
  * kernels reach: both rates err on the CPU's side, so a miss goes to the device
  * only when it clearly pays). For a V4-Pro FP4 expert (7168 x 3072, ~34 MB) on 64
  * threads that is ~22 rows: decode stays on the CPU, prefill chunks go to the
- * device; on 2 threads it is the floor, 2. */
+ * device; on 2 threads it is the floor, 2.
+ *
+ * With every expert resident in DRAM, the next layer's predicted experts are
+ * copied to the device ahead of their use (resident_routed; off with
+ * st_model_opts.no_prefetch / --prefetch off). */
 #include "engine/model_gpu.h"
 
 #include <errno.h>
@@ -33,6 +37,42 @@ static int resident_get(void *ctx, int layer, int expert, const st_expert_w **ou
 }
 
 static void resident_put(void *ctx, int layer, int expert) { (void)ctx, (void)layer, (void)expert; }
+
+enum { PREDICT_TOP = 2 }; /* next-layer experts prefetched per token (highest routing weight first), as the DRAM stream */
+
+/* Every expert resident in DRAM (their copies never go): right after layer `layer` routed, the
+ * next layer's gate on this layer's input predicts its experts (the DRAM stream's prediction,
+ * engine/model_stream.c) and those the device does not hold are copied in on the copy stream
+ * while this layer computes; a step that needs most experts gains nothing (its misses are
+ * many-row ones, computed on the device anyway) and predicts nothing. */
+static int resident_routed(void *ctx, int layer, const float *xn, const int32_t *tokens, int64_t T, const int32_t *ids) {
+    (void)ids;
+    st_model *m = ctx;
+    st_gpu_experts *g = m->experts.gpu;
+    if (!g || layer + 1 >= m->n_layers) return 0;
+    const st_moe_w *nw = &m->layers[layer + 1].moe;
+    const int K = nw->top_k, E = nw->n_experts;
+    if (T * K >= E) return 0;
+    int32_t *p = malloc((size_t)(T * K) * sizeof *p);
+    float *w = malloc((size_t)(T * K) * sizeof *w);
+    bool *mark = calloc((size_t)E, sizeof *mark);
+    int rc = !p || !w || !mark ? st_error(ST_ERR_NOMEM, "GPU tier: out of memory for a prediction") : 0;
+    if (!rc) rc = st_moe_route(m->pool, nw, xn, tokens, T, p, w);
+    for (int64_t t = 0; !rc && t < T; t++)
+        for (int k = 0; k < K && !rc; k++) {
+            int rank = 0;
+            for (int j = 0; j < K; j++) rank += w[t * K + j] > w[t * K + k] || (w[t * K + j] == w[t * K + k] && j < k);
+            const int e = p[t * K + k];
+            if (rank >= PREDICT_TOP || mark[e]) continue;
+            mark[e] = true;
+            int r = st_gpu_experts_prefetch(g, layer + 1, e, &nw->experts[e]);
+            if (r < 0) rc = r;
+        }
+    free(p);
+    free(w);
+    free(mark);
+    return rc;
+}
 
 #define PCIE_BYTES_PER_S 25e9
 #define DRAM_BYTES_PER_S 40e9
@@ -103,7 +143,9 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
         return rc;
     }
     m->experts.gpu = g;
-    if (!m->experts.get) m->experts = (st_expert_source){.get = resident_get, .put = resident_put, .ctx = m, .gpu = g};
+    if (!m->experts.get)
+        m->experts = (st_expert_source){.get = resident_get, .put = resident_put, .ctx = m, .gpu = g,
+                                        .routed = o->no_prefetch ? NULL : resident_routed};
     st_gpu_tier_stats s;
     st_gpu_experts_get_stats(g, &s);
     char mr[32] = "never";
@@ -135,8 +177,9 @@ void st_model_gpu_summary(const st_model *m, char *buf, size_t len) {
     if (len) buf[0] = 0;
     if (st_model_gpu_stats(m, &s)) return;
     char a[32], b[32], c[32];
-    snprintf(buf, len, "GPU (%s) %d slots (%s of --gpu-mem %s), hit %.1f%% of %llu, %llu misses computed there, copied %s",
-             s.device, s.n_slots, st_fmt_size(s.peak, a, sizeof a), st_fmt_size(s.budget, b, sizeof b),
-             s.uses ? 100.0 * (double)s.hits / (double)s.uses : 0.0, (unsigned long long)s.uses,
-             (unsigned long long)s.device_misses, st_fmt_size(s.bytes_copied, c, sizeof c));
+    snprintf(buf, len, "GPU (%s) %d slots (%s of --gpu-mem %s), hit %.1f%% of %llu, %llu misses computed there, "
+             "prefetched %llu (%llu used), copied %s", s.device, s.n_slots, st_fmt_size(s.peak, a, sizeof a),
+             st_fmt_size(s.budget, b, sizeof b), s.uses ? 100.0 * (double)s.hits / (double)s.uses : 0.0,
+             (unsigned long long)s.uses, (unsigned long long)s.device_misses, (unsigned long long)s.prefetched,
+             (unsigned long long)s.prefetch_hits, st_fmt_size(s.bytes_copied, c, sizeof c));
 }

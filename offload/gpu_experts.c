@@ -29,6 +29,7 @@ struct st_gpu_experts {
     void *compute, *copy;           /* streams */
     void *copy_done;                /* event: the admitted expert's bytes have landed */
     void *miss_copied;              /* event on the FFN stream: miss()'s copies have landed */
+    void *pf_copied;                /* event on the copy stream: prefetch()'s copies have landed */
     st_slot_cache *cache;
     bool *resident;                 /* (n_layers, n_experts): held by a RESIDENT slot */
     uint64_t *slot_key;             /* (n_slots): key loaded into the slot, UINT64_MAX: none */
@@ -41,10 +42,14 @@ struct st_gpu_experts {
     uint64_t admit_bytes;
     int *loading, n_loading;        /* (n_experts): slots miss() is filling, completed at miss_landed/end */
     uint64_t *loading_bytes;        /* (n_experts) */
+    int *pf_slot, n_pf;             /* (n_slots): slots prefetch() is filling, completed at begin */
+    uint64_t *pf_bytes;             /* (n_slots) */
+    bool *pf_unused;                /* (n_slots): loaded by prefetch, not used since */
     st_gpu_tier_stats st;
     pthread_mutex_t mu;             /* admit_sync from several threads */
 };
 
+static int prefetch_complete(st_gpu_experts *g);
 static uint64_t align_up(uint64_t v) { return ST_ALIGN_UP(v, (uint64_t)PIECE_ALIGN); }
 
 uint64_t st_gpu_expert_layout(const st_expert_w *e, uint64_t off[6]) {
@@ -88,11 +93,13 @@ static void dev_free(st_gpu_experts *g, void *p, uint64_t bytes) {
 void st_gpu_experts_free(st_gpu_experts *g) {
     if (!g) return;
     if (g->open && st_gpu_experts_end(g)) ST_WARN("GPU tier: %s", st_last_error());
+    if (g->n_pf && prefetch_complete(g)) ST_WARN("GPU tier: %s", st_last_error());
     const st_gpu_dev_ops *ops = g->dev->ops;
     ops->stream_free(g->dev->ctx, g->compute);
     ops->stream_free(g->dev->ctx, g->copy);
     ops->event_free(g->dev->ctx, g->copy_done);
     ops->event_free(g->dev->ctx, g->miss_copied);
+    ops->event_free(g->dev->ctx, g->pf_copied);
     st_slot_cache_free(g->cache);
     dev_free(g, g->slot_mem, g->slot_mem_bytes);
     dev_free(g, g->x, g->x_bytes);
@@ -106,6 +113,9 @@ void st_gpu_experts_free(st_gpu_experts *g) {
     free(g->pinned);
     free(g->loading);
     free(g->loading_bytes);
+    free(g->pf_slot);
+    free(g->pf_bytes);
+    free(g->pf_unused);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -159,14 +169,18 @@ int st_gpu_experts_new(const st_gpu_dev *dev, const st_gpu_experts_opts *opts, s
     int n = o->n_slots > 0 ? o->n_slots : (int)ST_MIN(fit, (uint64_t)keys);
     g->slot_mem_bytes = stride * (uint64_t)n;
     if ((rc = dev_alloc(g, g->slot_mem_bytes, &g->slot_mem))) goto fail;
-    if (!(g->slot_key = malloc((size_t)n * sizeof *g->slot_key))) { rc = st_error(ST_ERR_NOMEM, "GPU tier: out of memory"); goto fail; }
+    g->pf_slot = malloc((size_t)n * sizeof *g->pf_slot);
+    g->pf_bytes = malloc((size_t)n * sizeof *g->pf_bytes);
+    g->pf_unused = calloc((size_t)n, sizeof *g->pf_unused);
+    if (!(g->slot_key = malloc((size_t)n * sizeof *g->slot_key)) || !g->pf_slot || !g->pf_bytes || !g->pf_unused) { rc = st_error(ST_ERR_NOMEM, "GPU tier: out of memory"); goto fail; }
     for (int i = 0; i < n; i++) g->slot_key[i] = UINT64_MAX;
     st_slot_cache_options so = {.name = "gpu experts", .n_slots = n, .slot_bytes = o->slot_bytes,
                                 .memory = g->slot_mem, .policy = o->policy};
     if ((rc = st_slot_cache_new(&so, &g->cache))) goto fail;
     const st_gpu_dev_ops *ops = dev->ops;
     if ((rc = ops->stream_new(dev->ctx, &g->compute)) || (rc = ops->stream_new(dev->ctx, &g->copy)) ||
-        (rc = ops->event_new(dev->ctx, &g->copy_done)) || (rc = ops->event_new(dev->ctx, &g->miss_copied)))
+        (rc = ops->event_new(dev->ctx, &g->copy_done)) || (rc = ops->event_new(dev->ctx, &g->miss_copied)) ||
+        (rc = ops->event_new(dev->ctx, &g->pf_copied)))
         goto fail;
     g->st.device = ops->name;
     g->st.n_slots = n;
@@ -189,8 +203,58 @@ static bool valid(const st_gpu_experts *g, int layer, int expert) {
     return layer >= 0 && layer < g->o.n_layers && expert >= 0 && expert < g->o.n_experts;
 }
 
+static int take_slot(st_gpu_experts *g, int layer, int expert, int *slot, bool *refused);
+static int copy_in(st_gpu_experts *g, int slot, int layer, int expert, const st_expert_w *w, void *stream, uint64_t *bytes);
+
+int st_gpu_experts_prefetch(st_gpu_experts *g, int layer, int expert, const st_expert_w *w) {
+    if (!valid(g, layer, expert)) return st_error(ST_ERR_INVALID, "GPU tier: no expert %d in layer %d", expert, layer);
+    if (g->open && g->layer == layer)
+        return st_error(ST_ERR_INVALID, "GPU tier: prefetch of expert %d of the open layer %d", expert, layer);
+    if (g->resident[idx(g, layer, expert)] || g->n_pf >= g->st.n_slots) return 0;
+    int slot;
+    bool refused;
+    int r = take_slot(g, layer, expert, &slot, &refused);
+    if (r <= 0) return r; /* on its way already, or every slot pinned */
+    uint64_t bytes;
+    int rc = copy_in(g, slot, layer, expert, w, g->copy, &bytes);
+    if (!rc) rc = g->dev->ops->event_record(g->dev->ctx, g->pf_copied, g->copy);
+    if (rc) {
+        st_slot_cache_complete(g->cache, slot, rc, 0);
+        st_slot_cache_release(g->cache, slot);
+        return rc;
+    }
+    g->slot_key[slot] = key_of(layer, expert);
+    g->pf_slot[g->n_pf] = slot;
+    g->pf_bytes[g->n_pf++] = bytes;
+    return 1;
+}
+
+/* Waits for prefetch()'s copies; their slots become resident and unpinned. */
+static int prefetch_complete(st_gpu_experts *g) {
+    if (!g->n_pf) return 0;
+    int rc = g->dev->ops->event_sync(g->dev->ctx, g->pf_copied);
+    for (int i = 0; i < g->n_pf; i++) {
+        const int slot = g->pf_slot[i];
+        const uint64_t key = g->slot_key[slot];
+        st_slot_cache_complete(g->cache, slot, rc, rc ? 0 : g->pf_bytes[i]);
+        st_slot_cache_release(g->cache, slot);
+        if (rc) {
+            g->slot_key[slot] = UINT64_MAX;
+            continue;
+        }
+        g->resident[idx(g, st_cache_key_layer(key), st_cache_key_index(key))] = true;
+        g->pf_unused[slot] = true;
+        g->st.prefetched++;
+        g->st.bytes_copied += g->pf_bytes[i];
+    }
+    g->n_pf = 0;
+    return rc;
+}
+
 int st_gpu_experts_begin(st_gpu_experts *g, int layer, const int *experts, int n, bool *on_gpu) {
     if (g->open) return st_error(ST_ERR_INVALID, "GPU tier: layer %d begins while layer %d is open", layer, g->layer);
+    int rc = prefetch_complete(g); /* predicted experts of this layer: hits from here on */
+    if (rc) return rc;
     g->open = true;
     g->layer = layer;
     g->n_pinned = 0;
@@ -209,6 +273,8 @@ int st_gpu_experts_begin(st_gpu_experts *g, int layer, const int *experts, int n
             g->slot_of[e] = slot;
             g->pinned[g->n_pinned++] = e;
             g->st.hits++;
+            if (g->pf_unused[slot]) g->st.prefetch_hits++;
+            g->pf_unused[slot] = false;
             if (on_gpu) on_gpu[i] = true;
         } else if (r == ST_SLOT_MISS) {
             g->st.misses++;
@@ -283,6 +349,7 @@ static int take_slot(st_gpu_experts *g, int layer, int expert, int *slot, bool *
     if (g->slot_key[*slot] != UINT64_MAX) /* the policy's victim leaves the device */
         g->resident[idx(g, st_cache_key_layer(g->slot_key[*slot]), st_cache_key_index(g->slot_key[*slot]))] = false;
     g->slot_key[*slot] = UINT64_MAX;
+    g->pf_unused[*slot] = false;
     return 1;
 }
 

@@ -28,6 +28,11 @@
  *   miss_landed()           waits for the copies miss() queued: w may go after it
  *                           (a source whose DRAM copies stay, dram_stays, need not);
  *   end()                   waits for the queued FFNs and copies, unpins.
+ *   prefetch(layer + 1, e, w) while a layer is open: a predicted expert of the next
+ *                           layer copied in on the copy stream (the FFN stream goes
+ *                           on undisturbed); w must stay valid until the next begin(),
+ *                           so only sources whose DRAM copies stay (every expert
+ *                           resident) may; begin() waits for them, counts their hits.
  * So outputs never depend on when the device finishes: the caller reads o only
  * after end(), and sums the experts in its own fixed order.
  *
@@ -82,6 +87,7 @@ typedef struct st_gpu_tier_stats {
     uint64_t uses, hits, misses; /* expert uses per layer call; hits computed on the device */
     uint64_t admitted, refused;  /* misses copied in / left out (every slot pinned) */
     uint64_t device_misses;      /* of the admitted: computed on the device too (miss()) */
+    uint64_t prefetched, prefetch_hits; /* experts copied in ahead by prefetch(); of them, used */
     int64_t min_rows;            /* the rule: a miss of at least this many rows runs there */
     uint64_t evictions;
     uint64_t bytes_copied;   /* expert bytes copied to the device */
@@ -141,6 +147,10 @@ int st_gpu_experts_miss_landed(st_gpu_experts *g);
 /* miss + miss_landed under the tier's lock, from any thread (as admit_sync). */
 int st_gpu_experts_miss_sync(st_gpu_experts *g, int layer, int expert, const st_expert_w *w, const float *x, int64_t n,
                              const float *coef, float limit, bool official, float *o);
+/* A predicted expert of a later layer (not the open one) copied in ahead of its use: w (a DRAM
+ * copy that stays valid until the next begin()) copied into a slot by the policy on the copy
+ * stream. 1 queued, 0 nothing to do (held or on its way already, no slot free of pins). */
+int st_gpu_experts_prefetch(st_gpu_experts *g, int layer, int expert, const st_expert_w *w);
 /* Waits for the layer's queued work; o of every run() is then written. Unpins. */
 int st_gpu_experts_end(st_gpu_experts *g);
 

@@ -18,7 +18,10 @@
  * same logits; the counters say they happened when expected (prefill with 2:
  * some, decode with 2: none, 1: every miss that got a slot, never: none), a
  * perturbed device FFN changes a fresh tier's first chunk only when its misses
- * run there, the cost model's numbers. On a machine
+ * run there, the cost model's numbers. With every expert resident in DRAM the
+ * next layer's predicted experts are prefetched to the device (decode of the wide
+ * model: 32 hits become 75, same logits; none with --prefetch off or streaming).
+ * On a machine
  * with a CUDA device the logits test runs on it too (skip elsewhere). */
 #include <stdarg.h>
 #include <stddef.h>
@@ -405,14 +408,14 @@ static void misses_on_the_device(void **state) {
     }
     /* the first chunk only: every use is a miss of a fresh tier */
     st_gpu_emu_perturb = true;
-    m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_min_rows = 1}, 2);
+    m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_min_rows = 1, .no_prefetch = true}, 2);
     float *bad = run(m, ids, P, 0);
     st_gpu_tier_stats gs;
     gpu_stats(m, &gs);
     assert_int_equal(gs.hits, 0);
     assert_int_equal(gs.device_misses, gs.misses);
     st_model_free(m);
-    m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_min_rows = INT64_MAX}, 2);
+    m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_min_rows = INT64_MAX, .no_prefetch = true}, 2);
     float *cpu = run(m, ids, P, 0);
     gpu_stats(m, &gs);
     st_gpu_emu_perturb = false;
@@ -423,6 +426,51 @@ static void misses_on_the_device(void **state) {
     assert_same(want, cpu, (size_t)P * V, "perturbed device, misses never there");
     free(bad);
     free(cpu);
+    free(want);
+}
+
+/* Every expert resident in DRAM: the next layer's predicted experts are copied to the device
+ * ahead of their use; decode with 12 slots gets hits from them, the same logits, and the same
+ * with --prefetch off (none prefetched); a streaming source is never prefetched from. */
+static void prefetch_next_layer(void **state) {
+    (void)state;
+    enum { P = 6, D = 10 };
+    st_model *m = tu_load(wide, NULL, 2);
+    int32_t ids[P];
+    ids_for(m, ids, P, 5);
+    float *want = run(m, ids, P, D);
+    const size_t count = (size_t)(P + D) * (size_t)m->vocab;
+    st_model_free(m);
+    const st_model_opts v[] = {{.gpu_mem = 256 << 20, .gpu_slots = 24, .gpu_min_rows = INT64_MAX},
+                               {.gpu_mem = 256 << 20, .gpu_slots = 24, .gpu_min_rows = INT64_MAX, .no_prefetch = true},
+                               {.gpu_mem = 256 << 20, .gpu_slots = 24, .gpu_min_rows = 2},
+                               {.gpu_mem = 256 << 20, .gpu_slots = 24, .expert_slots = 3}};
+    uint64_t hits[4];
+    for (int i = 0; i < 4; i++) {
+        m = tu_load(wide, &v[i], 2);
+        float *got = run(m, ids, P, D);
+        char what[64];
+        snprintf(what, sizeof what, "prefetch variant %d", i);
+        assert_same(want, got, count, what);
+        st_gpu_tier_stats gs;
+        gpu_stats(m, &gs);
+        hits[i] = gs.hits;
+        assert_int_equal(gs.hits + gs.misses, gs.uses);
+        assert_true(gs.prefetch_hits <= gs.prefetched);
+        assert_true(gs.prefetch_hits <= gs.hits);
+        assert_true(gs.peak <= v[i].gpu_mem);
+        if (v[i].no_prefetch || v[i].expert_slots) assert_int_equal(gs.prefetched, 0);
+        else {
+            assert_true(gs.prefetched > 0);
+            assert_true(gs.prefetch_hits > 0);
+        }
+        print_message("%s: %llu uses, %llu hits, %llu prefetched, %llu of them used, %llu misses computed there\n", what,
+                      (unsigned long long)gs.uses, (unsigned long long)gs.hits, (unsigned long long)gs.prefetched,
+                      (unsigned long long)gs.prefetch_hits, (unsigned long long)gs.device_misses);
+        free(got);
+        st_model_free(m);
+    }
+    assert_true(hits[0] > hits[1]); /* the prefetched experts' hits are more than they displace */
     free(want);
 }
 
@@ -652,6 +700,26 @@ static void tier_rules(void **state) {
     assert_int_equal(gs.bytes_copied, 2 * bytes);
     assert_int_equal(gs.ffn_launches, 2);
     assert_false(st_gpu_experts_wants_device(g, 4)); /* min_rows 0: never */
+    /* prefetch: not of the open layer; lands at the next begin(), whose use of it is a hit */
+    assert_int_equal(st_gpu_experts_begin(g, 1, &three, 1, on), 0);
+    assert_true(on[0]);
+    assert_int_equal(st_gpu_experts_prefetch(g, 1, 2, &e), ST_ERR_INVALID);
+    assert_int_equal(st_gpu_experts_prefetch(g, 0, 2, &e), 0); /* the only slot is pinned */
+    assert_int_equal(st_gpu_experts_end(g), 0);
+    int two_only = 2;
+    assert_int_equal(st_gpu_experts_prefetch(g, 0, 2, &e), 1);
+    assert_false(st_gpu_experts_holds(g, 0, 2));
+    assert_int_equal(st_gpu_experts_prefetch(g, 0, 2, &e), 0); /* on its way already */
+    assert_int_equal(st_gpu_experts_begin(g, 0, &two_only, 1, on), 0);
+    assert_true(on[0]);
+    assert_true(st_gpu_experts_holds(g, 0, 2));
+    assert_false(st_gpu_experts_holds(g, 1, 3)); /* the victim */
+    assert_int_equal(st_gpu_experts_end(g), 0);
+    st_gpu_experts_get_stats(g, &gs);
+    assert_int_equal(gs.prefetched, 1);
+    assert_int_equal(gs.prefetch_hits, 1);
+    assert_int_equal(gs.bytes_copied, 3 * bytes);
+    assert_int_equal(st_gpu_experts_prefetch(g, 1, 3, &e), 1); /* in flight at free: waited for */
     st_gpu_experts_free(g);
     o.n_slots = 0;
     o.budget = st_gpu_experts_buffer_bytes(dev, &o) + 4095; /* less than one slot (4 KiB stride) */
@@ -717,6 +785,7 @@ int main(void) {
         cmocka_unit_test(counters),
         cmocka_unit_test(perturbed_device_changes_logits),
         cmocka_unit_test(misses_on_the_device),
+        cmocka_unit_test(prefetch_next_layer),
         cmocka_unit_test(budget_too_small),
         cmocka_unit_test(cli_run),
         cmocka_unit_test(emulated_device_defers),
