@@ -9,12 +9,13 @@
  * .gpu_min_rows, else STRATA_GPU_MIN_ROWS=N (tests, A/B), else the cost model
  * st_gpu_min_rows_model with stated defaults: PCIe 25 GB/s host->device (a
  * PCIe 4 x16 link's practical rate; faster links only make the device win
- * earlier), DRAM 40 GB/s, and the CPU's expert FFN at 32 GFLOP/s per thread of
- * the pool (an FMA-vectorised dequantising matmul well above what the FP4/FP8
- * kernels reach: both rates err on the CPU's side, so a miss goes to the device
- * only when it clearly pays). For a V4-Pro FP4 expert (7168 x 3072, ~34 MB) on 64
- * threads that is ~22 rows: decode stays on the CPU, prefill chunks go to the
- * device; on 2 threads it is the floor, 2.
+ * earlier), DRAM 40 GB/s, and the CPU's expert FFN per thread of the pool by
+ * ISA: AVX-512 500 GFLOP/s (`strata bench kernels --threads 2` here: fp4_gemm
+ * 1008 GFLOP/s on 2 threads with vpdpbusd; fp8_gemm 366), AVX2 125, generic 16
+ * (both rates err on the CPU's side: a miss goes to the device only when that
+ * clearly pays). A V4-Pro FP4 expert (7168 x 3072, ~34.6 MB) then goes from 11
+ * rows on 2 AVX-512 threads, 84 on 16: decode stays on the CPU, prefill chunks
+ * and large batches go to the device.
  *
  * With every expert resident in DRAM, the next layer's predicted experts are
  * copied to the device ahead of their use (resident_routed; off with
@@ -76,7 +77,14 @@ static int resident_routed(void *ctx, int layer, const float *xn, const int32_t 
 
 #define PCIE_BYTES_PER_S 25e9
 #define DRAM_BYTES_PER_S 40e9
-#define CPU_FLOPS_PER_THREAD 32e9
+
+static double cpu_flops_per_thread(void) {
+    switch (st_cpu_isa()) {
+    case ST_ISA_AVX512: return 500e9;
+    case ST_ISA_AVX2: return 125e9;
+    default: return 16e9;
+    }
+}
 
 /* The rows from which a miss runs on the device (see the top). */
 static int min_rows(const st_model *m, const st_model_opts *o, uint64_t bytes, int64_t dim, int64_t inter, int64_t *out) {
@@ -94,7 +102,7 @@ static int min_rows(const st_model *m, const st_model_opts *o, uint64_t bytes, i
         *out = v;
         return 0;
     }
-    const double flops = CPU_FLOPS_PER_THREAD * (double)ST_MAX(st_pool_size(m->pool), 1);
+    const double flops = cpu_flops_per_thread() * (double)ST_MAX(st_pool_size(m->pool), 1);
     *out = st_gpu_min_rows_model(bytes, dim, inter, flops, DRAM_BYTES_PER_S, PCIE_BYTES_PER_S);
     return 0;
 }
