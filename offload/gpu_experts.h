@@ -36,7 +36,7 @@
  * So outputs never depend on when the device finishes: the caller reads o only
  * after end(), and sums the experts in its own fixed order.
  *
- * Where a miss runs (the cost model, engine/model_gpu.c st_model_gpu_min_rows):
+ * Where a miss runs (the cost model st_gpu_min_rows_model; defaults: engine/model_gpu.c):
  * the CPU takes max(bytes / DRAM bandwidth, rows * 6 * dim * inter / CPU flop
  * rate), the device about bytes / PCIe bandwidth (its FFN is orders of magnitude
  * faster than the CPU's and overlaps the copy of the next); so a miss of `rows`
