@@ -34,7 +34,8 @@ typedef struct st_expert_source {
     int (*next_on)(void *ctx, int layer, int node, int *expert, const st_expert_w **out);
     /* gpu (optional): the DRAM -> GPU tier (offload/gpu_experts.h). The chosen experts it holds
      * are computed there while the CPU computes the others (get()/next() never hand those out);
-     * CPU-computed experts are admitted to it from their DRAM copy. Sums stay in ascending id. */
+     * a miss with at least the tier's min_rows token rows is copied in and computed there too,
+     * the others on the CPU and then admitted from their DRAM copy. Sums stay in ascending id. */
     struct st_gpu_experts *gpu;
 } st_expert_source;
 

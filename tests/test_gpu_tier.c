@@ -70,26 +70,6 @@ static void ids_for(const st_model *m, int32_t *ids, int n, int salt) {
     for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17 + salt * 37) % m->vocab);
 }
 
-/* Prefill of n tokens (all positions) then `decode` tokens one at a time: every logit in one array. */
-static float *run(st_model *m, const int32_t *ids, int n, int decode) {
-    st_seq *s;
-    assert_int_equal(st_seq_new(m, &s), 0);
-    float *lg = malloc((size_t)(n + decode) * (size_t)m->vocab * sizeof(float));
-    if (st_seq_forward(s, ids, n, lg, true)) fail_msg("forward: %s", st_last_error());
-    for (int i = 0; i < decode; i++) {
-        int32_t t = ids[(i * 7 + 3) % n];
-        if (st_seq_forward(s, &t, 1, lg + (size_t)(n + i) * (size_t)m->vocab, false)) fail_msg("decode: %s", st_last_error());
-    }
-    st_seq_free(s);
-    return lg;
-}
-
-static void assert_same(const float *a, const float *b, size_t n, const char *what) {
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof(float)))
-            fail_msg("%s: logit %zu differs: %.9g vs %.9g", what, i, (double)a[i], (double)b[i]);
-}
-
 static bool same(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
 
 static void gpu_stats(const st_model *m, st_gpu_tier_stats *gs) {
@@ -118,7 +98,7 @@ static void identical(const char *path, st_numerics num, int threads) {
     assert_null(m->experts.gpu);
     int32_t ids[N_PROMPT];
     ids_for(m, ids, N_PROMPT, 0);
-    float *want = run(m, ids, N_PROMPT, N_DECODE);
+    float *want = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
     const int keys = m->n_layers * m->layers[0].moe.n_experts, part = keys * 3 / 10, fifth = keys / 5;
     st_model_free(m);
@@ -157,10 +137,10 @@ static void identical(const char *path, st_numerics num, int threads) {
         m = tu_load(path, &o, threads);
         unsetenv("STRATA_TOPOLOGY");
         if (numa) assert_int_equal(m->experts.n_nodes, 2);
-        float *got = run(m, ids, N_PROMPT, N_DECODE);
+        float *got = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
         char what[300];
         snprintf(what, sizeof what, "%s, %s numerics, %d threads, %s", path, num ? "reference" : "official", threads, v[i].name);
-        assert_same(want, got, count, what);
+        tu_assert_same_bits(want, got, count, what);
         st_gpu_tier_stats gs;
         st_gpu_emu_stats es;
         gpu_stats(m, &gs);
@@ -264,7 +244,7 @@ static void batches(void **state) {
         else {
             char what[100];
             snprintf(what, sizeof what, "batch of %d, variant %zu", B, v);
-            assert_same(want, got, count, what);
+            tu_assert_same_bits(want, got, count, what);
             st_gpu_tier_stats gs;
             gpu_stats(m, &gs);
             /* fewer slots than keys: a step of 4 sequences uses most of the 40 keys, LRU may keep none */
@@ -306,7 +286,7 @@ static void counters(void **state) {
     m->experts = (st_expert_source){.get = count_get, .put = count_put, .ctx = &plain};
     int32_t ids[N_PROMPT];
     ids_for(m, ids, N_PROMPT, 1);
-    free(run(m, ids, N_PROMPT, N_DECODE));
+    free(tu_prefill_decode(m, ids, N_PROMPT, N_DECODE));
     m->experts = (st_expert_source){0};
     st_model_free(m);
 
@@ -314,7 +294,7 @@ static void counters(void **state) {
     counting cpu = {.m = m};
     st_gpu_experts *g = m->experts.gpu;
     m->experts = (st_expert_source){.get = count_get, .put = count_put, .ctx = &cpu, .gpu = g};
-    free(run(m, ids, N_PROMPT, N_DECODE));
+    free(tu_prefill_decode(m, ids, N_PROMPT, N_DECODE));
     st_gpu_tier_stats a, b;
     gpu_stats(m, &a);
     assert_int_equal(a.uses, plain.gets);
@@ -322,7 +302,7 @@ static void counters(void **state) {
     assert_int_equal(cpu.gets, a.misses);
     assert_int_equal(a.admitted, a.misses); /* room for all: every miss is copied in */
     assert_int_equal(a.refused, 0);
-    free(run(m, ids, N_PROMPT, N_DECODE)); /* the same prompt again: everything is on the device */
+    free(tu_prefill_decode(m, ids, N_PROMPT, N_DECODE)); /* the same prompt again: everything is on the device */
     gpu_stats(m, &b);
     assert_int_equal(b.uses - a.uses, plain.gets);
     assert_int_equal(b.hits - a.hits, plain.gets);
@@ -340,18 +320,18 @@ static void perturbed_device_changes_logits(void **state) {
     st_model *m = tu_load(tiny, NULL, 2);
     int32_t ids[N_PROMPT];
     ids_for(m, ids, N_PROMPT, 0);
-    float *want = run(m, ids, N_PROMPT, N_DECODE);
+    float *want = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
     st_model_free(m);
     for (int host_only = 0; host_only < 2; host_only++) {
         st_gpu_emu_host_only = host_only;
         m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20}, 2);
-        float *ok = run(m, ids, N_PROMPT, N_DECODE);
+        float *ok = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
         assert_true(same(want, ok, count));
         st_model_free(m);
         st_gpu_emu_perturb = true;
         m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20}, 2);
-        float *bad = run(m, ids, N_PROMPT, N_DECODE);
+        float *bad = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
         st_gpu_emu_perturb = false;
         st_gpu_tier_stats gs;
         gpu_stats(m, &gs);
@@ -375,21 +355,21 @@ static void misses_on_the_device(void **state) {
     st_model *m = tu_load(tiny, NULL, 2);
     int32_t ids[P];
     ids_for(m, ids, P, 4);
-    float *want = run(m, ids, P, D);
+    float *want = tu_prefill_decode(m, ids, P, D);
     const size_t V = (size_t)m->vocab, count = (size_t)(P + D) * V;
     st_model_free(m);
     const int64_t thresholds[] = {2, 1};
     for (int i = 0; i < 2; i++) {
         m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_slots = 12, .gpu_min_rows = thresholds[i]}, 2);
-        float *got = run(m, ids, P, 0);
+        float *got = tu_prefill_decode(m, ids, P, 0);
         st_gpu_tier_stats pre, all;
         gpu_stats(m, &pre);
         free(got);
         st_model_free(m);
         m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_slots = 12, .gpu_min_rows = thresholds[i]}, 2);
-        got = run(m, ids, P, D);
+        got = tu_prefill_decode(m, ids, P, D);
         gpu_stats(m, &all);
-        assert_same(want, got, count, thresholds[i] == 2 ? "threshold 2" : "threshold 1");
+        tu_assert_same_bits(want, got, count, thresholds[i] == 2 ? "threshold 2" : "threshold 1");
         assert_true(pre.device_misses > 0);
         assert_true(pre.device_misses <= pre.misses);
         if (thresholds[i] == 2) {
@@ -409,21 +389,21 @@ static void misses_on_the_device(void **state) {
     /* the first chunk only: every use is a miss of a fresh tier */
     st_gpu_emu_perturb = true;
     m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_min_rows = 1, .no_prefetch = true}, 2);
-    float *bad = run(m, ids, P, 0);
+    float *bad = tu_prefill_decode(m, ids, P, 0);
     st_gpu_tier_stats gs;
     gpu_stats(m, &gs);
     assert_int_equal(gs.hits, 0);
     assert_int_equal(gs.device_misses, gs.misses);
     st_model_free(m);
     m = tu_load(tiny, &(st_model_opts){.gpu_mem = 256 << 20, .gpu_min_rows = INT64_MAX, .no_prefetch = true}, 2);
-    float *cpu = run(m, ids, P, 0);
+    float *cpu = tu_prefill_decode(m, ids, P, 0);
     gpu_stats(m, &gs);
     st_gpu_emu_perturb = false;
     assert_int_equal(gs.hits, 0);
     assert_int_equal(gs.device_misses, 0);
     st_model_free(m);
     assert_false(same(want, bad, (size_t)P * V));
-    assert_same(want, cpu, (size_t)P * V, "perturbed device, misses never there");
+    tu_assert_same_bits(want, cpu, (size_t)P * V, "perturbed device, misses never there");
     free(bad);
     free(cpu);
     free(want);
@@ -438,7 +418,7 @@ static void prefetch_next_layer(void **state) {
     st_model *m = tu_load(wide, NULL, 2);
     int32_t ids[P];
     ids_for(m, ids, P, 5);
-    float *want = run(m, ids, P, D);
+    float *want = tu_prefill_decode(m, ids, P, D);
     const size_t count = (size_t)(P + D) * (size_t)m->vocab;
     st_model_free(m);
     const st_model_opts v[] = {{.gpu_mem = 256 << 20, .gpu_slots = 24, .gpu_min_rows = INT64_MAX},
@@ -448,10 +428,10 @@ static void prefetch_next_layer(void **state) {
     uint64_t hits[4];
     for (int i = 0; i < 4; i++) {
         m = tu_load(wide, &v[i], 2);
-        float *got = run(m, ids, P, D);
+        float *got = tu_prefill_decode(m, ids, P, D);
         char what[64];
         snprintf(what, sizeof what, "prefetch variant %d", i);
-        assert_same(want, got, count, what);
+        tu_assert_same_bits(want, got, count, what);
         st_gpu_tier_stats gs;
         gpu_stats(m, &gs);
         hits[i] = gs.hits;
@@ -488,7 +468,7 @@ static void budget_too_small(void **state) {
     m = tu_load(tiny, NULL, 1);
     int32_t ids[12];
     ids_for(m, ids, 12, 2);
-    float *want = run(m, ids, 12, 3);
+    float *want = tu_prefill_decode(m, ids, 12, 3);
     const size_t count = (size_t)15 * (size_t)m->vocab;
     st_model_free(m);
     st_model_opts o = {.gpu_mem = least - 1, .threads = 1, .quiet = true};
@@ -506,8 +486,8 @@ static void budget_too_small(void **state) {
     assert_int_equal(gs.n_slots, 1);
     assert_int_equal(gs.rows, 1);
     assert_true(gs.peak <= o.gpu_mem);
-    float *got = run(m, ids, 12, 3);
-    assert_same(want, got, count, "least --gpu-mem: 1 slot, 1 row per launch");
+    float *got = tu_prefill_decode(m, ids, 12, 3);
+    tu_assert_same_bits(want, got, count, "least --gpu-mem: 1 slot, 1 row per launch");
     free(got);
     st_model_free(m);
     o.gpu_mem = slot + buffers / 3; /* room for fewer rows than 256 */
@@ -762,17 +742,17 @@ static void cuda_device(void **state) {
     st_model *m = tu_load(tiny, NULL, 2);
     int32_t ids[N_PROMPT];
     ids_for(m, ids, N_PROMPT, 0);
-    float *want = run(m, ids, N_PROMPT, N_DECODE);
+    float *want = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
     st_model_free(m);
     m = tu_load(tiny, &(st_model_opts){.gpu_mem = 64 << 20, .gpu_slots = 3}, 2);
-    float *got = run(m, ids, N_PROMPT, N_DECODE);
+    float *got = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     st_gpu_tier_stats gs;
     gpu_stats(m, &gs);
     assert_string_equal(gs.device, "cuda");
     assert_true(gs.hits > 0);
     setenv("STRATA_GPU", "emulate", 1);
-    assert_same(want, got, count, "CUDA device, 3 slots");
+    tu_assert_same_bits(want, got, count, "CUDA device, 3 slots");
     free(want);
     free(got);
     st_model_free(m);
