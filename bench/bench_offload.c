@@ -322,6 +322,7 @@ static void run_child(const off_args *a, const char *ids, uint64_t cache, bool p
     int k = 9;
     if (a->threads) argv[k++] = "--threads", argv[k++] = th;
     if (cache) argv[k++] = "--expert-cache", argv[k++] = cb;
+    else argv[k++] = "--dram-budget", argv[k++] = "unlimited"; /* (a) and (c): the mapping, even in a small cgroup */
     if (prefetch_off) argv[k++] = "--prefetch", argv[k++] = "off";
     argv[k] = NULL;
     int fd[2];

@@ -83,7 +83,8 @@ const char cli_tier_help[] =
     "  --dram-budget SIZE   DRAM the weights may hold (e.g. 40G, a percentage is refused): what stays after\n"
     "                       the attention/shared/embedding weights caches routed experts, the rest\n"
     "                       streams from the checkpoint with O_DIRECT (default: no limit when every weight\n"
-    "                       fits in 90% of the memory available, else that 90%: see strata info)\n"
+    "                       fits in 90% of the memory available, else that 90%: see strata info);\n"
+    "                       unlimited: never stream, the page cache serves the mapped checkpoint\n"
     "  --expert-cache SIZE  DRAM for the routed-expert cache itself (instead of --dram-budget)\n"
     "  --gpu-mem SIZE       GPU tier: device memory for routed experts (slots of the largest) and their\n"
     "                       buffers, a hard limit; hits run on the GPU, misses on the CPU and are then\n"
@@ -101,7 +102,10 @@ int cli_tier_option(const char *cmd, const char *o, const char *v, st_model_opts
                       !strcmp(o, "--prefetch") || !strcmp(o, "--cache-policy") || !strcmp(o, "--io-depth");
     if (!ours) return 0;
     if (!v) { fprintf(stderr, "strata %s: %s needs a value\n", cmd, o); return -1; }
-    if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--gpu-mem")) {
+    if (!strcmp(o, "--dram-budget") && !strcmp(v, "unlimited")) {
+        opts->dram_budget = 0;
+        opts->dram_unlimited = true;
+    } else if (!strcmp(o, "--dram-budget") || !strcmp(o, "--expert-cache") || !strcmp(o, "--gpu-mem")) {
         uint64_t bytes;
         if (st_parse_size(v, 0, o, &bytes)) { fprintf(stderr, "strata %s: %s\n", cmd, st_last_error()); return -1; }
         *(!strcmp(o, "--dram-budget") ? &opts->dram_budget : !strcmp(o, "--gpu-mem") ? &opts->gpu_mem : &opts->expert_cache) = bytes;

@@ -76,6 +76,8 @@ typedef struct st_model_opts {
     /* offload (all 0: every weight resident, experts read from the checkpoint's mapping) */
     uint64_t dram_budget;  /* DRAM the weights may hold (pinned weights + expert cache); 0: no limit */
     uint64_t expert_cache; /* bytes of the routed-expert cache instead of what dram_budget leaves */
+    bool dram_unlimited;   /* no budget even when the weights do not fit in memory: the experts stay in
+                              the checkpoint's mapping and the page cache does the work (as llama.cpp) */
     int expert_slots;      /* exactly this many expert slots (tests) */
     bool no_prefetch;      /* demand loads only: no router-driven prediction */
     int prefetch_depth;    /* prefetch loads in flight (0: 8) */

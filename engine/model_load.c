@@ -346,7 +346,7 @@ static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
         /* no budget given: everything resident when it fits in 90% of the memory available now
            (the rest for KV, activations and the system), else that 90% becomes the budget, so a
            model larger than memory streams its experts instead of paging through the mapping */
-        const uint64_t avail = budget ? 0 : st_mem_available(), room = avail / 10 * 9;
+        const uint64_t avail = budget || o->dram_unlimited ? 0 : st_mem_available(), room = avail / 10 * 9;
         const bool automatic = avail && pinned + routed > room;
         if (automatic) {
             if (pinned >= room)

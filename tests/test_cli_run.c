@@ -224,8 +224,9 @@ static void chat_tier_options(void **state) {
 }
 
 /* Without --dram-budget, a model larger than 90% of the memory available streams its
- * routed experts through that budget (same tokens), and one whose DRAM-resident part
- * alone does not fit is refused with a message saying so. STRATA_MEM_LIMIT pretends
+ * routed experts through that budget (same tokens), unless --dram-budget unlimited
+ * asks for the mapping; one whose DRAM-resident part alone does not fit is refused
+ * with a message saying so. STRATA_MEM_LIMIT pretends
  * the machine's memory is that small. */
 static void model_larger_than_memory_streams(void **state) {
     (void)state;
@@ -247,7 +248,14 @@ static void model_larger_than_memory_streams(void **state) {
     snprintf(limit, sizeof limit, "%llu", (unsigned long long)((total - routed / 2) / 9 * 10));
     setenv("STRATA_MEM_LIMIT", limit, 1);
     cJSON *streamed = run_json("--ids 5,6,7,8 -n 6");
+    cJSON *mapped = run_json("--ids 5,6,7,8 -n 6 --dram-budget unlimited"); /* no streaming when asked */
     unsetenv("STRATA_MEM_LIMIT");
+    assert_null(cJSON_GetObjectItem(mapped, "experts"));
+    char *c = cJSON_PrintUnformatted(cJSON_GetObjectItem(mapped, "generated"));
+    char *d = cJSON_PrintUnformatted(cJSON_GetObjectItem(all, "generated"));
+    assert_string_equal(c, d);
+    free(c); free(d);
+    cJSON_Delete(mapped);
     cJSON *ex = cJSON_GetObjectItem(streamed, "experts");
     assert_non_null(ex);
     assert_true(cJSON_GetObjectItem(ex, "cache_bytes")->valuedouble < (double)routed);
