@@ -19,7 +19,11 @@
  *
  * With every expert resident in DRAM, the next layer's predicted experts are
  * copied to the device ahead of their use (resident_routed; off with
- * st_model_opts.no_prefetch / --prefetch off). */
+ * st_model_opts.no_prefetch / --prefetch off).
+ *
+ * The DRAM the copies read is page-locked at attach (pin_dram), so they overlap
+ * the CPU's work instead of being staged by the driver; the tier undoes it when
+ * it is freed, which st_model_free does before the DRAM tier. */
 #include "engine/model_gpu.h"
 
 #include <errno.h>
@@ -28,8 +32,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include "base/base.h"
+#include "cpu/mem.h"
 #include "cpu/pool.h"
+#include "engine/model_stream.h"
+#include "offload/expert_nodes.h"
+#include "offload/expert_source.h"
 
 static int resident_get(void *ctx, int layer, int expert, const st_expert_w **out) {
     st_model *m = ctx;
@@ -107,6 +117,105 @@ static int min_rows(const st_model *m, const st_model_opts *o, uint64_t bytes, i
     return 0;
 }
 
+/* ---- page-locked DRAM ----
+ * A copy from pageable memory is staged by the driver through its own pinned
+ * buffer and is synchronous for the host: no overlap with the CPU's work. The
+ * copies read an expert's DRAM copy: the DRAM expert cache's slots when experts
+ * stream (one allocation per NUMA node's stream, registered whole), else the
+ * resident experts where the loader left them, views of the checkpoint's
+ * read-only mapping (registered read-only as page-aligned ranges merged where
+ * they touch: a layer's experts lie together in a checkpoint, so a few ranges,
+ * not one per tensor). A refusal (the pinned-memory limit, a mapping the driver
+ * does not take) is one warning; the rest stays pageable and the run goes on. */
+typedef struct host_range { uintptr_t lo, hi; } host_range;
+typedef struct range_list { host_range *r; int n, cap; } range_list;
+
+static int add_range(range_list *l, const void *p, uint64_t bytes, uintptr_t page) {
+    if (!p || !bytes) return 0;
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 256;
+        host_range *r = realloc(l->r, (size_t)cap * sizeof *r);
+        if (!r) return st_error(ST_ERR_NOMEM, "GPU tier: out of memory for the DRAM ranges to page-lock");
+        l->r = r;
+        l->cap = cap;
+    }
+    const uintptr_t a = (uintptr_t)p;
+    l->r[l->n++] = (host_range){a / page * page, (a + bytes + page - 1) / page * page};
+    return 0;
+}
+
+static int cmp_range(const void *a, const void *b) {
+    const host_range *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* Sorts and merges ranges that overlap or touch. */
+static void merge_ranges(range_list *l) {
+    if (!l->n) return;
+    qsort(l->r, (size_t)l->n, sizeof *l->r, cmp_range);
+    int k = 0;
+    for (int i = 1; i < l->n; i++) {
+        if (l->r[i].lo <= l->r[k].hi) l->r[k].hi = ST_MAX(l->r[k].hi, l->r[i].hi);
+        else l->r[++k] = l->r[i];
+    }
+    l->n = k + 1;
+}
+
+/* The DRAM the tier's copies read (see above), page-locked. Only an error for
+ * lack of host memory; a refusal by the device is a warning. */
+static int pin_dram(st_model *m, st_gpu_experts *g) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    range_list l = {0};
+    int rc = 0;
+    const st_expert_nodes *en = st_model_expert_nodes(m);
+    const bool read_only = !en; /* the checkpoint's mapping */
+    if (en) {
+        for (int i = 0; i < st_expert_nodes_count(en) && !rc; i++) {
+            uint64_t bytes;
+            void *p = st_expert_stream_slot_memory(st_expert_nodes_stream(en, i), &bytes);
+            rc = add_range(&l, p, bytes, page);
+        }
+    } else {
+        for (int layer = 0; layer < m->n_layers && !rc; layer++)
+            for (int e = 0; e < m->layers[layer].moe.n_experts && !rc; e++) {
+                const st_expert_w *x = &m->layers[layer].moe.experts[e];
+                const st_weight *ws[3] = {&x->w1, &x->w3, &x->w2};
+                for (int i = 0; i < 3 && !rc; i++) {
+                    const st_weight *w = ws[i];
+                    rc = add_range(&l, w->data, st_weight_data_bytes(w->fmt, w->rows, w->cols), page);
+                    if (!rc && w->scale) rc = add_range(&l, w->scale, st_weight_scale_bytes(w->fmt, w->scale_fmt, w->rows, w->cols), page);
+                }
+            }
+    }
+    if (!en) merge_ranges(&l); /* the caches' allocations stay apart even where they happen to touch */
+    uint64_t total = 0, done = 0;
+    for (int i = 0; i < l.n; i++) total += l.r[i].hi - l.r[i].lo;
+    const uint64_t ram = st_mem_limit();
+    if (!rc && ram && total > ram / 10 * 9) { /* e.g. --dram-budget unlimited on a model larger than memory */
+        char a[32], b[32];
+        ST_WARN("GPU tier: the DRAM experts are copied from (%s, %s) do not fit in this process's memory (%s): "
+                "not page-locked; their copies to the device are staged by the driver", st_fmt_size(total, a, sizeof a),
+                read_only ? "the checkpoint's mapping" : "the DRAM expert cache", st_fmt_size(ram, b, sizeof b));
+        l.n = 0;
+    }
+    for (int i = 0; i < l.n && !rc; i++) {
+        const uint64_t bytes = l.r[i].hi - l.r[i].lo;
+        if (st_gpu_experts_pin_host(g, (void *)l.r[i].lo, bytes, read_only)) {
+            char a[32], b[32], c[32];
+            ST_WARN("GPU tier: page-locking the DRAM experts are copied from failed at %p (%s, %s): %s; "
+                    "%d of %d ranges (%s of %s) stay pageable: their copies to the device are staged by the "
+                    "driver and do not overlap the CPU's work", (void *)l.r[i].lo, st_fmt_size(bytes, a, sizeof a),
+                    read_only ? "the checkpoint's mapping" : "the DRAM expert cache", st_last_error(), l.n - i, l.n,
+                    st_fmt_size(total - done, b, sizeof b), st_fmt_size(total, c, sizeof c));
+            st_error_clear();
+            break; /* the next would meet the same limit */
+        }
+        done += bytes;
+    }
+    free(l.r);
+    return rc;
+}
+
 int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
     if (!o || !o->gpu_mem) return 0;
     char a[32], b[32], c[32];
@@ -150,17 +259,23 @@ int st_model_gpu_attach(st_model *m, const st_model_opts *o) {
         st_gpu_dev_free(dev);
         return rc;
     }
+    if ((rc = pin_dram(m, g))) { /* before the source below: it reads the loader's experts */
+        st_gpu_experts_free(g);
+        st_gpu_dev_free(dev);
+        return rc;
+    }
     m->experts.gpu = g;
     if (!m->experts.get)
         m->experts = (st_expert_source){.get = resident_get, .put = resident_put, .ctx = m, .gpu = g,
                                         .routed = o->no_prefetch ? NULL : resident_routed};
     st_gpu_tier_stats s;
     st_gpu_experts_get_stats(g, &s);
-    char mr[32] = "never";
+    char mr[32] = "never", d[32];
     if (s.min_rows < INT64_MAX) snprintf(mr, sizeof mr, "%lld", (long long)s.min_rows);
     ST_INFO("GPU tier (%s): %d expert slots of %s, launches of %lld token rows, %s in all of --gpu-mem %s; "
-            "a miss of >= %s rows is computed there", s.device, s.n_slots, st_fmt_size(s.slot_bytes, a, sizeof a),
-            (long long)s.rows, st_fmt_size(s.used, b, sizeof b), st_fmt_size(s.budget, c, sizeof c), mr);
+            "a miss of >= %s rows is computed there; %s of DRAM page-locked in %d ranges", s.device, s.n_slots,
+            st_fmt_size(s.slot_bytes, a, sizeof a), (long long)s.rows, st_fmt_size(s.used, b, sizeof b),
+            st_fmt_size(s.budget, c, sizeof c), mr, st_fmt_size(s.pinned_bytes, d, sizeof d), s.pinned_ranges);
     return 0;
 }
 

@@ -257,6 +257,19 @@ void st_gpu_host_free(void *p) {
     CUDA_WARN(cudaFreeHost(p));
 }
 
+int st_gpu_host_register(void *p, size_t bytes, bool read_only) {
+    int rc = need_gpu("pin host memory");
+    if (rc) return rc;
+    if (!p || !bytes) return st_error(ST_ERR_INVALID, "pin host memory: empty range (%p, %zu bytes)", p, bytes);
+    CUDA_CHECK(cudaHostRegister(p, bytes, read_only ? cudaHostRegisterReadOnly : cudaHostRegisterDefault));
+    return 0;
+}
+
+void st_gpu_host_unregister(void *p) {
+    if (!p) return;
+    CUDA_WARN(cudaHostUnregister(p));
+}
+
 static int copy(void *dst, const void *src, size_t bytes, st_gpu_stream *s, cudaMemcpyKind kind, const char *what) {
     int rc = need_gpu(what);
     if (rc) return rc;

@@ -74,6 +74,16 @@ void st_gpu_free(void *dev_ptr);               /* NULL-safe */
 /* Page-locked host memory (fast async copies). Free with st_gpu_host_free. */
 int st_gpu_host_alloc(size_t bytes, void **out);
 void st_gpu_host_free(void *host_ptr);         /* NULL-safe */
+/* Page-lock existing host memory [p, p + bytes) (cudaHostRegister) so async
+ * copies from it overlap the host's work instead of being staged by the driver.
+ * read_only: a read-only mapping (e.g. the checkpoint's PROT_READ mmap), locked
+ * with cudaHostRegisterReadOnly. p and bytes should be page-aligned. 0, or an
+ * error naming the call, file and line (the pinned-memory limit, a mapping the
+ * driver refuses), or ST_ERR_UNSUPPORTED without a GPU. */
+int st_gpu_host_register(void *p, size_t bytes, bool read_only);
+/* Undo st_gpu_host_register(p, ...) before that memory is freed. NULL-safe;
+ * a failure is a warning. */
+void st_gpu_host_unregister(void *p);
 
 /* Copies; asynchronous on `s` (ordered with the ops on it), synchronous when s
  * is NULL. Async copies of pageable host memory are staged by the driver. */

@@ -48,6 +48,8 @@ int st_gpu_host_alloc(size_t bytes, void **out) {
     return NO_CUDA("pinned host alloc");
 }
 void st_gpu_host_free(void *p) {}
+int st_gpu_host_register(void *p, size_t bytes, bool read_only) { return NO_CUDA("pin host memory"); }
+void st_gpu_host_unregister(void *p) {}
 
 int st_gpu_copy_to_device(void *dst, const void *src, size_t bytes, st_gpu_stream *s) { return NO_CUDA("copy to GPU"); }
 int st_gpu_copy_to_host(void *dst, const void *src, size_t bytes, st_gpu_stream *s) { return NO_CUDA("copy from GPU"); }

@@ -528,6 +528,11 @@ uint64_t st_expert_stream_end(st_expert_stream *s) {
 
 int st_expert_stream_slots(const st_expert_stream *s) { return st_slot_cache_slots(s->cache); }
 
+void *st_expert_stream_slot_memory(const st_expert_stream *s, uint64_t *bytes) {
+    *bytes = (uint64_t)st_slot_cache_slots(s->cache) * st_slot_cache_stride(s->slot_bytes);
+    return st_slot_cache_buffer(s->cache, 0);
+}
+
 void st_expert_stream_get_stats(const st_expert_stream *s, st_stream_stats *out) {
     memset(out, 0, sizeof *out);
     st_prefetch_get_stats(s->pf, &out->pf);

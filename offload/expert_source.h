@@ -141,5 +141,8 @@ void st_expert_stream_get_stats(const st_expert_stream *s, st_stream_stats *out)
  * file's either way. For a preload; off by default (it costs a mincore per span). */
 int st_expert_stream_set_warm_copy(st_expert_stream *s, const char *const *paths);
 int st_expert_stream_slots(const st_expert_stream *s);
+/* The slots' memory: one allocation of *bytes (page multiples) the loads land in
+ * and the experts are handed out from (e.g. for a GPU tier to page-lock). */
+void *st_expert_stream_slot_memory(const st_expert_stream *s, uint64_t *bytes);
 
 #endif

@@ -38,6 +38,14 @@ static int cu_copy_to_host(void *ctx, void *host, const void *dev, size_t bytes,
     (void)ctx;
     return st_gpu_copy_to_host(host, dev, bytes, s);
 }
+static int cu_host_register(void *ctx, void *host, size_t bytes, bool read_only) {
+    (void)ctx;
+    return st_gpu_host_register(host, bytes, read_only);
+}
+static void cu_host_unregister(void *ctx, void *host) {
+    (void)ctx;
+    st_gpu_host_unregister(host);
+}
 static int cu_event_new(void *ctx, void **out) {
     (void)ctx;
     return st_gpu_event_new((st_gpu_event **)out);
@@ -73,6 +81,7 @@ static const st_gpu_dev_ops cuda_ops = {
     .alloc = cu_alloc, .free = cu_free,
     .stream_new = cu_stream_new, .stream_free = cu_stream_free, .stream_sync = cu_stream_sync,
     .copy_to_device = cu_copy_to_device, .copy_to_host = cu_copy_to_host,
+    .host_register = cu_host_register, .host_unregister = cu_host_unregister,
     .event_new = cu_event_new, .event_free = cu_event_free, .event_record = cu_event_record,
     .event_done = cu_event_done, .event_sync = cu_event_sync,
     .expert_ffn = cu_expert_ffn, .ffn_scratch_bytes = cu_scratch_bytes, .destroy = cu_destroy,

@@ -36,6 +36,12 @@ typedef struct st_gpu_dev_ops {
      * memory must stay valid and unchanged until the work has finished. */
     int (*copy_to_device)(void *ctx, void *dev, const void *host, size_t bytes, void *stream);
     int (*copy_to_host)(void *ctx, void *host, const void *dev, size_t bytes, void *stream);
+    /* Page-lock host memory copies will read ([host, host + bytes), page-aligned;
+     * read_only: a read-only mapping): without it async copies are staged by the
+     * driver and do not overlap the host's work. 0 or an error (the caller goes on
+     * with pageable copies). unregister: before that memory is freed. */
+    int (*host_register)(void *ctx, void *host, size_t bytes, bool read_only);
+    void (*host_unregister)(void *ctx, void *host);
     /* Events: record marks the stream's current end; done: 1 finished, 0 not
      * yet, < 0 error; sync: the host waits (and gets errors of the work). */
     int (*event_new)(void *ctx, void **out);
@@ -66,6 +72,8 @@ typedef struct st_gpu_emu_stats {
     uint64_t allocated, peak; /* device bytes now / at most */
     uint64_t ops_queued, ops_run, deferred_runs; /* deferred_runs: waits that found work still queued */
     uint64_t ffn_kernel, ffn_host; /* FFNs run by the kernels' emulation / by host_ffn */
+    uint64_t copied_pinned, copied_pageable; /* host->device bytes from registered / other host memory */
+    int pinned_ranges;        /* host ranges registered now */
 } st_gpu_emu_stats;
 
 /* host_ffn: the fallback FFN (NULL: the kernels' emulation only, else
@@ -78,6 +86,21 @@ int st_gpu_emu_get_stats(const st_gpu_dev *dev, st_gpu_emu_stats *out);
 extern bool st_gpu_emu_perturb;
 /* Tests: the emulated FFN never uses the kernels' emulation (host_ffn only). */
 extern bool st_gpu_emu_host_only;
+/* Tests: host_register fails (as the pinned-memory limit or a refused mapping would). */
+extern bool st_gpu_emu_pin_fail;
+/* Every host range an emulated device registered since the last reset, in order,
+ * kept after the device is gone (tests check what was pinned and that each was
+ * unregistered once). An emulated register refuses ranges that are not
+ * page-aligned or overlap a registered one; register and unregister read every
+ * page of the range (unregistering memory already freed faults, or ASan says so). */
+typedef struct st_gpu_emu_pin {
+    const void *p;
+    size_t bytes;
+    bool read_only;
+    int unregistered; /* times host_unregister(p) was called for this registration */
+} st_gpu_emu_pin;
+int st_gpu_emu_pins(const st_gpu_emu_pin **out); /* count; *out valid until the next register or reset */
+void st_gpu_emu_pins_reset(void);
 
 /* ---- CUDA -------------------------------------------------------------------- */
 

@@ -6,15 +6,26 @@
  * reads, gets wrong numbers here, as it would on a real GPU now and then.
  * Device memory is filled with 0xff (NaN floats) when allocated: reading
  * bytes nobody copied shows up in the results.
+ * Host memory registration (page-locking) is recorded: copies are counted as
+ * from pinned or pageable memory, and every registration goes to a log that
+ * outlives the device (st_gpu_emu_pins) so tests can check what was pinned and
+ * that it was unregistered once, while the memory was still there.
  * Must never: run queued work at enqueue time. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/base.h"
 #include "offload/gpu_device.h"
 
 bool st_gpu_emu_perturb;
 bool st_gpu_emu_host_only;
+bool st_gpu_emu_pin_fail;
+
+static pthread_mutex_t pin_lock = PTHREAD_MUTEX_INITIALIZER;
+static st_gpu_emu_pin *pin_log;
+static int n_pin_log, cap_pin_log;
 
 typedef enum { OP_COPY, OP_FFN } op_kind;
 
@@ -45,6 +56,8 @@ typedef struct emu_dev {
     st_gpu_host_ffn host_ffn;
     emu_alloc *allocs;
     int n_allocs, cap_allocs;
+    emu_alloc *pins; /* host ranges registered now */
+    int n_pins, cap_pins;
     st_gpu_emu_stats st;
 } emu_dev;
 
@@ -156,8 +169,104 @@ static void emu_stream_free(void *ctx, void *stream) {
     free(s);
 }
 
+static bool pinned(const emu_dev *d, const void *host, size_t bytes) {
+    const uintptr_t a = (uintptr_t)host;
+    for (int i = 0; i < d->n_pins; i++) {
+        const uintptr_t p = (uintptr_t)d->pins[i].p;
+        if (a >= p && a - p <= d->pins[i].bytes && bytes <= d->pins[i].bytes - (a - p)) return true;
+    }
+    return false;
+}
+
 static int emu_copy_to_device(void *ctx, void *dev, const void *host, size_t bytes, void *stream) {
+    emu_dev *d = ctx;
+    if (pinned(d, host, bytes)) d->st.copied_pinned += bytes;
+    else d->st.copied_pageable += bytes;
     return enqueue(ctx, stream, &(emu_op){.kind = OP_COPY, .dst = dev, .src = host, .bytes = bytes});
+}
+
+/* Reads a byte of every page: the range must be memory this process can read. */
+static void touch(const void *p, size_t bytes) {
+    const volatile uint8_t *b = p;
+    uint8_t sum = 0;
+    for (size_t off = 0; off < bytes; off += 4096) sum ^= b[off];
+    (void)sum;
+}
+
+static int emu_host_register(void *ctx, void *host, size_t bytes, bool read_only) {
+    emu_dev *d = ctx;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    if (st_gpu_emu_pin_fail)
+        return st_error(ST_ERR_NOMEM, "emulated GPU: pin %p (%zu bytes): refused (st_gpu_emu_pin_fail)", host, bytes);
+    if (!host || !bytes || (uintptr_t)host % page || bytes % page)
+        return st_error(ST_ERR_INVALID, "emulated GPU: pin %p (%zu bytes): expected a non-empty page-aligned range", host, bytes);
+    const uintptr_t a = (uintptr_t)host;
+    for (int i = 0; i < d->n_pins; i++) {
+        const uintptr_t p = (uintptr_t)d->pins[i].p;
+        if (a < p + d->pins[i].bytes && p < a + bytes)
+            return st_error(ST_ERR_INVALID, "emulated GPU: pin %p (%zu bytes): overlaps the registered %p (%zu bytes)",
+                            host, bytes, d->pins[i].p, d->pins[i].bytes);
+    }
+    touch(host, bytes);
+    if (d->n_pins == d->cap_pins) {
+        int cap = d->cap_pins ? 2 * d->cap_pins : 16;
+        emu_alloc *n = realloc(d->pins, (size_t)cap * sizeof *n);
+        if (!n) return st_error(ST_ERR_NOMEM, "emulated GPU: out of memory");
+        d->pins = n;
+        d->cap_pins = cap;
+    }
+    pthread_mutex_lock(&pin_lock);
+    if (n_pin_log == cap_pin_log) {
+        int cap = cap_pin_log ? 2 * cap_pin_log : 64;
+        st_gpu_emu_pin *n = realloc(pin_log, (size_t)cap * sizeof *n);
+        if (!n) {
+            pthread_mutex_unlock(&pin_lock);
+            return st_error(ST_ERR_NOMEM, "emulated GPU: out of memory");
+        }
+        pin_log = n;
+        cap_pin_log = cap;
+    }
+    pin_log[n_pin_log++] = (st_gpu_emu_pin){.p = host, .bytes = bytes, .read_only = read_only};
+    pthread_mutex_unlock(&pin_lock);
+    d->pins[d->n_pins++] = (emu_alloc){host, bytes};
+    d->st.pinned_ranges = d->n_pins;
+    return 0;
+}
+
+static void emu_host_unregister(void *ctx, void *host) {
+    emu_dev *d = ctx;
+    if (!host) return;
+    pthread_mutex_lock(&pin_lock); /* the latest registration of host: counts a second unregister too */
+    for (int i = n_pin_log - 1; i >= 0; i--)
+        if (pin_log[i].p == host) {
+            pin_log[i].unregistered++;
+            break;
+        }
+    pthread_mutex_unlock(&pin_lock);
+    for (int i = 0; i < d->n_pins; i++)
+        if (d->pins[i].p == host) {
+            touch(host, d->pins[i].bytes); /* still there: it is unregistered before being freed */
+            d->pins[i] = d->pins[--d->n_pins];
+            d->st.pinned_ranges = d->n_pins;
+            return;
+        }
+    ST_WARN("emulated GPU: unpin %p: not registered", host);
+}
+
+int st_gpu_emu_pins(const st_gpu_emu_pin **out) {
+    pthread_mutex_lock(&pin_lock);
+    *out = pin_log;
+    int n = n_pin_log;
+    pthread_mutex_unlock(&pin_lock);
+    return n;
+}
+
+void st_gpu_emu_pins_reset(void) {
+    pthread_mutex_lock(&pin_lock);
+    free(pin_log);
+    pin_log = NULL;
+    n_pin_log = cap_pin_log = 0;
+    pthread_mutex_unlock(&pin_lock);
 }
 
 static int emu_copy_to_host(void *ctx, void *host, const void *dev, size_t bytes, void *stream) {
@@ -215,6 +324,8 @@ static size_t emu_scratch_bytes(void *ctx, int64_t inter, int64_t n) {
 static void emu_destroy(void *ctx) {
     emu_dev *d = ctx;
     if (d->n_allocs) ST_WARN("emulated GPU: %d allocation(s) not freed", d->n_allocs);
+    if (d->n_pins) ST_WARN("emulated GPU: %d host range(s) still registered", d->n_pins);
+    free(d->pins);
     for (int i = 0; i < d->n_allocs; i++) free(d->allocs[i].p);
     free(d->allocs);
     free(d);
@@ -225,6 +336,7 @@ static const st_gpu_dev_ops emu_ops = {
     .alloc = emu_alloc_mem, .free = emu_free_mem,
     .stream_new = emu_stream_new, .stream_free = emu_stream_free, .stream_sync = emu_stream_sync,
     .copy_to_device = emu_copy_to_device, .copy_to_host = emu_copy_to_host,
+    .host_register = emu_host_register, .host_unregister = emu_host_unregister,
     .event_new = emu_event_new, .event_free = emu_event_free, .event_record = emu_event_record,
     .event_done = emu_event_done, .event_sync = emu_event_sync,
     .expert_ffn = emu_expert_ffn, .ffn_scratch_bytes = emu_scratch_bytes, .destroy = emu_destroy,

@@ -45,6 +45,8 @@ struct st_gpu_experts {
     int *pf_slot, n_pf;             /* (n_slots): slots prefetch() is filling, completed at begin */
     uint64_t *pf_bytes;             /* (n_slots) */
     bool *pf_unused;                /* (n_slots): loaded by prefetch, not used since */
+    void **host_pins;               /* (n_host_pins) host ranges pin_host registered */
+    int n_host_pins, cap_host_pins;
     st_gpu_tier_stats st;
     pthread_mutex_t mu;             /* admit_sync from several threads */
 };
@@ -100,6 +102,9 @@ void st_gpu_experts_free(st_gpu_experts *g) {
     ops->event_free(g->dev->ctx, g->copy_done);
     ops->event_free(g->dev->ctx, g->miss_copied);
     ops->event_free(g->dev->ctx, g->pf_copied);
+    /* the streams are done with every copy: unlock the host memory before its owner frees it */
+    for (int i = 0; i < g->n_host_pins; i++) ops->host_unregister(g->dev->ctx, g->host_pins[i]);
+    free(g->host_pins);
     st_slot_cache_free(g->cache);
     dev_free(g, g->slot_mem, g->slot_mem_bytes);
     dev_free(g, g->x, g->x_bytes);
@@ -527,6 +532,22 @@ void st_gpu_experts_get_stats(st_gpu_experts *g, st_gpu_tier_stats *out) {
     out->evictions = cs.evictions;
     out->used = st_budget_used(g->budget);
     out->peak = st_budget_peak(g->budget);
+}
+
+int st_gpu_experts_pin_host(st_gpu_experts *g, void *p, uint64_t bytes, bool read_only) {
+    if (g->n_host_pins == g->cap_host_pins) {
+        int cap = g->cap_host_pins ? 2 * g->cap_host_pins : 8;
+        void **n = realloc(g->host_pins, (size_t)cap * sizeof *n);
+        if (!n) return st_error(ST_ERR_NOMEM, "GPU tier: out of memory");
+        g->host_pins = n;
+        g->cap_host_pins = cap;
+    }
+    int rc = g->dev->ops->host_register(g->dev->ctx, p, (size_t)bytes, read_only);
+    if (rc) return rc;
+    g->host_pins[g->n_host_pins++] = p;
+    g->st.pinned_ranges = g->n_host_pins;
+    g->st.pinned_bytes += bytes;
+    return 0;
 }
 
 const st_gpu_dev *st_gpu_experts_device(const st_gpu_experts *g) { return g->dev; }

@@ -93,6 +93,8 @@ typedef struct st_gpu_tier_stats {
     uint64_t bytes_copied;   /* expert bytes copied to the device */
     uint64_t act_bytes;      /* activation bytes moved (x and coef in, o out) */
     uint64_t ffn_launches;
+    int pinned_ranges;       /* host ranges page-locked by pin_host */
+    uint64_t pinned_bytes;
 } st_gpu_tier_stats;
 
 /* Offsets of w1.data, w1.scale, w3.data, w3.scale, w2.data, w2.scale inside a slot
@@ -153,6 +155,13 @@ int st_gpu_experts_miss_sync(st_gpu_experts *g, int layer, int expert, const st_
 int st_gpu_experts_prefetch(st_gpu_experts *g, int layer, int expert, const st_expert_w *w);
 /* Waits for the layer's queued work; o of every run() is then written. Unpins. */
 int st_gpu_experts_end(st_gpu_experts *g);
+
+/* Page-locks host memory the tier's copies read from (an expert source's DRAM):
+ * [p, p + bytes) page-aligned, read_only for a read-only mapping. The tier owns
+ * the registration and undoes it in free(), after the device's work is done and
+ * before the caller frees that memory. 0 or the device's error (the memory then
+ * stays pageable: copies still work, without overlapping the host). */
+int st_gpu_experts_pin_host(st_gpu_experts *g, void *p, uint64_t bytes, bool read_only);
 
 void st_gpu_experts_get_stats(st_gpu_experts *g, st_gpu_tier_stats *out);
 const st_gpu_dev *st_gpu_experts_device(const st_gpu_experts *g);
