@@ -49,13 +49,11 @@ static int resident_get(void *ctx, int layer, int expert, const st_expert_w **ou
 
 static void resident_put(void *ctx, int layer, int expert) { (void)ctx, (void)layer, (void)expert; }
 
-enum { PREDICT_TOP = 2 }; /* next-layer experts prefetched per token (highest routing weight first), as the DRAM stream */
-
 /* Every expert resident in DRAM (their copies never go): right after layer `layer` routed, the
- * next layer's gate on this layer's input predicts its experts (the DRAM stream's prediction,
- * engine/model_stream.c) and those the device does not hold are copied in on the copy stream
- * while this layer computes; a step that needs most experts gains nothing (its misses are
- * many-row ones, computed on the device anyway) and predicts nothing. */
+ * next layer's gate on this layer's input predicts its experts (st_moe_predict, as the DRAM
+ * stream does) and those the device does not hold are copied in on the copy stream while this
+ * layer computes; a step that needs most experts gains nothing (its misses are many-row ones,
+ * computed on the device anyway) and predicts nothing. */
 static int resident_routed(void *ctx, int layer, const float *xn, const int32_t *tokens, int64_t T, const int32_t *ids) {
     (void)ids;
     st_model *m = ctx;
@@ -66,22 +64,18 @@ static int resident_routed(void *ctx, int layer, const float *xn, const int32_t 
     if (T * K >= E) return 0;
     int32_t *p = malloc((size_t)(T * K) * sizeof *p);
     float *w = malloc((size_t)(T * K) * sizeof *w);
-    bool *mark = calloc((size_t)E, sizeof *mark);
-    int rc = !p || !w || !mark ? st_error(ST_ERR_NOMEM, "GPU tier: out of memory for a prediction") : 0;
-    if (!rc) rc = st_moe_route(m->pool, nw, xn, tokens, T, p, w);
-    for (int64_t t = 0; !rc && t < T; t++)
-        for (int k = 0; k < K && !rc; k++) {
-            int rank = 0;
-            for (int j = 0; j < K; j++) rank += w[t * K + j] > w[t * K + k] || (w[t * K + j] == w[t * K + k] && j < k);
-            const int e = p[t * K + k];
-            if (rank >= PREDICT_TOP || mark[e]) continue;
-            mark[e] = true;
-            int r = st_gpu_experts_prefetch(g, layer + 1, e, &nw->experts[e]);
-            if (r < 0) rc = r;
-        }
+    bool *mark = malloc((size_t)E * sizeof *mark);
+    int *predicted = malloc((size_t)E * sizeof *predicted), n = 0;
+    int rc = !p || !w || !mark || !predicted ? st_error(ST_ERR_NOMEM, "GPU tier: out of memory for a prediction") : 0;
+    if (!rc) rc = st_moe_predict(m->pool, nw, xn, tokens, T, ST_MOE_PREDICT_TOP, p, w, mark, predicted, &n);
+    for (int i = 0; i < n && !rc; i++) {
+        const int e = predicted[i], r = st_gpu_experts_prefetch(g, layer + 1, e, &nw->experts[e]);
+        if (r < 0) rc = r;
+    }
     free(p);
     free(w);
     free(mark);
+    free(predicted);
     return rc;
 }
 

@@ -36,11 +36,10 @@ struct st_model_stream {
     const int32_t *tokens;
     int64_t T, T_cap, token_index, next_token_index;
     int32_t *pred;          /* (n_layers, T_cap, top_k): predicted experts per token, -1 = none */
-    int32_t *pred_scratch;  /* (T_cap, top_k) */
     float *pred_w;          /* (T_cap, top_k) */
     const int32_t *ids;     /* this layer's routing (T, top_k) */
     int *need, n_need;      /* this layer's distinct experts, ascending */
-    int *predicted;         /* (n_experts) ms_refine's experts, ascending */
+    int *predicted;         /* (n_experts) the experts a prediction names (routed: in token order; refine: ascending) */
     bool *hit;              /* (n_experts) */
     bool *mark;             /* (n_experts) */
     uint64_t layer_t0;
@@ -49,7 +48,6 @@ struct st_model_stream {
 
 /* ---- where the bytes are ---------------------------------------------------------- */
 
-enum { PREDICT_TOP = 2 }; /* next-layer experts prefetched per token (highest routing weight first) */
 
 static const char *const piece_names[6] = {"w1.weight", "w1.scale", "w3.weight", "w3.scale", "w2.weight", "w2.scale"};
 
@@ -91,9 +89,6 @@ static int grow_chunk(st_model_stream *ms, int64_t T) {
     int32_t *p = realloc(ms->pred, (size_t)ms->n_layers * (size_t)T * K * sizeof *p);
     if (!p) return st_error(ST_ERR_NOMEM, "expert stream: out of memory for %lld tokens", (long long)T);
     ms->pred = p;
-    int32_t *ps = realloc(ms->pred_scratch, (size_t)T * K * sizeof *ps);
-    if (!ps) return st_error(ST_ERR_NOMEM, "expert stream: out of memory");
-    ms->pred_scratch = ps;
     float *pw = realloc(ms->pred_w, (size_t)T * K * sizeof *pw);
     if (!pw) return st_error(ST_ERR_NOMEM, "expert stream: out of memory");
     ms->pred_w = pw;
@@ -175,26 +170,14 @@ static int ms_routed(void *ctx, int layer, const float *xn, const int32_t *token
     if (layer + 1 < ms->n_layers) {
         const st_moe_w *nw = &ms->m->layers[layer + 1].moe;
         int32_t *p = pred_of(ms, layer + 1);
-        if (!nw->hash) {
-            if ((rc = st_moe_route(ms->m->pool, nw, xn, tokens, T, ms->pred_scratch, ms->pred_w))) return rc;
-            memcpy(p, ms->pred_scratch, (size_t)T * (size_t)ms->top_k * sizeof *p);
-            int saved[ST_PREFETCH_BATCH_MAX * 4], n = 0;
-            memset(ms->mark, 0, (size_t)ms->n_experts);
-            const int K = ms->top_k;
-            /* only each token's most confident predictions: on flash-2l the top 2 (of 6) by routing
-             * weight were wasted 8 times in 32 tokens, all 6 ~44 times, and every wasted read
-             * shares the disk with the reads the engine waits for and evicts a useful expert */
-            const int keep = ST_MIN(K, PREDICT_TOP);
-            for (int64_t t = 0; t < T; t++)
-                for (int k = 0; k < K; k++) {
-                    int e = p[t * K + k], rank = 0;
-                    float w = ms->pred_w[t * K + k];
-                    for (int j = 0; j < K; j++) rank += ms->pred_w[t * K + j] > w || (ms->pred_w[t * K + j] == w && j < k);
-                    if (rank >= keep) continue;
-                    if (st_gpu_experts_holds(ms->m->experts.gpu, layer + 1, e)) continue; /* computed there */
-                    if (!ms->mark[e] && n < (int)ST_ARRAY_LEN(saved)) { ms->mark[e] = true; saved[n++] = e; }
-                }
-            if ((rc = st_expert_nodes_predict(ms->es, layer + 1, saved, n))) return rc;
+        if (!nw->hash) { /* only each token's most confident predictions (ST_MOE_PREDICT_TOP) */
+            int n;
+            if ((rc = st_moe_predict(ms->m->pool, nw, xn, tokens, T, ST_MOE_PREDICT_TOP, p, ms->pred_w, ms->mark,
+                                     ms->predicted, &n)))
+                return rc;
+            n = drop_gpu_held(ms, layer + 1, ms->predicted, n); /* computed there */
+            if ((rc = st_expert_nodes_predict(ms->es, layer + 1, ms->predicted, ST_MIN(n, ST_PREFETCH_BATCH_MAX * 4))))
+                return rc;
         }
     }
     return 0;
@@ -305,7 +288,6 @@ void st_model_stream_free(st_model_stream *ms) {
     if (ms->trace && st_trace_writer_close(ms->trace)) ST_WARN("trace: %s", st_last_error());
     free(ms->paths);
     free(ms->pred);
-    free(ms->pred_scratch);
     free(ms->pred_w);
     free(ms->need);
     free(ms->predicted);

@@ -57,6 +57,26 @@ int st_moe_route(st_pool *pool, const st_moe_w *w, const float *xn, const int32_
     return rc;
 }
 
+int st_moe_predict(st_pool *pool, const st_moe_w *w, const float *xn, const int32_t *tokens, int64_t T, int top,
+                   int32_t *ids, float *weights, bool *mark, int *out, int *n_out) {
+    const int K = w->top_k;
+    *n_out = 0;
+    int rc = st_moe_route(pool, w, xn, tokens, T, ids, weights);
+    if (rc) return rc;
+    memset(mark, 0, (size_t)w->n_experts * sizeof *mark);
+    for (int64_t t = 0; t < T; t++)
+        for (int k = 0; k < K; k++) {
+            const float *wt = weights + t * K;
+            int rank = 0;
+            for (int j = 0; j < K; j++) rank += wt[j] > wt[k] || (wt[j] == wt[k] && j < k);
+            const int e = ids[t * K + k];
+            if (rank >= top || mark[e]) continue;
+            mark[e] = true;
+            out[(*n_out)++] = e;
+        }
+    return 0;
+}
+
 /* Scratch of one MoE call, sized for T tokens. */
 typedef struct moe_bufs {
     int32_t *ids;   /* (T, K) */
