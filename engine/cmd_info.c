@@ -22,6 +22,7 @@
 
 #include "base/base.h"
 #include "cpu/mem.h"
+#include "engine/model.h"
 #include "cpu/cpu.h"
 #include "engine/cli.h"
 #include "io/uring_probe.h"
@@ -112,9 +113,11 @@ static void add_numa(cJSON *root, hwloc_topology_t topo) {
     cJSON_AddBoolToObject(numa, "libnuma", numa_available() >= 0);
     /* what runs default to: every weight in DRAM when it fits in 90% of this, else that 90% is the budget */
     cJSON *mem = cJSON_AddObjectToObject(root, "memory");
+    uint64_t avail;
+    const uint64_t budget = st_model_default_dram_budget(&avail);
     cJSON_AddNumberToObject(mem, "limit_bytes", (double)st_mem_limit());
-    cJSON_AddNumberToObject(mem, "available_bytes", (double)st_mem_available());
-    cJSON_AddNumberToObject(mem, "default_dram_budget_bytes", (double)(st_mem_available() / 10 * 9));
+    cJSON_AddNumberToObject(mem, "available_bytes", (double)avail);
+    cJSON_AddNumberToObject(mem, "default_dram_budget_bytes", (double)budget);
 }
 
 static void add_huge_pages(cJSON *root) {

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "base/base.h"
-#include "cpu/mem.h"
+#include "engine/model.h"
 #include "engine/cli.h"
 #include "engine/config.h"
 #include "engine/kv_plan.h"
@@ -119,7 +119,7 @@ int cmd_plan(int argc, char **argv) {
     if ((rc = st_weight_plan_compute(&cfg, &w))) { st_config_free(&cfg); return cli_fail("plan", rc); }
     /* tiers: budgets (default DRAM: 90% of what is available now), bandwidths measured unless given */
     bool measured[ST_TIER_COUNT] = {false, !bw[ST_TIER_DRAM], !bw[ST_TIER_NVME]};
-    if (!dram_budget) dram_budget = st_mem_available() / 10 * 9; /* as runs default to (strata info) */
+    if (!dram_budget) dram_budget = st_model_default_dram_budget(NULL); /* as runs default to (strata info) */
     if (!bw[ST_TIER_DRAM]) {
         st_pool *pool = NULL;
         if (!st_pool_new(0, true, &pool)) bw[ST_TIER_DRAM] = bench_dram_read_gbs(pool, 256u << 20) * 1e9;

@@ -96,6 +96,11 @@ typedef struct st_model_opts {
                               (engine/model_gpu.c); INT64_MAX: never */
 } st_model_opts;
 
+/* The DRAM budget a load takes when none is given and the weights do not fit:
+ * 90% of the memory available now (st_mem_available; the rest for KV,
+ * activations and the system). *available (may be NULL) gets that figure. */
+uint64_t st_model_default_dram_budget(uint64_t *available);
+
 /* Load a checkpoint directory (official or transformers layout). */
 int st_model_load(const char *path, const st_model_opts *opts, st_model **out);
 void st_model_free(st_model *m);

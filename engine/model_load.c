@@ -334,6 +334,12 @@ static int experts_on_their_nodes(st_model *m, loader *ld, const st_model_opts *
     return rc;
 }
 
+uint64_t st_model_default_dram_budget(uint64_t *available) {
+    const uint64_t avail = st_mem_available();
+    if (available) *available = avail;
+    return avail / 10 * 9;
+}
+
 /* With a DRAM budget that cannot hold every routed expert (or an explicit
  * expert cache), the experts stream from the checkpoint into slots. */
 static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
@@ -346,7 +352,8 @@ static int place_experts(st_model *m, loader *ld, const st_model_opts *o) {
         /* no budget given: everything resident when it fits in 90% of the memory available now
            (the rest for KV, activations and the system), else that 90% becomes the budget, so a
            model larger than memory streams its experts instead of paging through the mapping */
-        const uint64_t avail = budget || o->dram_unlimited ? 0 : st_mem_available(), room = avail / 10 * 9;
+        uint64_t avail = 0;
+        const uint64_t room = budget || o->dram_unlimited ? 0 : st_model_default_dram_budget(&avail);
         const bool automatic = avail && pinned + routed > room;
         if (automatic) {
             if (pinned >= room)
