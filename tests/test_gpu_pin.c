@@ -46,17 +46,13 @@ static int teardown(void **state) {
 
 enum { N_PROMPT = 16, N_DECODE = 5 };
 
-static void ids_for(const st_model *m, int32_t *ids, int n) {
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17) % m->vocab);
-}
-
 /* The logits of the run without a GPU tier (with o's DRAM tier). */
 static float *reference(const st_model_opts *o, int threads, size_t *count) {
     st_model_opts plain = *o;
     plain.gpu_mem = 0;
     st_model *m = tu_load(tiny, &plain, threads);
     int32_t ids[N_PROMPT];
-    ids_for(m, ids, N_PROMPT);
+    tu_ids(m, ids, N_PROMPT, 0);
     float *want = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     *count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
     st_model_free(m);
@@ -152,7 +148,7 @@ static void pinned_run(const st_model_opts *o, int threads, bool streaming, int 
             m->experts.put(m->experts.ctx, l, e);
         }
     int32_t ids[N_PROMPT];
-    ids_for(m, ids, N_PROMPT);
+    tu_ids(m, ids, N_PROMPT, 0);
     float *got = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     tu_assert_same_bits(want, got, count, streaming ? "pinned, streaming" : "pinned, resident");
     st_gpu_emu_stats es;
@@ -232,7 +228,7 @@ static void refused_registration_warns(void **state) {
         const st_gpu_emu_pin *log;
         assert_int_equal(st_gpu_emu_pins(&log), 0);
         int32_t ids[N_PROMPT];
-        ids_for(m, ids, N_PROMPT);
+        tu_ids(m, ids, N_PROMPT, 0);
         float *got = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
         tu_assert_same_bits(want, got, count, "registration refused: pageable copies");
         st_gpu_tier_stats gs;

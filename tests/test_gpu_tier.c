@@ -66,10 +66,6 @@ static int teardown(void **state) {
 
 enum { N_PROMPT = 20, N_DECODE = 6 };
 
-static void ids_for(const st_model *m, int32_t *ids, int n, int salt) {
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17 + salt * 37) % m->vocab);
-}
-
 static bool same(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
 
 static void gpu_stats(const st_model *m, st_gpu_tier_stats *gs) {
@@ -97,7 +93,7 @@ static void identical(const char *path, st_numerics num, int threads) {
     st_model *m = tu_load(path, &(st_model_opts){.numerics = num}, threads);
     assert_null(m->experts.gpu);
     int32_t ids[N_PROMPT];
-    ids_for(m, ids, N_PROMPT, 0);
+    tu_ids(m, ids, N_PROMPT, 0);
     float *want = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
     const int keys = m->n_layers * m->layers[0].moe.n_experts, part = keys * 3 / 10, fifth = keys / 5;
@@ -231,7 +227,7 @@ static void batches(void **state) {
             assert_int_equal(st_seq_new(m, &seqs[b]), 0);
             lens[b] = LEN - b;
         }
-        ids_for(m, toks, B * LEN, 3);
+        tu_ids(m, toks, B * LEN, 3);
         const size_t V = (size_t)m->vocab, count = (size_t)(STEPS + 1) * B * V;
         float *got = malloc(count * sizeof(float));
         if (st_seq_prefill_batch(seqs, toks, lens, B, got)) fail_msg("prefill batch: %s", st_last_error());
@@ -285,7 +281,7 @@ static void counters(void **state) {
     counting plain = {.m = m};
     m->experts = (st_expert_source){.get = count_get, .put = count_put, .ctx = &plain};
     int32_t ids[N_PROMPT];
-    ids_for(m, ids, N_PROMPT, 1);
+    tu_ids(m, ids, N_PROMPT, 1);
     free(tu_prefill_decode(m, ids, N_PROMPT, N_DECODE));
     m->experts = (st_expert_source){0};
     st_model_free(m);
@@ -319,7 +315,7 @@ static void perturbed_device_changes_logits(void **state) {
     (void)state;
     st_model *m = tu_load(tiny, NULL, 2);
     int32_t ids[N_PROMPT];
-    ids_for(m, ids, N_PROMPT, 0);
+    tu_ids(m, ids, N_PROMPT, 0);
     float *want = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
     st_model_free(m);
@@ -354,7 +350,7 @@ static void misses_on_the_device(void **state) {
     enum { P = 16, D = 6 };
     st_model *m = tu_load(tiny, NULL, 2);
     int32_t ids[P];
-    ids_for(m, ids, P, 4);
+    tu_ids(m, ids, P, 4);
     float *want = tu_prefill_decode(m, ids, P, D);
     const size_t V = (size_t)m->vocab, count = (size_t)(P + D) * V;
     st_model_free(m);
@@ -417,7 +413,7 @@ static void prefetch_next_layer(void **state) {
     enum { P = 6, D = 10 };
     st_model *m = tu_load(wide, NULL, 2);
     int32_t ids[P];
-    ids_for(m, ids, P, 5);
+    tu_ids(m, ids, P, 5);
     float *want = tu_prefill_decode(m, ids, P, D);
     const size_t count = (size_t)(P + D) * (size_t)m->vocab;
     st_model_free(m);
@@ -467,7 +463,7 @@ static void budget_too_small(void **state) {
     st_model_free(m);
     m = tu_load(tiny, NULL, 1);
     int32_t ids[12];
-    ids_for(m, ids, 12, 2);
+    tu_ids(m, ids, 12, 2);
     float *want = tu_prefill_decode(m, ids, 12, 3);
     const size_t count = (size_t)15 * (size_t)m->vocab;
     st_model_free(m);
@@ -741,7 +737,7 @@ static void cuda_device(void **state) {
     setenv("STRATA_GPU", "cuda", 1);
     st_model *m = tu_load(tiny, NULL, 2);
     int32_t ids[N_PROMPT];
-    ids_for(m, ids, N_PROMPT, 0);
+    tu_ids(m, ids, N_PROMPT, 0);
     float *want = tu_prefill_decode(m, ids, N_PROMPT, N_DECODE);
     const size_t count = (size_t)(N_PROMPT + N_DECODE) * (size_t)m->vocab;
     st_model_free(m);

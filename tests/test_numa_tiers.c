@@ -246,7 +246,7 @@ static st_model *load(const st_model_opts *extra, int threads) { return tu_load(
 /* Prefill of n (<= 64) fixed ids, then `decode` tokens: every logit (tu_prefill_decode). */
 static float *run(st_model *m, int n, int decode) {
     int32_t ids[64];
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17) % m->vocab);
+    tu_ids(m, ids, n, 0);
     return tu_prefill_decode(m, ids, n, decode);
 }
 

@@ -60,16 +60,11 @@ static st_model *load(const char *path, const st_model_opts *extra) { return tu_
 /* Prefill of n tokens (all positions) then `decode` single tokens; every logit
  * of every step into one array. */
 
-static void ids_for(const st_model *m, int32_t *ids, int n) {
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17) % m->vocab);
-}
-
-
 /* Every streaming configuration against the resident model, bit for bit. */
 static void identical(const char *path, const st_model_opts *variants, int n_variants, int n, int decode) {
     st_model *m = load(path, NULL);
     int32_t ids[64];
-    ids_for(m, ids, n);
+    tu_ids(m, ids, n, 0);
     float *want = tu_prefill_decode(m, ids, n, decode);
     size_t count = (size_t)(n + decode) * (size_t)m->vocab;
     st_stream_stats ss;
@@ -113,7 +108,7 @@ static void small_io_pieces(void **state) {
     identical(tiny, v, (int)ST_ARRAY_LEN(v), 12, 6);
     st_model *m = load(tiny, &v[0]);
     int32_t ids[12];
-    ids_for(m, ids, 12);
+    tu_ids(m, ids, 12, 0);
     free(tu_prefill_decode(m, ids, 12, 6));
     st_stream_stats ss;
     assert_int_equal(st_model_offload_stats(m, &ss), 0);
@@ -175,7 +170,7 @@ static void prefetch_statistics(void **state) {
     st_model_opts o = {.expert_slots = 8, .trace_path = trace};
     st_model *m = load(tiny, &o);
     int32_t ids[16];
-    ids_for(m, ids, 16);
+    tu_ids(m, ids, 16, 0);
     float *lg = tu_prefill_decode(m, ids, 4, 12);
     free(lg);
     st_stream_stats ss;
@@ -248,7 +243,7 @@ static void refined_prediction_exact_without_attention(void **state) {
         w[0]->data = w[1]->data = zeros[l];
     }
     int32_t ids[8];
-    ids_for(m, ids, 8);
+    tu_ids(m, ids, 8, 0);
     const int prompt = 4, decode = 10;
     float *want = tu_prefill_decode(res, ids, prompt, decode), *got = tu_prefill_decode(m, ids, prompt, decode);
     tu_assert_same_bits(want, got, (size_t)(prompt + decode) * (size_t)m->vocab, "zero attention output, streamed");
@@ -282,7 +277,7 @@ static void prefetch_off_counts_no_predictions(void **state) {
     st_model_opts o = {.expert_slots = 3, .no_prefetch = true};
     st_model *m = load(tiny, &o);
     int32_t ids[8];
-    ids_for(m, ids, 8);
+    tu_ids(m, ids, 8, 0);
     free(tu_prefill_decode(m, ids, 8, 4));
     st_stream_stats ss;
     assert_int_equal(st_model_offload_stats(m, &ss), 0);
@@ -319,7 +314,7 @@ static void read_errors_name_the_file(void **state) {
     st_seq *s;
     assert_int_equal(st_seq_new(m, &s), 0);
     int32_t ids[6];
-    ids_for(m, ids, 6);
+    tu_ids(m, ids, 6, 0);
     float *lg = malloc((size_t)m->vocab * sizeof(float));
     int rc = st_seq_forward(s, ids, 6, lg, false);
     assert_true(rc < 0);

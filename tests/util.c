@@ -63,6 +63,10 @@ st_model *tu_load(const char *path, const st_model_opts *extra, int threads) {
     return m;
 }
 
+void tu_ids(const st_model *m, int32_t *ids, int n, int salt) {
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17 + salt * 37) % m->vocab);
+}
+
 float *tu_prefill_decode(st_model *m, const int32_t *ids, int n, int decode) {
     st_seq *s;
     if (st_seq_new(m, &s)) fail_msg("sequence: %s", st_last_error());

@@ -30,6 +30,8 @@ int tu_synth(const st_synth_preset *p, const char *dir, uint64_t seed, const cha
 /* st_model_load of path with *extra (or defaults), `threads` threads, quiet; fails the test on error. */
 st_model *tu_load(const char *path, const st_model_opts *extra, int threads);
 
+/* n fixed token ids of m's vocabulary, (i * 131 + 17 + salt * 37) % vocab: salts give other prompts. */
+void tu_ids(const st_model *m, int32_t *ids, int n, int salt);
 /* Prefill of ids[0..n) with the logits of every position, then `decode` single
  * tokens ids[(i * 7 + 3) % n]: (n + decode, vocab) logits (free them). Fails the
  * test on error. */
