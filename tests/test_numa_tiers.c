@@ -353,8 +353,8 @@ static void two_nodes_bit_identical_streaming(void **state) {
 
 /* The checkpoint's files (tiny: a handful) and what each of them does: read
  * through (warm), drop from the page cache (cold: fdatasync + DONTNEED, which
- * not every file system honours), or count its resident bytes. */
-enum { FILES_WARM, FILES_COLD, FILES_RESIDENT };
+ * not every file system honours), count its resident bytes, or its bytes. */
+enum { FILES_WARM, FILES_COLD, FILES_RESIDENT, FILES_BYTES };
 static uint64_t checkpoint_files(int what) {
     DIR *d = opendir(tiny);
     assert_non_null(d);
@@ -364,6 +364,10 @@ static uint64_t checkpoint_files(int what) {
         struct stat st;
         snprintf(path, sizeof path, "%s/%s", tiny, de->d_name);
         if (stat(path, &st) || !S_ISREG(st.st_mode) || st.st_size == 0) continue;
+        if (what == FILES_BYTES) {
+            total += (uint64_t)st.st_size;
+            continue;
+        }
         int fd = open(path, O_RDONLY);
         assert_true(fd >= 0);
         if (what == FILES_WARM) {
@@ -378,20 +382,6 @@ static uint64_t checkpoint_files(int what) {
             total += (uint64_t)r;
         }
         close(fd);
-    }
-    closedir(d);
-    return total;
-}
-
-static uint64_t checkpoint_bytes(void) {
-    DIR *d = opendir(tiny);
-    assert_non_null(d);
-    uint64_t total = 0;
-    for (struct dirent *de; (de = readdir(d));) {
-        char path[512];
-        struct stat st;
-        snprintf(path, sizeof path, "%s/%s", tiny, de->d_name);
-        if (!stat(path, &st) && S_ISREG(st.st_mode)) total += (uint64_t)st.st_size;
     }
     closedir(d);
     return total;
@@ -435,7 +425,7 @@ static void two_nodes_resident_experts_on_their_nodes(void **state) {
     st_model_free(m);
     /* warm: every page cached (checked with mincore), nothing read with O_DIRECT */
     checkpoint_files(FILES_WARM);
-    const bool all_cached = checkpoint_files(FILES_RESIDENT) == checkpoint_bytes();
+    const bool all_cached = checkpoint_files(FILES_RESIDENT) == checkpoint_files(FILES_BYTES);
     setenv("STRATA_TOPOLOGY", TWO_NODES, 1);
     m = load(NULL, 2);
     unsetenv("STRATA_TOPOLOGY");
@@ -457,7 +447,7 @@ static void two_nodes_resident_experts_on_their_nodes(void **state) {
     free(two);
     /* cold: what the cache lost is read with O_DIRECT */
     checkpoint_files(FILES_COLD);
-    const bool dropped = checkpoint_files(FILES_RESIDENT) < checkpoint_bytes();
+    const bool dropped = checkpoint_files(FILES_RESIDENT) < checkpoint_files(FILES_BYTES);
     two = two_node_run(TWO_NODES, 2, &(st_model_opts){0}, n, decode);
     tu_assert_same_bits(resident, two, count, "two nodes, experts preloaded cold vs one-node resident");
     free(two);
