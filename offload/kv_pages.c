@@ -180,16 +180,9 @@ static int prefetch_pages(st_kv_pages *kv, const uint64_t *hs, int64_t n, bool i
         rc = kv_fast_frame(kv, hs[i], &f);
         if (rc == ST_ERR_BUDGET) { st_error_clear(); rc = 0; break; }
         if (rc) break;
-        p->fast = f;
         kv->st.prefetched++;
-        if (p->home == HOME_DRAM) {
-            memcpy(f, p->dram, kv->streams[kv_handle_stream(hs[i])].io_bytes);
-            kv->st.fetched_dram++;
-            kv_lru_push(kv, hs[i]);
-        } else if ((rc = kv_queue_read(kv, hs[i]))) {
-            kv_frame_put(kv, TIER_FAST, f);
-            p->fast = NULL;
-        }
+        rc = kv_page_fill(kv, hs[i], f);
+        if (!rc && p->home == HOME_DRAM) kv_lru_push(kv, hs[i]);
     }
     int src = kv_submit_reads(kv);
     return rc ? rc : src;
@@ -207,16 +200,7 @@ static int bring(st_kv_pages *kv, kv_stream *s, const uint64_t *hs, int64_t n) {
         kv_page *p = kv_page_at(kv, hs[i]);
         if (p->fast) continue;
         void *f;
-        if ((rc = kv_fast_frame(kv, hs[i], &f))) break;
-        p->fast = f;
-        if (p->home == HOME_DRAM) {
-            memcpy(f, p->dram, s->io_bytes);
-            kv->st.fetched_dram++;
-        } else if ((rc = kv_queue_read(kv, hs[i]))) {
-            kv_frame_put(kv, TIER_FAST, f);
-            p->fast = NULL;
-            break;
-        }
+        if ((rc = kv_fast_frame(kv, hs[i], &f)) || (rc = kv_page_fill(kv, hs[i], f))) break;
         kv_pin(kv, s, hs[i]);
     }
     int src = kv_submit_reads(kv); /* every read is queued before the first wait */

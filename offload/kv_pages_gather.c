@@ -56,16 +56,7 @@ static int gather_batch(st_kv_pages *kv, int si, const int32_t *idx, const uint6
             void *f;
             rc = kv_fast_frame(kv, h, &f);
             if (rc == ST_ERR_BUDGET && pages > 0) { st_error_clear(); rc = 0; break; } /* the batch is what fits */
-            if (rc) break;
-            p->fast = f;
-            if (p->home == HOME_DRAM) {
-                memcpy(f, p->dram, s->io_bytes);
-                kv->st.fetched_dram++;
-            } else if ((rc = kv_queue_read(kv, h))) {
-                kv_frame_put(kv, TIER_FAST, f);
-                p->fast = NULL;
-                break;
-            }
+            if (rc || (rc = kv_page_fill(kv, h, f))) break;
             kv->st.gather_fetched++;
         }
         kv_pin(kv, s, h);

@@ -118,6 +118,10 @@ int kv_fast_frame(st_kv_pages *kv, uint64_t h, void **out);
 /* Queue (asynchronously) / perform (synchronously, `sync`) the read of NVMe
  * page h into its (already set) fast frame. */
 int kv_queue_read(st_kv_pages *kv, uint64_t h);
+/* Page h (not in fast memory) gets fast frame `frame`: copied from its DRAM home
+ * now, or its read queued (kv_submit_reads sends it); when queueing fails the
+ * frame goes back and the page stays without one. */
+int kv_page_fill(st_kv_pages *kv, uint64_t h, void *frame);
 int kv_submit_reads(st_kv_pages *kv);
 int kv_read_sync(st_kv_pages *kv, uint64_t h);
 /* Reaps completions until page h is no longer loading (h == KV_NONE: until

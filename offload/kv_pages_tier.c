@@ -283,6 +283,22 @@ int kv_queue_read(st_kv_pages *kv, uint64_t h) {
     return 0;
 }
 
+int kv_page_fill(st_kv_pages *kv, uint64_t h, void *frame) {
+    kv_page *p = kv_page_at(kv, h);
+    p->fast = frame;
+    if (p->home == HOME_DRAM) {
+        memcpy(frame, p->dram, kv->streams[kv_handle_stream(h)].io_bytes);
+        kv->st.fetched_dram++;
+        return 0;
+    }
+    int rc = kv_queue_read(kv, h);
+    if (rc) {
+        kv_frame_put(kv, TIER_FAST, frame);
+        p->fast = NULL;
+    }
+    return rc;
+}
+
 int kv_submit_reads(st_kv_pages *kv) {
     if (!kv->n_reqs) return 0;
     int rc = st_io_submit(kv->io, kv->reqs, (int)kv->n_reqs);
