@@ -208,8 +208,8 @@ static bool valid(const st_gpu_experts *g, int layer, int expert) {
     return layer >= 0 && layer < g->o.n_layers && expert >= 0 && expert < g->o.n_experts;
 }
 
-static int take_slot(st_gpu_experts *g, int layer, int expert, int *slot, bool *refused);
-static int copy_in(st_gpu_experts *g, int slot, int layer, int expert, const st_expert_w *w, void *stream, uint64_t *bytes);
+static int start_load(st_gpu_experts *g, int layer, int expert, const st_expert_w *w, void *stream, void *event,
+                      int *slot, uint64_t *bytes, bool *refused);
 
 int st_gpu_experts_prefetch(st_gpu_experts *g, int layer, int expert, const st_expert_w *w) {
     if (!valid(g, layer, expert)) return st_error(ST_ERR_INVALID, "GPU tier: no expert %d in layer %d", expert, layer);
@@ -218,17 +218,9 @@ int st_gpu_experts_prefetch(st_gpu_experts *g, int layer, int expert, const st_e
     if (g->resident[idx(g, layer, expert)] || g->n_pf >= g->st.n_slots) return 0;
     int slot;
     bool refused;
-    int r = take_slot(g, layer, expert, &slot, &refused);
-    if (r <= 0) return r; /* on its way already, or every slot pinned */
     uint64_t bytes;
-    int rc = copy_in(g, slot, layer, expert, w, g->copy, &bytes);
-    if (!rc) rc = g->dev->ops->event_record(g->dev->ctx, g->pf_copied, g->copy);
-    if (rc) {
-        st_slot_cache_complete(g->cache, slot, rc, 0);
-        st_slot_cache_release(g->cache, slot);
-        return rc;
-    }
-    g->slot_key[slot] = key_of(layer, expert);
+    int r = start_load(g, layer, expert, w, g->copy, g->pf_copied, &slot, &bytes, &refused);
+    if (r <= 0) return r; /* on its way already, or every slot pinned */
     g->pf_slot[g->n_pf] = slot;
     g->pf_bytes[g->n_pf++] = bytes;
     return 1;
@@ -378,26 +370,36 @@ static int copy_in(st_gpu_experts *g, int slot, int layer, int expert, const st_
     return rc;
 }
 
+/* A slot for (layer, expert) by the policy, its bytes copied in on `stream` and `event`
+ * recorded after them: 1 started (*slot, *bytes), 0 nothing to do (on its way already,
+ * or every slot pinned: *refused), < 0 an error (the slot given back). */
+static int start_load(st_gpu_experts *g, int layer, int expert, const st_expert_w *w, void *stream, void *event,
+                      int *slot, uint64_t *bytes, bool *refused) {
+    int r = take_slot(g, layer, expert, slot, refused);
+    if (r <= 0) return r;
+    int rc = copy_in(g, *slot, layer, expert, w, stream, bytes);
+    if (!rc) rc = g->dev->ops->event_record(g->dev->ctx, event, stream);
+    if (rc) {
+        st_slot_cache_complete(g->cache, *slot, rc, 0);
+        st_slot_cache_release(g->cache, *slot);
+        return rc;
+    }
+    g->slot_key[*slot] = key_of(layer, expert);
+    return 1;
+}
+
 int st_gpu_experts_admit(st_gpu_experts *g, int layer, int expert, const st_expert_w *w) {
     if (!valid(g, layer, expert)) return st_error(ST_ERR_INVALID, "GPU tier: no expert %d in layer %d", expert, layer);
     int rc = st_gpu_experts_admit_done(g); /* one copy in flight at a time */
     if (rc) return rc;
     int slot;
     bool refused;
-    int r = take_slot(g, layer, expert, &slot, &refused);
+    uint64_t bytes;
+    int r = start_load(g, layer, expert, w, g->copy, g->copy_done, &slot, &bytes, &refused);
     if (refused) g->st.refused++;
     if (r <= 0) return r;
-    uint64_t bytes;
-    rc = copy_in(g, slot, layer, expert, w, g->copy, &bytes);
-    if (!rc) rc = g->dev->ops->event_record(g->dev->ctx, g->copy_done, g->copy);
-    if (rc) {
-        st_slot_cache_complete(g->cache, slot, rc, 0);
-        st_slot_cache_release(g->cache, slot);
-        return rc;
-    }
     g->admit_slot = slot;
     g->admit_bytes = bytes;
-    g->slot_key[slot] = key_of(layer, expert);
     return 1;
 }
 
@@ -441,23 +443,15 @@ int st_gpu_experts_miss(st_gpu_experts *g, int layer, int expert, const st_exper
     if (w->w1.cols > g->o.dim || w->w2.rows > g->o.dim || w->w1.rows > g->o.inter) return 0; /* not for these buffers */
     int slot;
     bool refused;
-    int r = take_slot(g, layer, expert, &slot, &refused);
-    if (r <= 0) return r; /* refused: counted by the admit() of the CPU's computation */
     uint64_t bytes;
     /* the copy and the FFN on one stream: the FFN starts when the bytes have landed, no host wait */
-    int rc = copy_in(g, slot, layer, expert, w, g->compute, &bytes);
-    if (!rc) rc = g->dev->ops->event_record(g->dev->ctx, g->miss_copied, g->compute);
-    if (rc) {
-        st_slot_cache_complete(g->cache, slot, rc, 0);
-        st_slot_cache_release(g->cache, slot);
-        return rc;
-    }
-    g->slot_key[slot] = key_of(layer, expert);
+    int r = start_load(g, layer, expert, w, g->compute, g->miss_copied, &slot, &bytes, &refused);
+    if (r <= 0) return r; /* refused: counted by the admit() of the CPU's computation */
     g->loading[g->n_loading] = slot;
     g->loading_bytes[g->n_loading++] = bytes;
     g->slot_of[expert] = slot; /* placed and pinned until end(), as a hit */
     g->pinned[g->n_pinned++] = expert;
-    rc = st_gpu_experts_run(g, expert, w, x, n, coef, limit, official, o);
+    const int rc = st_gpu_experts_run(g, expert, w, x, n, coef, limit, official, o);
     return rc ? rc : 1;
 }
 
