@@ -263,3 +263,13 @@ int st_write_file_atomic(const char *path, const void *data, size_t len) {
     else st_fsync_parent(path);
     return rc;
 }
+
+int st_grow(void **v, int64_t *cap, int64_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    int64_t n = ST_MAX(need, ST_MAX(*cap * 2, 16));
+    void *p = realloc(*v, (size_t)n * elem);
+    if (!p) return st_error(ST_ERR_NOMEM, "out of memory for %lld entries of %zu bytes", (long long)n, elem);
+    *v = p;
+    *cap = n;
+    return 0;
+}

@@ -45,6 +45,10 @@ void st_log_set_level(st_log_level level);
 #define ST_INFO(...) st_log(ST_LOG_INFO, __VA_ARGS__)
 #define ST_DEBUG(...) st_log(ST_LOG_DEBUG, __VA_ARGS__)
 
+/* Grows the array *v of elements of `elem` bytes to hold `need` (capacity *cap,
+ * doubled, at least 16): 0, or ST_ERR_NOMEM with a message (*v unchanged). */
+int st_grow(void **v, int64_t *cap, int64_t need, size_t elem);
+
 /* Monotonic clock in seconds / nanoseconds. */
 double st_time_s(void);
 uint64_t st_time_ns(void);

@@ -122,17 +122,12 @@ static int min_rows(const st_model *m, const st_model_opts *o, uint64_t bytes, i
  * not one per tensor). A refusal (the pinned-memory limit, a mapping the driver
  * does not take) is one warning; the rest stays pageable and the run goes on. */
 typedef struct host_range { uintptr_t lo, hi; } host_range;
-typedef struct range_list { host_range *r; int n, cap; } range_list;
+typedef struct range_list { host_range *r; int n; int64_t cap; } range_list;
 
 static int add_range(range_list *l, const void *p, uint64_t bytes, uintptr_t page) {
     if (!p || !bytes) return 0;
-    if (l->n == l->cap) {
-        int cap = l->cap ? 2 * l->cap : 256;
-        host_range *r = realloc(l->r, (size_t)cap * sizeof *r);
-        if (!r) return st_error(ST_ERR_NOMEM, "GPU tier: out of memory for the DRAM ranges to page-lock");
-        l->r = r;
-        l->cap = cap;
-    }
+    int rc = st_grow((void **)&l->r, &l->cap, l->n + 1, sizeof *l->r);
+    if (rc) return rc;
     const uintptr_t a = (uintptr_t)p;
     l->r[l->n++] = (host_range){a / page * page, (a + bytes + page - 1) / page * page};
     return 0;

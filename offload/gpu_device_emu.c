@@ -25,7 +25,8 @@ bool st_gpu_emu_pin_fail;
 
 static pthread_mutex_t pin_lock = PTHREAD_MUTEX_INITIALIZER;
 static st_gpu_emu_pin *pin_log;
-static int n_pin_log, cap_pin_log;
+static int n_pin_log;
+static int64_t cap_pin_log;
 
 typedef enum { OP_COPY, OP_FFN } op_kind;
 
@@ -55,22 +56,19 @@ typedef struct emu_alloc { void *p; size_t bytes; } emu_alloc;
 typedef struct emu_dev {
     st_gpu_host_ffn host_ffn;
     emu_alloc *allocs;
-    int n_allocs, cap_allocs;
+    int n_allocs;
+    int64_t cap_allocs;
     emu_alloc *pins; /* host ranges registered now */
-    int n_pins, cap_pins;
+    int n_pins;
+    int64_t cap_pins;
     st_gpu_emu_stats st;
 } emu_dev;
 
 static int emu_alloc_mem(void *ctx, size_t bytes, void **out) {
     emu_dev *d = ctx;
     *out = NULL;
-    if (d->n_allocs == d->cap_allocs) {
-        int cap = d->cap_allocs ? 2 * d->cap_allocs : 16;
-        emu_alloc *a = realloc(d->allocs, (size_t)cap * sizeof *a);
-        if (!a) return st_error(ST_ERR_NOMEM, "emulated GPU: out of memory");
-        d->allocs = a;
-        d->cap_allocs = cap;
-    }
+    int rc = st_grow((void **)&d->allocs, &d->cap_allocs, d->n_allocs + 1, sizeof *d->allocs);
+    if (rc) return rc;
     void *p = st_aligned_alloc(256, bytes ? bytes : 1);
     if (!p) return st_error(ST_ERR_NOMEM, "emulated GPU: out of memory for %zu bytes", bytes);
     memset(p, 0xff, bytes);
@@ -208,23 +206,12 @@ static int emu_host_register(void *ctx, void *host, size_t bytes, bool read_only
                             host, bytes, d->pins[i].p, d->pins[i].bytes);
     }
     touch(host, bytes);
-    if (d->n_pins == d->cap_pins) {
-        int cap = d->cap_pins ? 2 * d->cap_pins : 16;
-        emu_alloc *n = realloc(d->pins, (size_t)cap * sizeof *n);
-        if (!n) return st_error(ST_ERR_NOMEM, "emulated GPU: out of memory");
-        d->pins = n;
-        d->cap_pins = cap;
-    }
+    int rc = st_grow((void **)&d->pins, &d->cap_pins, d->n_pins + 1, sizeof *d->pins);
+    if (rc) return rc;
     pthread_mutex_lock(&pin_lock);
-    if (n_pin_log == cap_pin_log) {
-        int cap = cap_pin_log ? 2 * cap_pin_log : 64;
-        st_gpu_emu_pin *n = realloc(pin_log, (size_t)cap * sizeof *n);
-        if (!n) {
-            pthread_mutex_unlock(&pin_lock);
-            return st_error(ST_ERR_NOMEM, "emulated GPU: out of memory");
-        }
-        pin_log = n;
-        cap_pin_log = cap;
+    if ((rc = st_grow((void **)&pin_log, &cap_pin_log, n_pin_log + 1, sizeof *pin_log))) {
+        pthread_mutex_unlock(&pin_lock);
+        return rc;
     }
     pin_log[n_pin_log++] = (st_gpu_emu_pin){.p = host, .bytes = bytes, .read_only = read_only};
     pthread_mutex_unlock(&pin_lock);

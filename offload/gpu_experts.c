@@ -46,7 +46,8 @@ struct st_gpu_experts {
     uint64_t *pf_bytes;             /* (n_slots) */
     bool *pf_unused;                /* (n_slots): loaded by prefetch, not used since */
     void **host_pins;               /* (n_host_pins) host ranges pin_host registered */
-    int n_host_pins, cap_host_pins;
+    int n_host_pins;
+    int64_t cap_host_pins;
     st_gpu_tier_stats st;
     pthread_mutex_t mu;             /* admit_sync from several threads */
 };
@@ -529,14 +530,9 @@ void st_gpu_experts_get_stats(st_gpu_experts *g, st_gpu_tier_stats *out) {
 }
 
 int st_gpu_experts_pin_host(st_gpu_experts *g, void *p, uint64_t bytes, bool read_only) {
-    if (g->n_host_pins == g->cap_host_pins) {
-        int cap = g->cap_host_pins ? 2 * g->cap_host_pins : 8;
-        void **n = realloc(g->host_pins, (size_t)cap * sizeof *n);
-        if (!n) return st_error(ST_ERR_NOMEM, "GPU tier: out of memory");
-        g->host_pins = n;
-        g->cap_host_pins = cap;
-    }
-    int rc = g->dev->ops->host_register(g->dev->ctx, p, (size_t)bytes, read_only);
+    int rc = st_grow((void **)&g->host_pins, &g->cap_host_pins, g->n_host_pins + 1, sizeof *g->host_pins);
+    if (rc) return rc;
+    rc = g->dev->ops->host_register(g->dev->ctx, p, (size_t)bytes, read_only);
     if (rc) return rc;
     g->host_pins[g->n_host_pins++] = p;
     g->st.pinned_ranges = g->n_host_pins;

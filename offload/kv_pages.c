@@ -89,7 +89,7 @@ int st_kv_pages_add_stream(st_kv_pages *kv, size_t entry_bytes, bool resident, c
                         (unsigned long long)kv->page_bytes, entry_bytes);
     if (kv->n_streams >= (1 << 20)) return st_error(ST_ERR_INVALID, "kv pages: too many streams");
     int64_t cap = kv->cap_streams;
-    int rc = kv_grow((void **)&kv->streams, &cap, kv->n_streams + 1, sizeof *kv->streams);
+    int rc = st_grow((void **)&kv->streams, &cap, kv->n_streams + 1, sizeof *kv->streams);
     if (rc) return rc;
     kv->cap_streams = (int)cap;
     kv_stream *s = &kv->streams[kv->n_streams];
@@ -192,7 +192,7 @@ static int prefetch_pages(st_kv_pages *kv, const uint64_t *hs, int64_t n, bool i
  * pins them to s; waits for their reads. On failure this call's pins are dropped. */
 static int bring(st_kv_pages *kv, kv_stream *s, const uint64_t *hs, int64_t n) {
     const int64_t keep = s->n_pinned;
-    int rc = kv_grow((void **)&s->pinned, &s->cap_pinned, keep + n, sizeof *s->pinned);
+    int rc = st_grow((void **)&s->pinned, &s->cap_pinned, keep + n, sizeof *s->pinned);
     if (rc) return rc;
     for (int64_t i = 0; i < n; i++)
         if (kv_page_at(kv, hs[i])->fast) { kv_pin(kv, s, hs[i]); kv->st.hits++; }
@@ -218,7 +218,7 @@ static int bring(st_kv_pages *kv, kv_stream *s, const uint64_t *hs, int64_t n) {
 /* Marks the distinct pages of idx[0..n) into kv->scratch; *m gets their count. */
 static int collect(st_kv_pages *kv, int si, const int32_t *idx, int64_t n, int64_t *m) {
     kv_stream *s = &kv->streams[si];
-    int rc = kv_grow((void **)&kv->scratch, &kv->cap_scratch, n, sizeof *kv->scratch);
+    int rc = st_grow((void **)&kv->scratch, &kv->cap_scratch, n, sizeof *kv->scratch);
     if (rc) return rc;
     kv->mark++;
     *m = 0;
@@ -308,7 +308,7 @@ int st_kv_pages_span(st_kv_pages *kv, int stream, int64_t first, const void **pt
     if (!was_fast && kv->readahead > 0) {
         /* queue this page and the next ones together, then wait for this one alone */
         int64_t last = ST_MIN(pg + kv->readahead, s->n_pages - 1), m = 0;
-        int rc = kv_grow((void **)&kv->scratch, &kv->cap_scratch, last - pg + 1, sizeof *kv->scratch);
+        int rc = st_grow((void **)&kv->scratch, &kv->cap_scratch, last - pg + 1, sizeof *kv->scratch);
         if (rc) return rc;
         for (int64_t i = pg; i <= last; i++) kv->scratch[m++] = kv_handle(stream, i);
         if ((rc = prefetch_pages(kv, kv->scratch, m, true))) return rc;
@@ -389,7 +389,7 @@ static int append_some(st_kv_pages *kv, int si, const uint8_t *src, int64_t n) {
     while (n > 0) {
         int rc;
         if (s->count == s->n_pages * s->per_page) {
-            if ((rc = kv_grow((void **)&s->pages, &s->cap_pages, s->n_pages + 1, sizeof *s->pages))) return rc;
+            if ((rc = st_grow((void **)&s->pages, &s->cap_pages, s->n_pages + 1, sizeof *s->pages))) return rc;
             void *f;
             if ((rc = kv_fast_frame(kv, kv_handle(si, s->n_pages), &f))) return rc;
             s->pages[s->n_pages++] = (kv_page){.fast = f, .slot = -1, .seq = kv->seq++, .home = HOME_FAST,

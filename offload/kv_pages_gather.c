@@ -42,7 +42,7 @@ static int64_t run_end(const uint64_t *keys, int64_t n, int64_t k) {
 static int gather_batch(st_kv_pages *kv, int si, const int32_t *idx, const uint64_t *keys, const uint8_t *missing,
                         int64_t n, int64_t *k, uint8_t *dst, size_t stride) {
     kv_stream *s = &kv->streams[si];
-    int rc = kv_grow((void **)&s->pinned, &s->cap_pinned, GATHER_BATCH, sizeof *s->pinned);
+    int rc = st_grow((void **)&s->pinned, &s->cap_pinned, GATHER_BATCH, sizeof *s->pinned);
     if (rc) return rc;
     kv->mark++; /* pages copied earlier are no longer this call's: their frames may go */
     int64_t from = *k, to = *k, pages = 0;
@@ -88,7 +88,7 @@ int st_kv_pages_gather(st_kv_pages *kv, int stream, const int32_t *idx, int64_t 
                         stride, s->entry_bytes);
     if (n == 0) return 0;
     /* positions ordered by page: each page's entries are copied in one visit */
-    int rc = kv_grow((void **)&kv->gather_keys, &kv->cap_gather_keys, n + (n + 7) / 8, sizeof *kv->gather_keys);
+    int rc = st_grow((void **)&kv->gather_keys, &kv->cap_gather_keys, n + (n + 7) / 8, sizeof *kv->gather_keys);
     if (rc) return rc;
     uint64_t *keys = kv->gather_keys;
     uint8_t *missing = (uint8_t *)(keys + n); /* (n) per run start: the page was not in fast memory */

@@ -107,7 +107,6 @@ void kv_unpin_to(st_kv_pages *kv, kv_stream *s, int64_t keep);
 int kv_read_failed(st_kv_pages *kv, uint64_t h);
 
 /* kv_pages_tier.c */
-int kv_grow(void **v, int64_t *cap, int64_t need, size_t elem);
 void kv_lru_remove(st_kv_pages *kv, uint64_t h);
 void kv_lru_push(st_kv_pages *kv, uint64_t h); /* as most recently used */
 void kv_frame_put(st_kv_pages *kv, int tier, void *frame);

@@ -16,16 +16,6 @@
 #include "base/base.h"
 #include "offload/kv_pages_internal.h"
 
-int kv_grow(void **v, int64_t *cap, int64_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    int64_t n = ST_MAX(need, ST_MAX(*cap * 2, 16));
-    void *p = realloc(*v, (size_t)n * elem);
-    if (!p) return st_error(ST_ERR_NOMEM, "kv pages: out of memory for %lld bookkeeping entries", (long long)n);
-    *v = p;
-    *cap = n;
-    return 0;
-}
-
 /* ---- LRU of cached copies ----------------------------------------------------------- */
 
 void kv_lru_remove(st_kv_pages *kv, uint64_t h) {
@@ -66,7 +56,7 @@ static int frame_take(st_kv_pages *kv, int tier, void **out) {
     frame_list *f = &kv->frames[tier];
     if (f->n) { *out = f->v[--f->n]; return 0; }
     if (tier == TIER_DRAM && !kv->budget[TIER_DRAM]) return ST_ERR_BUDGET;
-    int rc = kv_grow((void **)&f->v, &f->cap, (int64_t)f->allocated + 1, sizeof *f->v);
+    int rc = st_grow((void **)&f->v, &f->cap, (int64_t)f->allocated + 1, sizeof *f->v);
     if (rc) return rc;
     rc = st_mem_alloc(kv->budget[tier], kv->page_bytes, ST_MEM_DEFAULT, 0, out);
     if (rc == ST_ERR_BUDGET) st_error_clear();
@@ -142,7 +132,7 @@ static int spill_write(st_kv_pages *kv, uint64_t h, const void *src) {
     }
     kv->st.write_ns += st_time_ns() - t0;
     if (slot == kv->n_slots) {
-        if ((rc = kv_grow((void **)&kv->free_slots, &kv->cap_free_slots, kv->n_slots + 1, sizeof(int64_t)))) return rc;
+        if ((rc = st_grow((void **)&kv->free_slots, &kv->cap_free_slots, kv->n_slots + 1, sizeof(int64_t)))) return rc;
         kv->n_slots++;
     }
     p->slot = slot;
@@ -275,7 +265,7 @@ int kv_queue_read(st_kv_pages *kv, uint64_t h) {
     kv_page *p = kv_page_at(kv, h);
     kv_stream *s = &kv->streams[kv_handle_stream(h)];
     ST_ASSERT(p->home == HOME_NVME && p->fast && kv->io);
-    int rc = kv_grow((void **)&kv->reqs, &kv->cap_reqs, kv->n_reqs + 1, sizeof *kv->reqs);
+    int rc = st_grow((void **)&kv->reqs, &kv->cap_reqs, kv->n_reqs + 1, sizeof *kv->reqs);
     if (rc) return rc;
     kv->reqs[kv->n_reqs++] = (st_io_read){.file = 0, .offset = (uint64_t)p->slot * kv->page_bytes,
                                           .length = s->io_bytes, .dst = p->fast, .tag = h};

@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <stdlib.h>
 #include <string.h>
 #include <stdatomic.h>
 
@@ -104,8 +105,29 @@ static void split_covers(void **state) {
     }
 }
 
+/* st_grow: doubles (at least 16, at least what is needed), keeps the contents, leaves a large enough array alone. */
+static void grow_arrays(void **state) {
+    (void)state;
+    int *v = NULL;
+    int64_t cap = 0;
+    assert_int_equal(st_grow((void **)&v, &cap, 5, sizeof *v), 0);
+    assert_int_equal(cap, 16);
+    for (int i = 0; i < 16; i++) v[i] = i;
+    int *before = v;
+    assert_int_equal(st_grow((void **)&v, &cap, 16, sizeof *v), 0);
+    assert_ptr_equal(v, before);
+    assert_int_equal(cap, 16);
+    assert_int_equal(st_grow((void **)&v, &cap, 17, sizeof *v), 0);
+    assert_int_equal(cap, 32);
+    assert_int_equal(st_grow((void **)&v, &cap, 100, sizeof *v), 0);
+    assert_int_equal(cap, 100);
+    for (int i = 0; i < 16; i++) assert_int_equal(v[i], i);
+    free(v);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(grow_arrays),
         cmocka_unit_test(parse_sizes),   cmocka_unit_test(error_prefix),        cmocka_unit_test(e4m3_all_codes),
         cmocka_unit_test(e2m1_and_e8m0), cmocka_unit_test(pool_runs_all_items), cmocka_unit_test(split_covers),
     };
